@@ -1,0 +1,123 @@
+"""Model registry: name -> nn.Module, with the CIFAR stem, the norm switch and starting weights.
+
+Every torchvision classification model is available by its torchvision name (random init), plus the
+CIFAR ResNets of He et al. 2016 (resnet8/14/20/32/44/56/110, see cifar_resnet.py).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import warnings
+from functools import cache
+
+import torchvision
+from torch import nn
+
+from trainlab.errors import ConfigError
+from trainlab.models.cifar_resnet import CIFAR_RESNET_BLOCKS, cifar_resnet
+from trainlab.models.pretrained import freeze_all_but_head, head_prefixes, load_pretrained
+
+__all__ = ["available", "create", "inspect_model", "register_cli", "head_prefixes", "is_cifar_model"]
+
+log = logging.getLogger("trainlab.models")
+
+
+@cache
+def _torchvision_names() -> tuple[str, ...]:
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def available() -> list[str]:
+    return sorted(set(_torchvision_names()) | set(CIFAR_RESNET_BLOCKS))
+
+
+def is_cifar_model(name: str, cifar_stem: bool = False) -> bool:
+    """True when the model is built for 32 px inputs (a CIFAR ResNet, or any model with the CIFAR stem)."""
+    return cifar_stem or name.lower() in CIFAR_RESNET_BLOCKS
+
+
+def _unknown(name: str) -> ConfigError:
+    close = difflib.get_close_matches(name, available(), n=5, cutoff=0.5)
+    hint = f"; closest: {', '.join(close)}" if close else "; `trainlab inspect --list` shows them all"
+    return ConfigError(f"model.name={name!r} is not a known model{hint}")
+
+
+def _apply_cifar_stem(model: nn.Module, name: str) -> None:
+    """3x3 stride-1 first conv and no max-pool: keeps 32x32 inputs at full resolution in the first stage."""
+    if hasattr(model, "conv1") and hasattr(model, "maxpool"):  # resnet, resnext, wide_resnet
+        out_channels = model.conv1.out_channels
+        model.conv1 = nn.Conv2d(3, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        model.maxpool = nn.Identity()
+    elif name.startswith("densenet"):
+        features = model.features
+        out_channels = features.conv0.out_channels
+        features.conv0 = nn.Conv2d(3, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(features.conv0.weight)
+        features.pool0 = nn.Identity()
+    else:
+        raise ConfigError(
+            f"model.cifar_stem=true is supported for resnet*, resnext*, wide_resnet* and densenet*, not {name}; "
+            "set model.cifar_stem=false"
+        )
+
+
+def _remove_batchnorm(module: nn.Module) -> int:
+    """Replace every BatchNorm layer with Identity (other norms, e.g. LayerNorm, stay). Returns the count."""
+    count = 0
+    for child_name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, child_name, nn.Identity())
+            count += 1
+        else:
+            count += _remove_batchnorm(child)
+    return count
+
+
+def _build(name: str, num_classes: int) -> nn.Module:
+    if name in CIFAR_RESNET_BLOCKS:
+        return cifar_resnet(name, num_classes)
+    kwargs: dict = {"weights": None, "num_classes": num_classes}
+    if name in ("inception_v3", "googlenet"):
+        kwargs["init_weights"] = True  # silences torchvision's warning about its future default
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torchvision.models.get_model(name, **kwargs)
+
+
+def create(
+    name: str,
+    num_classes: int,
+    cifar_stem: bool = False,
+    norm: str = "batch",
+    pretrained: str | None = None,
+    freeze_backbone: bool = False,
+) -> nn.Module:
+    """Build a model by name. `cifar_stem` is ignored for the CIFAR ResNets (they already are).
+
+    norm="none" replaces BatchNorm with Identity; convolutions keep bias=False, as built.
+    The pretrained report (what was loaded, which keys got a new init) is kept on `model.pretrained_report`.
+    """
+    key = name.strip().lower()
+    if key not in available():
+        raise _unknown(name)
+    if num_classes < 1:
+        raise ConfigError(f"model.num_classes={num_classes} must be positive")
+    if norm not in ("batch", "none"):
+        raise ConfigError(f"model.norm={norm!r} is not valid; choose batch or none")
+    model = _build(key, num_classes)
+    if cifar_stem and key not in CIFAR_RESNET_BLOCKS:
+        _apply_cifar_stem(model, key)
+    if norm == "none" and _remove_batchnorm(model) == 0:
+        log.warning("model.norm=none: %s has no BatchNorm layers; nothing removed", key)
+    if pretrained:
+        report = load_pretrained(model, key, pretrained)
+        model.pretrained_report = report
+        log.info("pretrained %s: %d tensors loaded, new head: %s", pretrained, report["loaded"], report["new_head"])
+    if freeze_backbone:
+        freeze_all_but_head(model)
+    return model
+
+
+from trainlab.models.inspection import inspect_model, register_cli  # noqa: E402  (needs create())

@@ -1,0 +1,132 @@
+"""`trainlab inspect MODEL`: conv layers, parameters, gradients after one backward pass, FLOPs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def _first_tensor_outputs(out: Any) -> list[torch.Tensor]:
+    """Logits and any auxiliary outputs (inception, googlenet return named tuples in train mode)."""
+    if torch.is_tensor(out):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for t in out if torch.is_tensor(t)]
+    if isinstance(out, dict):
+        return [t for t in out.values() if torch.is_tensor(t)]
+    raise TypeError(f"unexpected model output {type(out).__name__}")
+
+
+def inspect_model(
+    name: str,
+    num_classes: int = 1000,
+    cifar_stem: bool = False,
+    img_size: int | None = None,
+    norm: str = "batch",
+) -> dict[str, Any]:
+    """Counts for one model. img_size=None means 32 for CIFAR-style models, else 224.
+
+    params_with_grad counts the elements of parameters whose .grad is set after one real
+    forward + backward pass on a batch of 2 (train mode). FLOPs come from torch's FlopCounterMode
+    on a forward pass of one image in eval mode: 2 x multiply-accumulates of convs, linears and
+    matmuls; elementwise ops, norms and pooling are not counted.
+    """
+    from trainlab.models import create, is_cifar_model
+
+    if img_size is None:
+        img_size = 32 if is_cifar_model(name, cifar_stem) else 224
+    torch.manual_seed(0)
+    model = create(name, num_classes, cifar_stem=cifar_stem, norm=norm)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    conv_layers = sum(1 for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd))
+
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, img_size, img_size))
+    flops = counter.get_total_flops()
+
+    model.train()
+    model.zero_grad(set_to_none=True)
+    outputs = _first_tensor_outputs(model(torch.randn(2, 3, img_size, img_size)))
+    sum(o.float().sum() for o in outputs).backward()
+    with_grad = sum(p.numel() for p in model.parameters() if p.grad is not None)
+
+    return {
+        "name": name,
+        "num_classes": num_classes,
+        "cifar_stem": cifar_stem,
+        "norm": norm,
+        "img_size": img_size,
+        "conv_layers": conv_layers,
+        "params": params,
+        "trainable_params": trainable,
+        "params_with_grad": with_grad,
+        "last_linear_in_features": linears[-1].in_features if linears else None,
+        "flops_per_image": int(flops),
+    }
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from trainlab.models import available
+
+    if args.list:
+        print("\n".join(available()))
+        return 0
+    if not args.model:
+        from trainlab.errors import UsageError
+
+        raise UsageError("trainlab inspect: give a MODEL name (or --list to see them)")
+    info = inspect_model(args.model, args.num_classes, args.cifar_stem, args.img_size, args.norm)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{info['name']}  ({info['num_classes']} classes, {info['img_size']} px"
+                  f"{', CIFAR stem' if info['cifar_stem'] else ''}, norm={info['norm']})")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("convolution layers", f"{info['conv_layers']}"),
+        ("parameters", f"{info['params']:,}"),
+        ("trainable parameters", f"{info['trainable_params']:,}"),
+        ("parameters with gradients (1 backward)", f"{info['params_with_grad']:,}"),
+        ("inputs to the last linear layer", f"{info['last_linear_in_features']}"),
+        ("FLOPs per image (forward)", f"{_human(info['flops_per_image'])} ({info['flops_per_image']:,})"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="count a model's conv layers, parameters, gradients and FLOPs",
+        description="Build MODEL, run one forward and backward pass, and report conv layers, parameters, "
+        "parameters that receive gradients, the input width of the last linear layer and FLOPs per image.",
+    )
+    parser.add_argument("model", nargs="?", help="model name, e.g. resnet18, densenet121, resnet20")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    parser.add_argument("--cifar-stem", action="store_true", help="3x3 stride-1 stem, no max-pool")
+    parser.add_argument("--img-size", type=int, default=None, help="input size (default 32 for CIFAR models, else 224)")
+    parser.add_argument("--norm", choices=("batch", "none"), default="batch")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    parser.add_argument("--list", action="store_true", help="list every model name and exit")
+    parser.set_defaults(func=_run)

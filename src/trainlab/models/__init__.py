@@ -114,7 +114,9 @@ def create(
     if pretrained:
         report = load_pretrained(model, key, pretrained)
         model.pretrained_report = report
-        log.info("pretrained %s: %d tensors loaded, new head: %s", pretrained, report["loaded"], report["new_head"])
+        log.info(
+            "pretrained %s: %d tensors loaded, new head: %s", pretrained, report["loaded"], report["new_head"]
+        )
     if freeze_backbone:
         freeze_all_but_head(model)
     return model

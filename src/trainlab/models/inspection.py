@@ -97,8 +97,10 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{info['name']}  ({info['num_classes']} classes, {info['img_size']} px"
-                  f"{', CIFAR stem' if info['cifar_stem'] else ''}, norm={info['norm']})")
+    table = Table(
+        title=f"{info['name']}  ({info['num_classes']} classes, {info['img_size']} px"
+        f"{', CIFAR stem' if info['cifar_stem'] else ''}, norm={info['norm']})"
+    )
     table.add_column("quantity")
     table.add_column("value", justify="right")
     rows = [
@@ -125,7 +127,9 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("model", nargs="?", help="model name, e.g. resnet18, densenet121, resnet20")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
     parser.add_argument("--cifar-stem", action="store_true", help="3x3 stride-1 stem, no max-pool")
-    parser.add_argument("--img-size", type=int, default=None, help="input size (default 32 for CIFAR models, else 224)")
+    parser.add_argument(
+        "--img-size", type=int, default=None, help="input size (default 32 for CIFAR models, else 224)"
+    )
     parser.add_argument("--norm", choices=("batch", "none"), default="batch")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     parser.add_argument("--list", action="store_true", help="list every model name and exit")

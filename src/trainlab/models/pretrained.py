@@ -64,7 +64,9 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise ConfigError(f"model.pretrained={path}: cannot read it as a torch checkpoint ({exc})") from None
+            raise ConfigError(
+                f"model.pretrained={path}: cannot read it as a torch checkpoint ({exc})"
+            ) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not (isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values())):
@@ -93,8 +95,14 @@ def _resolve_weights(model_name: str, name: str) -> Any | None:
         return torchvision.models.get_model_weights(model_name)[name]
     except (KeyError, ValueError, AttributeError):
         valid = _weight_names(model_name)
-        hint = f"; valid for {model_name}: {', '.join(valid)}" if valid else f"; {model_name} has no torchvision weights"
-        raise ConfigError(f"model.pretrained={name!r}: no such file and no such torchvision weights{hint}") from None
+        hint = (
+            f"; valid for {model_name}: {', '.join(valid)}"
+            if valid
+            else f"; {model_name} has no torchvision weights"
+        )
+        raise ConfigError(
+            f"model.pretrained={name!r}: no such file and no such torchvision weights{hint}"
+        ) from None
 
 
 def _network_reaches(url: str, timeout_s: float = 3.0) -> bool:
@@ -166,7 +174,12 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str)
         "ignored_unexpected": unexpected,
     }
     if dropped:
-        log.warning("pretrained %s: %d keys re-initialised (shape differs): %s", source, len(dropped), ", ".join(dropped))
+        log.warning(
+            "pretrained %s: %d keys re-initialised (shape differs): %s",
+            source,
+            len(dropped),
+            ", ".join(dropped),
+        )
     return report
 
 

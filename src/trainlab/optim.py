@@ -1,0 +1,223 @@
+"""Optimizers, parameter groups and learning-rate schedules.
+
+Every schedule is a torch LambdaLR stepped once per OPTIMIZER step: the caller passes
+steps_per_epoch already divided by train.grad_accum, and epoch-based settings (warmup_epochs,
+step_size, milestones) are converted to optimizer steps here. That keeps the LR right under gradient
+accumulation (seed 001 had to fix OneCycle stepping per micro-batch). The multiplier for optimizer
+step k (0-based) is warmup(k) * main(k); LambdaLR's state_dict holds the step count, so a resumed
+run continues the same curve (the curve itself is rebuilt from the config).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from trainlab.errors import ConfigError
+
+REFERENCE_BATCH = 256  # optim.lr_scale=linear: lr is given for this global batch (Goyal et al. 2017)
+
+
+def effective_lr(optim_cfg: Any, global_batch: int) -> float:
+    """optim.lr, scaled linearly with the global batch when optim.lr_scale=linear."""
+    lr = float(optim_cfg.lr)
+    if optim_cfg.lr_scale == "linear":
+        return lr * global_batch / REFERENCE_BATCH
+    if optim_cfg.lr_scale != "none":
+        raise ConfigError(f"optim.lr_scale={optim_cfg.lr_scale!r} is not valid; choose none or linear")
+    return lr
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
+    """Trainable parameters; with no_decay_norm_bias, norm weights and biases (ndim <= 1) get no decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters (model.freeze_backbone froze everything?)")
+    if not no_decay_norm_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(
+    model: nn.Module, optim_cfg: Any, global_batch: int = REFERENCE_BATCH
+) -> torch.optim.Optimizer:
+    name = optim_cfg.name
+    lr = effective_lr(optim_cfg, global_batch)
+    groups = param_groups(model, float(optim_cfg.weight_decay), bool(optim_cfg.no_decay_norm_bias))
+    all_params = [p for g in groups for p in g["params"]]
+    # fused kernels for Adam/AdamW when every parameter is a floating CUDA tensor; on CUDA the others
+    # already default to the multi-tensor (foreach) path
+    on_cuda = all(p.is_cuda and p.is_floating_point() for p in all_params)
+    betas = tuple(float(b) for b in optim_cfg.betas)
+    eps = float(optim_cfg.eps)
+    momentum = float(optim_cfg.momentum)
+    if name == "sgd":
+        if optim_cfg.nesterov and momentum <= 0:
+            raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=bool(optim_cfg.nesterov))
+    if name in ("adam", "adamw"):
+        if len(betas) != 2:
+            raise ConfigError(f"optim.betas={list(betas)} must be two numbers, e.g. [0.9, 0.999]")
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        extra = {"fused": True} if on_cuda else {}
+        return cls(groups, lr=lr, betas=betas, eps=eps, **extra)
+    if name == "adagrad":
+        return torch.optim.Adagrad(groups, lr=lr, eps=eps)
+    if name == "adadelta":
+        return torch.optim.Adadelta(groups, lr=lr, eps=eps)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, eps=eps, momentum=momentum)
+    raise ConfigError(
+        f"optim.name={name!r} is not valid; choose sgd, adam, adamw, adagrad, adadelta or rmsprop"
+    )
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def warmup_steps(sched_cfg: Any, steps_per_epoch: int) -> int:
+    if sched_cfg.warmup_steps and sched_cfg.warmup_epochs:
+        raise ConfigError("set sched.warmup_steps or sched.warmup_epochs, not both")
+    if sched_cfg.warmup_steps < 0 or sched_cfg.warmup_epochs < 0:
+        raise ConfigError("sched.warmup_steps and sched.warmup_epochs must be 0 or more")
+    return int(sched_cfg.warmup_steps or round(float(sched_cfg.warmup_epochs) * steps_per_epoch))
+
+
+def schedule_steps(sched_cfg: Any, epochs: int, steps_per_epoch: int) -> int:
+    """Optimizer steps the schedule spans: sched.total_steps when set by hand, else the whole run."""
+    return int(sched_cfg.total_steps) if sched_cfg.total_steps else epochs * steps_per_epoch
+
+
+def _cosine(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
+
+
+def _main_curve(
+    sched_cfg: Any, base_lr: float, steps_per_epoch: int, start: int, span: int
+) -> Callable[[int], float]:
+    """Multiplier of base_lr at optimizer step k, before warmup. `start`/`span`: the steps it anneals over."""
+    name = sched_cfg.name
+    if name == "constant":
+        return lambda k: 1.0
+    if name == "step":
+        if sched_cfg.step_size <= 0:
+            raise ConfigError(f"sched.step_size={sched_cfg.step_size} must be a positive number of epochs")
+        every = int(sched_cfg.step_size) * steps_per_epoch
+        gamma = float(sched_cfg.gamma)
+        return lambda k: gamma ** (k // every)
+    if name == "multistep":
+        at = sorted(int(m) * steps_per_epoch for m in sched_cfg.milestones)
+        gamma = float(sched_cfg.gamma)
+        return lambda k: gamma ** sum(k >= m for m in at)
+    last = max(1, span - 1)  # the final optimizer step lands exactly on the final LR
+    if name == "cosine":
+        floor = float(sched_cfg.min_lr) / base_lr
+        return lambda k: _cosine(1.0, floor, min(max(k - start, 0), last) / last)
+    if name == "onecycle":
+        # torch's OneCycleLR (two phases, cosine annealing), relative to the peak LR
+        if not 0.0 < sched_cfg.pct_start < 1.0:
+            raise ConfigError(f"sched.pct_start={sched_cfg.pct_start} must be in (0, 1)")
+        initial = 1.0 / float(sched_cfg.div_factor)
+        final = initial / float(sched_cfg.final_div_factor)
+        peak_at = float(sched_cfg.pct_start) * span - 1
+
+        def onecycle(k: int) -> float:
+            step = min(max(k - start, 0), span - 1)
+            if step <= peak_at:
+                return _cosine(initial, 1.0, step / peak_at if peak_at > 0 else 1.0)
+            return _cosine(1.0, final, (step - peak_at) / (span - 1 - peak_at))
+
+        return onecycle
+    raise ConfigError(
+        f"sched.name={name!r} is not valid; choose constant, step, multistep, onecycle or cosine"
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, sched_cfg: Any, optim_cfg: Any, epochs: int, steps_per_epoch: int
+) -> LambdaLR:
+    """A LambdaLR to step after every optimizer step. steps_per_epoch counts optimizer steps.
+
+    Warmup (sched.warmup_steps, or warmup_epochs converted to steps) ramps linearly from
+    1/(W+1) of the LR to the full LR over W steps, for every schedule. Cosine and OneCycle then
+    anneal over the remaining steps; step and multistep count epochs from the start of the run.
+    Past the end of the schedule the LR stays at its final value.
+    """
+    if steps_per_epoch < 1 or epochs < 1:
+        raise ConfigError(
+            f"schedule needs epochs >= 1 and steps per epoch >= 1 (got {epochs}, {steps_per_epoch})"
+        )
+    warm = warmup_steps(sched_cfg, steps_per_epoch)
+    total = schedule_steps(sched_cfg, epochs, steps_per_epoch)
+    if sched_cfg.name == "onecycle":
+        # the optimizer's LR becomes the peak; the curve is relative to it (as torch's OneCycleLR does)
+        peak = float(sched_cfg.max_lr) if sched_cfg.max_lr else optimizer.param_groups[0]["lr"]
+        for group in optimizer.param_groups:
+            group["lr"] = peak
+            group.pop("initial_lr", None)
+    span = max(1, total - warm)
+    curves = [
+        _main_curve(sched_cfg, group["lr"], steps_per_epoch, warm, span) for group in optimizer.param_groups
+    ]
+
+    def make(curve: Callable[[int], float]) -> Callable[[int], float]:
+        def multiplier(k: int) -> float:
+            ramp = (k + 1) / (warm + 1) if k < warm else 1.0
+            return ramp * curve(k)
+
+        return multiplier
+
+    return LambdaLR(optimizer, [make(c) for c in curves])
+
+
+def check_schedule(sched_cfg: Any, epochs: int, steps_per_epoch: int) -> list[str]:
+    """Warnings a person should see before a long run; empty when the schedule fits the run."""
+    warnings: list[str] = []
+    run_steps = epochs * steps_per_epoch
+    if sched_cfg.total_steps and sched_cfg.total_steps != run_steps:
+        if sched_cfg.total_steps > run_steps:
+            warnings.append(
+                f"sched.total_steps={sched_cfg.total_steps} but the run has {run_steps} optimizer steps "
+                f"({epochs} epochs x {steps_per_epoch}): the schedule will not reach its end "
+                "(remove sched.total_steps to fit it to the run)"
+            )
+        else:
+            tail = (
+                "; torch's OneCycleLR would raise here, trainlab holds the final LR"
+                if sched_cfg.name == "onecycle"
+                else ""
+            )
+            warnings.append(
+                f"sched.total_steps={sched_cfg.total_steps} but the run has {run_steps} optimizer steps "
+                f"({epochs} epochs x {steps_per_epoch}): the last {run_steps - sched_cfg.total_steps} steps "
+                f"run past the schedule's end at its final LR{tail}"
+            )
+    if sched_cfg.name == "multistep":
+        late = [int(m) for m in sched_cfg.milestones if int(m) >= epochs]
+        if late:
+            warnings.append(
+                f"sched.milestones {late} are at or beyond train.epochs={epochs}: those LR decays never happen"
+            )
+    if sched_cfg.name == "step" and sched_cfg.step_size >= epochs:
+        warnings.append(
+            f"sched.step_size={sched_cfg.step_size} >= train.epochs={epochs}: the LR never decays"
+        )
+    try:
+        warm = warmup_steps(sched_cfg, steps_per_epoch)
+    except ConfigError as err:
+        warnings.append(str(err))
+        warm = 0
+    if warm >= schedule_steps(sched_cfg, epochs, steps_per_epoch) and warm > 0:
+        warnings.append(
+            f"warmup of {warm} optimizer steps is as long as or longer than the run ({run_steps} steps): "
+            "the LR never reaches its full value"
+        )
+    return warnings

@@ -1,0 +1,158 @@
+"""Terminal output: aligned tables and text charts of the curves (for a shell without a browser)."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from trainlab.report import compare
+from trainlab.report.read import Run, flatten_config
+
+GLYPHS = "*o+x#@%&"
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell; numbers right-aligned, text left-aligned."""
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+
+    def numeric(cell: str) -> bool:
+        return cell.replace(".", "", 1).replace("-", "", 1).replace("/", "", 1).isdigit()
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            (c.rjust(w) if numeric(c) else c.ljust(w)) for c, w in zip(cells, widths)
+        ).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)]) + "\n"
+
+
+def _nice(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}".rstrip("0").rstrip(".")
+    return f"{value:.3g}"
+
+
+def text_chart(
+    title: str,
+    series: dict[str, list[tuple[float, float]]],
+    marks: Optional[list[tuple[float, str]]] = None,
+    width: int = 64,
+    height: int = 12,
+    x_label: str = "epoch",
+) -> str:
+    """A scatter/line chart in plain text: one glyph per series, event marks (^) under the x axis."""
+    points = [(x, y) for pts in series.values() for x, y in pts if math.isfinite(y)]
+    if not points:
+        return f"{title}\n  (no data yet)\n"
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x_lo, x_hi = min(xs), max(xs)
+    y_lo, y_hi = min(ys), max(ys)
+    if x_hi == x_lo:
+        x_lo, x_hi = x_lo - 1, x_hi + 1
+    if y_hi == y_lo:
+        y_lo, y_hi = y_lo - abs(y_lo) * 0.1 - 1e-9, y_hi + abs(y_hi) * 0.1 + 1e-9
+
+    def col(x: float) -> int:
+        return round((x - x_lo) / (x_hi - x_lo) * (width - 1))
+
+    def row(y: float) -> int:
+        return round((y_hi - y) / (y_hi - y_lo) * (height - 1))
+
+    grid = [[" "] * width for _ in range(height)]
+    legend = []
+    for glyph, (label, pts) in zip(GLYPHS, series.items()):
+        legend.append(f"{glyph} {label}")
+        finite = sorted((x, y) for x, y in pts if math.isfinite(y))
+        # join consecutive points so a few epochs still read as a curve
+        for (x0, y0), (x1, y1) in zip(finite, finite[1:]):
+            steps = max(abs(col(x1) - col(x0)), 1)
+            for i in range(1, steps):
+                t = i / steps
+                r, c = row(y0 + (y1 - y0) * t), col(x0 + (x1 - x0) * t)
+                if grid[r][c] == " ":
+                    grid[r][c] = "."
+        for x, y in finite:
+            grid[row(y)][col(x)] = glyph
+        if finite:
+            legend[-1] += f" (last {_nice(finite[-1][1])})"
+
+    labels = {0: _nice(y_hi), height - 1: _nice(y_lo), (height - 1) // 2: _nice((y_hi + y_lo) / 2)}
+    label_w = max(len(v) for v in labels.values())
+    lines = [title]
+    for r in range(height):
+        lines.append(f"{labels.get(r, '').rjust(label_w)} |{''.join(grid[r])}|")
+    lines.append(" " * label_w + " +" + "-" * width + ">")
+    ticks = [" "] * (width + 8)
+    for value in (x_lo, (x_lo + x_hi) / 2, x_hi):
+        text = _nice(value)
+        start = min(col(value), width + 8 - len(text))
+        ticks[start : start + len(text)] = list(text)
+    lines.append(" " * (label_w + 2) + "".join(ticks).rstrip() + f"  ({x_label})")
+    if marks:
+        under = [" "] * width
+        kinds = []
+        for x, kind in marks:
+            if x_lo <= x <= x_hi:
+                under[col(x)] = "^"
+                if kind not in kinds:
+                    kinds.append(kind)
+        if kinds:
+            lines.append(" " * (label_w + 2) + "".join(under).rstrip() + "  events: " + ", ".join(kinds))
+    lines.append(" " * (label_w + 2) + "   ".join(legend))
+    return "\n".join(lines) + "\n"
+
+
+def _series(runs: list[Run], column: str, suffix: str = "") -> dict[str, list[tuple[float, float]]]:
+    many = len(runs) > 1
+    out = {}
+    for run in runs:
+        pts = [(float(e), v) for e, v in run.column(column)]
+        if pts:
+            out[(f"{run.name} " if many else "") + suffix] = pts
+    return out
+
+
+def _marks(runs: list[Run]) -> list[tuple[float, str]]:
+    marks = []
+    for run in runs:
+        for event in run.events:
+            x = run.event_x(event)
+            if x is not None and event.get("severity") != "info":
+                marks.append((x, str(event.get("kind", "?"))))
+    return marks
+
+
+def render(runs: list[Run], width: int = 64) -> str:
+    """The `--text` report: comparison/summary table, key settings, then charts of the curves."""
+    headers, rows = compare.table(runs)
+    parts = []
+    if len(runs) == 1:
+        run = runs[0]
+        flat = flatten_config(run.config)
+        keys = ("model.name", "data.name", "optim.name", "optim.lr", "data.batch_size", "train.epochs", "train.device")
+        settings = "  ".join(f"{k}={flat[k]}" for k in keys if k in flat)
+        parts.append(f"run {run.path}  [{run.display_status()}]\n{settings}\n")
+        parts.append(format_table(["figure", "value"], [[h, c] for h, c in zip(headers[1:], rows[0][1:]) if c]))
+        if run.error:
+            parts.append("error:\n" + "\n".join("  " + ln for ln in run.error.splitlines()[-5:]) + "\n")
+    else:
+        parts.append(format_table(headers, rows))
+    marks = _marks(runs)
+    charts = [
+        ("Loss", {**_series(runs, "train_loss", "train"), **_series(runs, "val_loss", "val")}),
+        ("Top-1 accuracy (%)", {**_series(runs, "train_acc1", "train"), **_series(runs, "val_acc1", "val")}),
+        ("Top-5 accuracy (%)", _series(runs, "val_acc5", "val")),
+        ("Learning rate", _series(runs, "lr", "lr")),
+        ("Epoch time (s)", _series(runs, "epoch_time_s", "epoch")),
+    ]
+    for title, series in charts:
+        if len(series) > len(GLYPHS):  # too many to tell apart: keep the first ones
+            series = dict(list(series.items())[: len(GLYPHS)])
+        if series:
+            parts.append(text_chart(title, series, marks if title != "Learning rate" else None, width=width))
+    return "\n".join(parts)

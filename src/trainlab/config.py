@@ -179,10 +179,11 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
 
 def _closest(key: str) -> str:
     valid = _all_keys(OmegaConf.structured(Config))
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.4)
-    if not match:  # try the last part alone (e.g. 'lr' -> 'optim.lr')
-        leaf = key.rsplit(".", 1)[-1]
-        match = [k for k in valid if k.rsplit(".", 1)[-1] == leaf][:1]
+    leaf = key.rsplit(".", 1)[-1]
+    # A known leaf in the wrong (or no) section, e.g. 'lr' -> 'optim.lr', beats spelling similarity.
+    match = [k for k in valid if k.rsplit(".", 1)[-1] == leaf and k != key][:1]
+    if not match:
+        match = difflib.get_close_matches(key, valid, n=1, cutoff=0.4)
     return match[0] if match else ""
 
 
@@ -193,18 +194,26 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
         tail = f"; did you mean '{hint}'?" if hint else ""
         return ConfigError(f"{source}: unknown config key '{key}'{tail}")
     if isinstance(err, ValidationError):
-        expected = getattr(err, "ref_type", None) or getattr(err, "object_type", None)
         value = getattr(err, "msg", str(err)).split("\n")[0]
-        exp = f" (expected {_type_name(expected)})" if expected else ""
+        expected = _expected_type(key)
+        exp = f" (expected {expected})" if expected else ""
         return ConfigError(f"{source}: bad value for '{key}'{exp}: {value}")
     return ConfigError(f"{source}: {str(err).splitlines()[0]}")
 
 
-def _type_name(t: Any) -> str:
-    s = str(t).replace("typing.", "")
-    return {"<class 'int'>": "int", "<class 'float'>": "float", "<class 'bool'>": "bool", "<class 'str'>": "str"}.get(
-        s, s
-    )
+def _expected_type(key: str) -> str:
+    """The schema's type for a dotted key, as a person writes it (int, float, bool, str, list[int]...)."""
+    import dataclasses
+    import typing
+
+    node: Any = Config
+    for part in key.split(".")[:2]:
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return ""
+        node = typing.get_type_hints(node)[part]
+    text = getattr(node, "__name__", None) if isinstance(node, type) else str(node)
+    return (text or "").replace("typing.", "").replace("Optional[", "null or ").rstrip("]") if text else ""
 
 
 def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:

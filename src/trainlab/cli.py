@@ -1,0 +1,131 @@
+"""`trainlab` command line: parse argv, call the library, map errors to one line and an exit code.
+
+Exit codes: 0 done; 2 bad input (config, data, arguments); 143 stopped by a signal after a resumable
+checkpoint; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Optional, Sequence
+
+from trainlab.errors import TrainlabError, UsageError
+
+# Subcommands other modules register: (module, has register_cli). Imported lazily so `trainlab --help`
+# stays fast and one broken optional part does not take the whole CLI down.
+REGISTRARS = (
+    "trainlab.models",
+    "trainlab.data.tools",
+    "trainlab.bench",
+    "trainlab.sweep",
+    "trainlab.report",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's default prints usage and exits 2; keep it one line
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _split_config_and_overrides(items: Sequence[str]) -> tuple[Optional[str], list[str]]:
+    config, overrides = None, []
+    for i, item in enumerate(items):
+        if i == 0 and "=" not in item:
+            config = item
+        elif "=" in item:
+            overrides.append(item)
+        else:
+            raise UsageError(f"unexpected argument '{item}': give CONFIG first, then key=value overrides")
+    return config, overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainlab import distributed
+    from trainlab.config import load_config
+    from trainlab.run import train
+
+    config_path, overrides = _split_config_and_overrides(args.items)
+    cfg = load_config(config_path, overrides)
+    if cfg.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        # Re-launch through torch's own launcher; each worker runs this command with nproc left to torchrun.
+        argv = [a for a in args.items if not a.startswith("train.nproc=")]
+        return distributed.launch(argv, nproc=cfg.train.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint)
+    train(cfg)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from trainlab.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.overrides, use_ema=args.ema)
+    if args.json:
+        import json
+
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"{result['checkpoint']}: val loss {result['val_loss']:.4f} | top-1 {result['val_acc1']:.2f}% | "
+            f"top-5 {result['val_acc5']:.2f}% ({result['val_samples']} images, {result['weights']} weights)"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="trainlab", description="Train image classifiers and see what the run is doing.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model: trainlab train [CONFIG] [key=value ...]")
+    p.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="a YAML config, then overrides")
+    p.add_argument("--nnodes", default="1", help="with train.nproc>1: number of machines (torchrun --nnodes)")
+    p.add_argument("--rdzv-endpoint", default=None, help="with train.nproc>1 on several machines: HOST:PORT")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the val split")
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights when the checkpoint has them")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    for module_name in REGISTRARS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            if os.environ.get("TRAINLAB_DEBUG"):
+                raise
+            print(f"note: {module_name} unavailable ({exc})", file=sys.stderr)
+            continue
+        register = getattr(module, "register_cli", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2 if argv else 0
+        return int(args.func(args) or 0)
+    except TrainlabError as exc:
+        print(f"trainlab: error: {exc}" if exc.exit_code != 143 else f"trainlab: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("trainlab: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

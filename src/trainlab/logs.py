@@ -1,0 +1,154 @@
+"""Writers for the run directory: metrics.csv, steps.jsonl, events.jsonl, summary.json, TensorBoard.
+
+The format is documented in docs/run-dir.md; report and sweep read only these files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+METRIC_COLUMNS = [
+    "epoch", "step", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "lr",
+    "data_time_s", "train_time_s", "other_time_s", "epoch_time_s", "val_time_s", "images_per_s",
+    "peak_mem_mb", "rss_mb", "time",
+]  # fmt: skip
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON so a reader never sees half a file: temp file, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, default=_jsonable)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _clean(value: Any) -> Any:
+    """Floats that JSON cannot hold (NaN, Inf) become strings so the file stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class RunLogger:
+    """Appends to the run's log files. Only rank 0 makes one; other ranks get `NullLogger`."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.metrics_path = self.run_dir / "metrics.csv"
+        self.steps_path = self.run_dir / "steps.jsonl"
+        self.events_path = self.run_dir / "events.jsonl"
+        self.summary_path = self.run_dir / "summary.json"
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            except Exception:  # tensorboard missing or broken: the CSV/JSONL logs still hold everything
+                self._tb = None
+
+    # -- rows ---------------------------------------------------------------
+    def rewrite_metrics(self, rows: list[dict]) -> None:
+        """On resume: the CSV holds exactly the rows of the epochs the checkpoint has seen, no more, no less."""
+        tmp = self.metrics_path.with_name(".metrics.csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(_csv_row(row))
+        os.replace(tmp, self.metrics_path)
+
+    def append_metrics(self, row: dict) -> None:
+        new = not self.metrics_path.exists()
+        with open(self.metrics_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(_csv_row(row))
+        if self._tb is not None:
+            epoch = int(row["epoch"])
+            for key in METRIC_COLUMNS[2:-1]:
+                value = row.get(key)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(f"epoch/{key}", value, epoch)
+            self._tb.flush()
+
+    def truncate_jsonl(self, max_step: int) -> None:
+        """After a resume, drop step lines written after the checkpoint so no step appears twice."""
+        for path in (self.steps_path, self.events_path):
+            if not path.exists():
+                continue
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a hard kill
+                step = record.get("step")
+                if step is None or step <= max_step or record.get("kind") in ("preempted", "resumed"):
+                    kept.append(line)
+            path.write_text("".join(k + "\n" for k in kept))
+
+    def log_step(self, record: dict) -> None:
+        record = {**record, "time": record.get("time", time.time())}
+        with open(self.steps_path, "a") as f:
+            f.write(json.dumps(_clean(record), default=_jsonable) + "\n")
+        if self._tb is not None and "step" in record:
+            for key, value in record.items():
+                if key not in ("step", "epoch", "time") and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(f"step/{key}", value, record["step"])
+
+    def log_event(self, event: dict) -> None:
+        event = {**event, "time": event.get("time", time.time())}
+        with open(self.events_path, "a") as f:
+            f.write(json.dumps(_clean(event), default=_jsonable) + "\n")
+        if self._tb is not None:
+            self._tb.add_text(f"events/{event.get('kind', 'event')}", str(event.get("message", "")), event.get("step") or 0)
+
+    def write_summary(self, summary: dict) -> None:
+        write_json_atomic(self.summary_path, _clean(summary))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+class NullLogger:
+    """What non-zero ranks log: nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def _csv_row(row: dict) -> dict:
+    out = {}
+    for key in METRIC_COLUMNS:
+        value: Optional[Any] = row.get(key)
+        if value is None:
+            out[key] = ""
+        elif isinstance(value, float):
+            out[key] = repr(round(value, 6)) if key != "time" else f"{value:.3f}"
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,629 @@
+"""One training run, start to finish: run dir, resume, the epoch loop, checkpoints, logs, console.
+
+`train(cfg)` is what `trainlab train` calls. The loops themselves live in engine.py; this module decides
+what to load, when to save and what to print.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from trainlab import checkpoint as ckpt
+from trainlab import config as config_mod
+from trainlab import distributed
+from trainlab.console import Console
+from trainlab.engine import EpochTotals, Trainer, evaluate
+from trainlab.errors import ConfigError, DataError, NonFiniteLoss, Preempted
+from trainlab.logs import NullLogger, RunLogger
+
+# Keys that may change between a run and its resume without changing the math.
+RESUMABLE_CHANGES = (
+    "train.epochs", "train.device", "train.nproc", "train.threads", "train.max_steps_per_epoch",
+    "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.root", "data.download",
+    "data.skip_bad_images", "data.val_batch_size", "eval.every", "eval.tta", "run.", "watch.", "dist.",
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------- setup helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def configure_backends(cfg: Any, device: torch.device) -> None:
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def resolve_precision(cfg: Any, device: torch.device) -> str:
+    precision = str(cfg.train.precision)
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("train.precision=fp16 needs a GPU; use train.precision=bf16 or 32 on the CPU")
+    return precision
+
+
+def math_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """Keys whose values differ between a checkpoint's config and the current one, excluding safe ones."""
+    changes = []
+    for section, values in current.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if any(dotted == k or (k.endswith(".") and dotted.startswith(k)) for k in RESUMABLE_CHANGES):
+                continue
+            old = saved.get(section, {}).get(key, value)
+            if old != value:
+                changes.append((dotted, old, value))
+    return changes
+
+
+def default_run_name(cfg: Any) -> str:
+    return cfg.run.name or f"{cfg.model.name}-{cfg.data.name}"
+
+
+def _read_status(run_dir: Path) -> Optional[str]:
+    import json
+
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def find_unfinished_run(cfg: Any) -> Optional[Path]:
+    """With no run.dir given, `run.resume=auto` continues the newest unfinished run of the same name and
+    config, so re-issuing the same command after a preemption picks it up."""
+    root = Path("runs")
+    if not root.is_dir():
+        return None
+    name = default_run_name(cfg)
+    candidates = sorted(root.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    current = config_mod.to_dict(cfg)
+    for run_dir in candidates:
+        if _read_status(run_dir) not in ("running", "stopped", "failed"):
+            continue
+        manager = ckpt.CheckpointManager(run_dir / "checkpoints")
+        found = manager.resumable()
+        if found is not None and not math_changes(found[1].get("config", {}), current):
+            return run_dir
+    return None
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Run:
+    """Everything one run holds; `execute()` runs it."""
+
+    def __init__(self, cfg: Any, ctx: distributed.DistContext):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.device = ctx.device
+        self.console = Console(enabled=ctx.is_main, progress=cfg.run.progress)
+        self.started = time.time()
+        self.metrics_rows: list[dict] = []
+        self.best = {"val_acc1": None, "epoch": None, "weights": "raw"}
+        self.epoch = 1
+        self.step_in_epoch = 0
+        self.phase = "train"
+        self.totals_state: Optional[dict] = None
+        self.last_periodic_time = time.time()
+        self.logger: Any = NullLogger()
+        self.guard = ckpt.PreemptionGuard()
+
+    # -- run directory and resume decision ------------------------------------------------
+    def _choose_run_dir(self) -> Path:
+        cfg = self.cfg
+        if cfg.run.dir:
+            return Path(cfg.run.dir)
+        if cfg.run.resume == "auto":
+            found = find_unfinished_run(cfg)
+            if found is not None:
+                self.console.info(f"continuing the unfinished run in {found} (run.resume=auto)")
+                return found
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        return Path("runs") / f"{default_run_name(cfg)}-{stamp}"
+
+    def _resume_state(self, run_dir: Path) -> Optional[dict]:
+        cfg, resume = self.cfg, str(self.cfg.run.resume)
+        manager = ckpt.CheckpointManager(run_dir / "checkpoints")
+        if resume not in ("auto", "never"):
+            path = Path(resume)
+            if not path.is_file():
+                raise ConfigError(f"run.resume={resume}: no such checkpoint file; give a .pt path, auto or never")
+            state = ckpt.load_checked(path)
+            self.console.info(f"resuming from {path}")
+            return state
+        has_content = run_dir.is_dir() and any(run_dir.iterdir())
+        if resume == "never":
+            if has_content:
+                raise ConfigError(
+                    f"run.dir {run_dir} is not empty and run.resume=never; choose a new run.dir or run.resume=auto"
+                )
+            return None
+        found = manager.resumable()
+        for path, reason in manager.skipped:
+            self.console.warn(f"checkpoint {path} is unusable ({reason}); falling back to an older one")
+        if found is None:
+            if has_content and (run_dir / "checkpoints").is_dir() and manager.skipped:
+                self.console.warn("no usable checkpoint left; starting from scratch")
+            return None
+        path, state = found
+        self.console.info(f"resuming from {path} (epoch {state['epoch']}, step {state['global_step']})")
+        return state
+
+    def _check_compatible(self, state: dict) -> None:
+        changes = math_changes(state.get("config", {}), config_mod.to_dict(self.cfg))
+        if changes and not self.cfg.run.resume_force:
+            key, old, new = changes[0]
+            more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+            raise ConfigError(
+                f"cannot resume: {key} changed from {old!r} to {new!r}{more} since the checkpoint; "
+                "restore it, use a new run.dir, or force with run.resume_force=true"
+            )
+        if changes:
+            self.console.warn("resuming with changed keys (run.resume_force=true): " + ", ".join(c[0] for c in changes))
+
+    # -- building ----------------------------------------------------------------------------
+    def _build(self) -> None:
+        from trainlab import models, optim
+        from trainlab.data import build_data
+
+        cfg, ctx = self.cfg, self.ctx
+        seed_everything(cfg.train.seed)
+        configure_backends(cfg, self.device)
+        self.precision = resolve_precision(cfg, self.device)
+        batch_size = cfg.data.batch_size
+        if batch_size == "auto":
+            if self.device.type != "cuda":
+                raise ConfigError("data.batch_size=auto needs a GPU; give a number, e.g. data.batch_size=128")
+            from trainlab.bench import find_max_batch
+
+            batch_size = find_max_batch(cfg, self.device)
+            self.console.info(f"data.batch_size=auto: {batch_size} per process fits")
+            self.cfg = cfg = config_mod.replace(cfg, **{"data.batch_size": batch_size})
+
+        self.data = build_data(cfg, self.device, ctx.rank, ctx.world_size)
+        num_classes = cfg.model.num_classes or self.data.num_classes
+        if self.data.num_classes > num_classes:
+            raise DataError(
+                f"the dataset has {self.data.num_classes} classes but model.num_classes={num_classes}; "
+                "raise model.num_classes or drop it to use the dataset's count"
+            )
+        self.num_classes = num_classes
+        model = models.create(
+            cfg.model.name, num_classes, cifar_stem=cfg.model.cifar_stem, norm=cfg.model.norm,
+            pretrained=cfg.model.pretrained, freeze_backbone=cfg.model.freeze_backbone,
+        )  # fmt: skip
+        self.params = sum(p.numel() for p in model.parameters())
+        channels_last = cfg.train.channels_last
+        if channels_last is None:  # fast default on GPUs, where conv kernels prefer NHWC
+            channels_last = self.device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        self.channels_last = bool(channels_last)
+        model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        self.raw_model = model  # DDP and compile share its parameters; checkpoints hold its state
+        wrapped = distributed.wrap_model(model, ctx, sync_bn=cfg.model.sync_bn)
+        if ctx.enabled and cfg.model.sync_bn:
+            self.raw_model = distributed.unwrap(wrapped)
+        if cfg.train.compile != "none":
+            wrapped = torch.compile(wrapped, mode=cfg.train.compile)
+
+        global_batch = batch_size * ctx.world_size * cfg.train.grad_accum
+        self.global_batch = global_batch
+        optimizer = optim.build_optimizer(self.raw_model, cfg.optim, global_batch)
+        batches = len(self.data.train)
+        if cfg.train.max_steps_per_epoch:
+            batches = min(batches, cfg.train.max_steps_per_epoch)
+        self.steps_per_epoch = -(-batches // cfg.train.grad_accum)  # optimizer steps
+        scheduler = optim.build_scheduler(optimizer, cfg.sched, cfg.optim, cfg.train.epochs, self.steps_per_epoch)
+        self.schedule_warnings = optim.check_schedule(cfg.sched, cfg.train.epochs, self.steps_per_epoch)
+
+        ema = None
+        if cfg.train.ema_decay:
+            from trainlab.ema import ModelEMA
+
+            ema = ModelEMA(self.raw_model, cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
+        mixer = None
+        if cfg.aug.mixup_alpha > 0 or cfg.aug.cutmix_alpha > 0:
+            from trainlab.mix import BatchMixer
+
+            mixer = BatchMixer(
+                cfg.aug.mixup_alpha, cfg.aug.cutmix_alpha, cfg.aug.mix_prob, cfg.aug.switch_prob,
+                num_classes, label_smoothing=cfg.train.label_smoothing,
+            )  # fmt: skip
+        self.trainer = Trainer(
+            model=wrapped, optimizer=optimizer, scheduler=scheduler, device=self.device, precision=self.precision,
+            channels_last=self.channels_last, grad_accum=cfg.train.grad_accum, clip_grad=cfg.train.clip_grad,
+            label_smoothing=cfg.train.label_smoothing, mixer=mixer, ema=ema, on_nonfinite=cfg.watch.on_nonfinite,
+            seed=cfg.train.seed, max_batches=cfg.train.max_steps_per_epoch, on_batch=self.console.advance,
+        )  # fmt: skip
+
+    def _build_watcher(self) -> None:
+        from trainlab.watch import Watcher
+
+        s = self.cfg.watch
+        self.watcher = Watcher(
+            print_every=s.print_every, show_gpu=s.show_gpu, warn_on_leak=s.warn_on_leak,
+            warn_on_bottleneck=s.warn_on_bottleneck, warn_on_variance=s.warn_on_variance,
+            settings=s, device=self.device, printer=self.console.print, on_event=self._on_event,
+            on_log=self.logger.log_step, model=self.raw_model, optimizer=self.trainer.optimizer,
+            rank=self.ctx.rank, world_size=self.ctx.world_size, verbose=self.ctx.is_main and s.enabled,
+        )  # fmt: skip
+        self.trainer.watcher = self.watcher
+
+    def _on_event(self, event: Any) -> None:
+        record = event.to_dict() if hasattr(event, "to_dict") else dict(event)
+        self.logger.log_event(record)
+
+    def _event(self, kind: str, severity: str, message: str, **data: Any) -> None:
+        record = {"kind": kind, "severity": severity, "step": self.trainer.batches_seen, "epoch": self.epoch,
+                  "message": message, "data": data}  # fmt: skip
+        self.logger.log_event(record)
+        (self.console.warn if severity != "info" else self.console.info)(message)
+
+    # -- checkpoint state --------------------------------------------------------------------
+    def state(self, totals: Optional[EpochTotals]) -> dict:
+        t = self.trainer
+        return {
+            "format": "trainlab-checkpoint-1",
+            "config": config_mod.to_dict(self.cfg),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "phase": self.phase,
+            "global_step": t.global_step,
+            "batches_seen": t.batches_seen,
+            "model": self.raw_model.state_dict(),
+            "optimizer": t.optimizer.state_dict(),
+            "scheduler": t.scheduler.state_dict(),
+            "scaler": t.scaler.state_dict(),
+            "ema": t.ema.state_dict() if t.ema is not None else None,
+            "rng": ckpt.capture_rng(),
+            "totals": totals.state_dict() if totals is not None else None,
+            "watch": self.watcher.state_dict(),
+            "metrics_rows": list(self.metrics_rows),
+            "best": dict(self.best),
+            "num_classes": self.num_classes,
+            "class_names": list(self.data.class_names),
+            "wall_time_s": self.wall_time(),
+        }
+
+    def _load_state(self, state: dict) -> None:
+        t = self.trainer
+        self.raw_model.load_state_dict(state["model"])
+        t.optimizer.load_state_dict(state["optimizer"])
+        t.scheduler.load_state_dict(state["scheduler"])
+        t.scaler.load_state_dict(state["scaler"])
+        if t.ema is not None and state.get("ema") is not None:
+            t.ema.load_state_dict(state["ema"])
+        t.global_step = state["global_step"]
+        t.batches_seen = state["batches_seen"]
+        self.epoch = state["epoch"]
+        self.step_in_epoch = state["step_in_epoch"]
+        self.phase = state["phase"]
+        self.totals_state = state.get("totals")
+        self.metrics_rows = list(state["metrics_rows"])
+        self.best = dict(state["best"])
+        self.resumed_wall = state.get("wall_time_s", 0.0)
+        if state.get("watch") is not None:
+            self.watcher.load_state_dict(state["watch"])
+        ckpt.restore_rng(state["rng"])
+
+    def wall_time(self) -> float:
+        return getattr(self, "resumed_wall", 0.0) + (time.time() - self.started)
+
+    def _save(self, kind: str, totals: Optional[EpochTotals] = None) -> Optional[Path]:
+        """Rank 0 writes; every rank waits, so nobody exits before the file is whole."""
+        path = None
+        state = self.state(totals) if self.ctx.is_main else None
+        if self.ctx.is_main:
+            with self.guard.saving():
+                if kind == "last":
+                    path = self.manager.save_last(state)
+                elif kind == "periodic":
+                    path = self.manager.save_periodic(state, self.trainer.global_step)
+        distributed.barrier(self.ctx)
+        return path
+
+    # -- summary -----------------------------------------------------------------------------
+    def summary(self, status: str, error: Optional[str] = None) -> dict:
+        counts: dict[str, int] = {}
+        for event in getattr(self, "watcher", None).events if hasattr(self, "watcher") else []:
+            counts[event.kind] = counts.get(event.kind, 0) + 1
+        return {
+            "status": status,
+            "epochs": self.cfg.train.epochs,
+            "epochs_done": len(self.metrics_rows),
+            "best_val_acc1": self.best["val_acc1"],
+            "best_epoch": self.best["epoch"],
+            "best_weights": self.best["weights"],
+            "final": self.metrics_rows[-1] if self.metrics_rows else None,
+            "events": counts,
+            "watch": self.watcher.summary() if hasattr(self, "watcher") else {},
+            "model": self.cfg.model.name,
+            "params": getattr(self, "params", None),
+            "data": self.cfg.data.name,
+            "device": str(self.device),
+            "precision": getattr(self, "precision", None),
+            "world_size": self.ctx.world_size,
+            "global_batch": getattr(self, "global_batch", None),
+            "started": datetime.fromtimestamp(self.started).isoformat(timespec="seconds"),
+            "updated": datetime.now().isoformat(timespec="seconds"),
+            "wall_time_s": round(self.wall_time(), 3),
+            "error": error,
+            "run_dir": str(self.run_dir),
+        }
+
+    # -- the loop ----------------------------------------------------------------------------
+    def execute(self) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        self.run_dir = Path(self._choose_run_dir())
+        if ctx.enabled:  # every rank uses rank 0's choice (its timestamp)
+            self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), ctx))
+        state = self._resume_state(self.run_dir)
+        if state is not None:
+            self._check_compatible(state)
+            saved_cfg = state.get("config", {})
+            if saved_cfg and state.get("phase") == "done" and saved_cfg["train"]["epochs"] >= cfg.train.epochs:
+                self.console.info(
+                    f"run {self.run_dir} is finished ({saved_cfg['train']['epochs']} epochs); raise train.epochs "
+                    "to extend it, or choose a new run.dir"
+                )
+                return {"status": "finished", "run_dir": str(self.run_dir), "already_finished": True}
+
+        self._build()
+        if ctx.is_main:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(config_mod.to_yaml(self.cfg))
+            self.logger = RunLogger(self.run_dir, tensorboard=cfg.run.tensorboard)
+        self.manager = ckpt.CheckpointManager(
+            self.run_dir / "checkpoints", save_top_k=cfg.run.save_top_k, keep_periodic=cfg.run.keep_periodic
+        )
+        self._build_watcher()
+        if state is not None:
+            self._load_state(state)
+            if self.phase == "done":  # extending a finished run with more epochs
+                self.epoch, self.step_in_epoch, self.phase = self.epoch + 1, 0, "train"
+            self.logger.rewrite_metrics(self.metrics_rows)
+            self.logger.truncate_jsonl(self.trainer.batches_seen)
+            self._event("resumed", "info", f"resumed at epoch {self.epoch}, batch {self.step_in_epoch}",
+                        global_step=self.trainer.global_step)  # fmt: skip
+
+        self._announce()
+        for warning in self.schedule_warnings:
+            self._event("schedule", "warning", warning)
+        self.logger.write_summary(self.summary("running"))
+        try:
+            with self.guard:
+                self._loop()
+        except Preempted:
+            self.logger.write_summary(self.summary("stopped"))
+            raise
+        except NonFiniteLoss as exc:
+            self.logger.write_summary(self.summary("failed", str(exc)))
+            raise
+        except BaseException as exc:
+            self.logger.write_summary(self.summary("failed", f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            self.watcher.close()
+            self.logger.close()
+            self.console.close()
+        final = self.summary("finished")
+        self.logger.write_summary(final)
+        self._farewell(final)
+        return final
+
+    def _announce(self) -> None:
+        cfg = self.cfg
+        self.console.info(
+            f"trainlab: {cfg.model.name} ({self.params:,} params) on {cfg.data.name} "
+            f"[{self.data.loader_kind} loader], device {self.device}, "
+            f"precision {self.precision}, batch {cfg.data.batch_size} x {self.ctx.world_size} proc x "
+            f"{cfg.train.grad_accum} accum = {self.global_batch} global"
+        )
+        self.console.info(f"run dir: {self.run_dir}")
+
+    def _loop(self) -> None:
+        cfg, t = self.cfg, self.trainer
+        while self.epoch <= cfg.train.epochs:
+            totals = EpochTotals.zeros(self.device)
+            if self.totals_state is not None:
+                totals.load_state_dict(self.totals_state)
+                self.totals_state = None
+            n_batches = t.batches_per_epoch(self.data.train)
+            epoch_report: dict = {}
+            if self.phase == "train":
+                self.watcher.start_epoch(self.epoch)
+                self.console.start_epoch(self.epoch, cfg.train.epochs, n_batches, self.step_in_epoch)
+                _, stopped_at = t.train_epoch(
+                    self.data.train, self.epoch, start=self.step_in_epoch, totals=totals,
+                    on_boundary=lambda epoch, done: self._at_boundary(epoch, done, totals),
+                )  # fmt: skip
+                self.console.end_epoch()
+                if t.nonfinite_stop is not None:
+                    self.step_in_epoch = t.nonfinite_stop[1] + 1
+                    self._save("last", totals)
+                    raise NonFiniteLoss(
+                        f"non-finite loss at epoch {self.epoch}, batch {t.nonfinite_stop[1]} "
+                        f"(watch.on_nonfinite=stop); checkpoint saved in {self.run_dir / 'checkpoints'}. "
+                        "Lower optim.lr, set train.clip_grad, or check the data for NaNs"
+                    )
+                if stopped_at is not None:
+                    self._preempt(totals)
+                epoch_report = self.watcher.epoch_end()
+                self.phase, self.step_in_epoch = "val", n_batches
+            train_figures = totals.reduced(self.ctx)
+            val = self._validate(totals)
+            row = self._metrics_row(train_figures, val, epoch_report)
+            self.metrics_rows.append(row)
+            self.logger.append_metrics(row)
+            self._print_epoch(row)
+            if val is not None and val.get("val_acc1") is not None:
+                self.watcher_epoch_feedback(val)
+            self._update_best(row, totals)
+            self.phase = "done" if self.epoch == cfg.train.epochs else "train"
+            if self.phase == "train":
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            self._save("last")
+            self.logger.write_summary(self.summary("running"))
+            if self.phase == "done":
+                break
+
+    def watcher_epoch_feedback(self, val: dict) -> None:
+        # The watch's not_learning check needs the val accuracy; it arrived after epoch_end.
+        if hasattr(self.watcher, "observe_validation"):
+            self.watcher.observe_validation(val_acc=val["val_acc1"] / 100.0, val_loss=val["val_loss"],
+                                            num_classes=self.num_classes)  # fmt: skip
+
+    def _validate(self, totals: EpochTotals) -> Optional[dict]:
+        cfg = self.cfg
+        if self.epoch % cfg.eval.every and self.epoch != cfg.train.epochs:
+            return None
+        started = time.perf_counter()
+        model = self.trainer.model
+        result = evaluate(model, self.data.val, self.device, self.precision, self.channels_last,
+                          tta=cfg.eval.tta, ctx=self.ctx, should_stop=lambda: self._agreed_stop())  # fmt: skip
+        if result is None:  # stopped mid-validation: the checkpoint says "train done, validate next"
+            self._preempt(totals)
+        result["val_time_s"] = time.perf_counter() - started
+        if self.trainer.ema is not None:
+            ema_val = evaluate(self.trainer.ema.module, self.data.val, self.device, self.precision,
+                               self.channels_last, tta=cfg.eval.tta, ctx=self.ctx)  # fmt: skip
+            result["ema_val_acc1"] = ema_val["val_acc1"]
+            result["ema_val_loss"] = ema_val["val_loss"]
+        return result
+
+    def _metrics_row(self, train: dict, val: Optional[dict], rep: dict) -> dict:
+        data_s = rep.get("data_time_s")
+        compute_s = rep.get("compute_time_s")
+        epoch_s = rep.get("epoch_time_s")
+        peak = rep.get("gpu_peak_mb") or rep.get("peak_rss_mb")
+        row = {
+            "epoch": self.epoch, "step": self.trainer.global_step,
+            "train_loss": train["train_loss"], "train_acc1": train["train_acc1"],
+            "val_loss": None, "val_acc1": None, "val_acc5": None, "lr": self.trainer.lr(),
+            "data_time_s": data_s, "train_time_s": compute_s, "other_time_s": rep.get("other_time_s"),
+            "epoch_time_s": epoch_s, "images_per_s": rep.get("images_per_s"), "peak_mem_mb": peak,
+            "rss_mb": rep.get("rss_mb"), "time": time.time(), "batches": rep.get("steps"),
+        }  # fmt: skip
+        if val is not None:
+            row.update({k: val[k] for k in ("val_loss", "val_acc1", "val_acc5", "val_time_s")})
+            for key in ("ema_val_acc1", "ema_val_loss"):
+                if key in val:
+                    row[key] = val[key]
+        return row
+
+    def _update_best(self, row: dict, totals: EpochTotals) -> None:
+        score, weights = row.get("val_acc1"), "raw"
+        if row.get("ema_val_acc1") is not None and (score is None or row["ema_val_acc1"] > score):
+            score, weights = row["ema_val_acc1"], "ema"
+        if score is None:
+            return
+        if self.best["val_acc1"] is None or score > self.best["val_acc1"]:
+            self.best = {"val_acc1": score, "epoch": self.epoch, "weights": weights}
+        if self.ctx.is_main:
+            phase, epoch, step = self.phase, self.epoch, self.step_in_epoch
+            # The best files hold the state after this epoch, ready to continue from the next one.
+            done = epoch == self.cfg.train.epochs
+            self.phase, self.epoch, self.step_in_epoch = ("done", epoch, 0) if done else ("train", epoch + 1, 0)
+            state = self.state(None)
+            self.phase, self.epoch, self.step_in_epoch = phase, epoch, step
+            with self.guard.saving():
+                self.manager.save_best(state, epoch, score)
+
+    # -- stops and periodic checkpoints --------------------------------------------------------
+    def _agreed_stop(self) -> bool:
+        """Whether any rank got a stop signal. Under DDP every rank must stop at the same step."""
+        flag = self.guard.requested
+        if not self.ctx.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        distributed.all_reduce_sum(t, self.ctx)
+        return bool(t.item() > 0)
+
+    def _at_boundary(self, epoch: int, done: int, totals: EpochTotals) -> bool:
+        self.step_in_epoch = done
+        if self._agreed_stop():
+            return True
+        cfg = self.cfg
+        every_steps = cfg.run.checkpoint_every_steps
+        every_min = cfg.run.checkpoint_every_minutes
+        due = every_steps and self.trainer.global_step % every_steps == 0
+        due = due or (every_min and time.time() - self.last_periodic_time >= every_min * 60)
+        if due and done < self.trainer.batches_per_epoch(self.data.train):
+            self._save("periodic", totals)
+            self.last_periodic_time = time.time()
+        return False
+
+    def _preempt(self, totals: EpochTotals) -> None:
+        sig = self.guard.signal_name or "a signal"
+        path = self._save("last", totals)
+        message = (
+            f"stopped by {sig} at epoch {self.epoch}, batch {self.step_in_epoch}; checkpoint saved to "
+            f"{path or self.run_dir / 'checkpoints' / 'last.pt'}. Continue with the same command "
+            f"(run.dir={self.run_dir} run.resume=auto)"
+        )
+        self._event("preempted", "warning", f"stopped by {sig}", epoch=self.epoch, batch=self.step_in_epoch)
+        raise Preempted(message)
+
+    # -- console -------------------------------------------------------------------------------
+    def _print_epoch(self, row: dict) -> None:
+        def fmt(v, spec):
+            return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+        batches = row.get("batches") or 1
+        lines = [
+            f"Epoch {row['epoch']}/{self.cfg.train.epochs}",
+            f"- Loss: {fmt(row['train_loss'], '.4f')}",
+            f"- Accuracy (Top-1): {fmt(row['train_acc1'], '.2f')}%",
+            f"- Total Data Loading Time: {fmt(row['data_time_s'], '.4f')}s",
+            f"- Total Training Time: {fmt(row['train_time_s'], '.4f')}s",
+            f"- Average Training Time per Batch: {fmt((row['train_time_s'] or 0) / batches, '.4f')}s",
+            f"- Total Epoch Time: {fmt(row['epoch_time_s'], '.4f')}s",
+            f"- Val Loss: {fmt(row['val_loss'], '.4f')} | Val Top-1: {fmt(row['val_acc1'], '.2f')}% | "
+            f"Val Top-5: {fmt(row['val_acc5'], '.2f')}%"
+            + (f" | EMA Top-1: {row['ema_val_acc1']:.2f}%" if row.get("ema_val_acc1") is not None else ""),
+            f"- Images/s: {fmt(row['images_per_s'], '.1f')} | LR: {fmt(row['lr'], '.5g')}",
+        ]
+        self.console.print("\n".join(lines))
+
+    def _farewell(self, final: dict) -> None:
+        best = final["best_val_acc1"]
+        best_text = f"{best:.2f}% at epoch {final['best_epoch']} ({final['best_weights']} weights)" if best else "-"
+        self.console.info(f"done in {final['wall_time_s']:.1f}s; best val top-1 {best_text}")
+        self.console.info(f"run dir: {self.run_dir}")
+
+
+def train(cfg: Any) -> dict:
+    """Run `cfg` to the end (or a stop signal). Returns the run's summary."""
+    ctx = distributed.setup(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
+    try:
+        return Run(cfg, ctx).execute()
+    finally:
+        distributed.cleanup(ctx)
+        sys.stdout.flush()

@@ -1,0 +1,465 @@
+"""Full training state on disk: atomic writes with a checksum, retention, and stop signals.
+
+File format: a checkpoint is exactly what ``torch.save(state)`` writes (a zip archive), with one
+addition -- the zip's end-of-archive comment holds ``trainlab-ckpt v1 sha256=<hex>``, the sha256 of
+the bytes torch.save produced. Zip readers ignore the comment, so ``torch.load(path,
+weights_only=False)`` still opens a trainlab checkpoint directly; ``load_checked`` additionally
+verifies the checksum, which catches truncation (a half-copied file, a full disk) and bit rot.
+
+Writes go to ``.<name>.tmp-<pid>`` in the same directory, are fsynced, then renamed over the target
+(``os.replace`` is atomic on POSIX), and the directory is fsynced so the rename survives power loss.
+A reader therefore sees the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import random
+import re
+import signal
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainlab.errors import TrainlabError
+
+_ZIP_END_SIGNATURE = b"PK\x05\x06"
+_ZIP_END_LEN = 22  # end-of-central-directory record without comment; its last 2 bytes = comment length
+_TRAILER_PREFIX = b"trainlab-ckpt v1 sha256="
+_TRAILER_LEN = len(_TRAILER_PREFIX) + 64
+_HASH_CHUNK = 1 << 22
+
+
+class CheckpointError(TrainlabError):
+    """A checkpoint is truncated, corrupt or unreadable (exit 2). The message names the file."""
+
+    exit_code = 2
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic save / verified load
+
+
+class _HashingWriter:
+    """File-like object for torch.save: writes through to the file and hashes the same bytes."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        written = self._file.write(data)
+        self.sha256.update(data)
+        return written
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on Windows, where os.open on a dir fails.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_path_for(path: Path) -> Path:
+    """The temporary name save_atomic writes before renaming (one per process)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def save_atomic(state: dict, path: str | Path) -> None:
+    """Write ``state`` to ``path`` so that a reader sees either the old file or the complete new one.
+
+    On any failure (ENOSPC, a KeyboardInterrupt) the temporary file is removed, the previous file at
+    ``path`` is untouched, and the exception is re-raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "w+b") as file:
+            writer = _HashingWriter(file)
+            torch.save(state, writer)
+            digest = writer.sha256.hexdigest().encode("ascii")
+            # Turn the zip's empty end-of-archive comment into our checksum trailer.
+            file.flush()
+            end = file.tell()
+            file.seek(end - _ZIP_END_LEN)
+            record = file.read(_ZIP_END_LEN)
+            if record[:4] != _ZIP_END_SIGNATURE or record[-2:] != b"\x00\x00":
+                raise CheckpointError(f"torch.save wrote an unexpected archive layout to {tmp}")
+            file.seek(end - 2)
+            file.write(_TRAILER_LEN.to_bytes(2, "little"))
+            file.seek(end)
+            file.write(_TRAILER_PREFIX + digest)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_directory(path.parent)
+
+
+def _corrupt(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is truncated or corrupt ({reason}); delete it or resume from another "
+        f"checkpoint (run.resume=PATH)"
+    )
+
+
+def verify(path: str | Path) -> None:
+    """Check the checksum trailer of a trainlab checkpoint; raise CheckpointError naming the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as file:
+            if size < _ZIP_END_LEN + _TRAILER_LEN:
+                raise _corrupt(path, f"only {size} bytes")
+            file.seek(size - _TRAILER_LEN - _ZIP_END_LEN)
+            record = file.read(_ZIP_END_LEN)
+            trailer = file.read(_TRAILER_LEN)
+            if not trailer.startswith(_TRAILER_PREFIX) or record[:4] != _ZIP_END_SIGNATURE:
+                raise _corrupt(path, "the end of the file is missing or damaged")
+            expected = trailer[len(_TRAILER_PREFIX):].decode("ascii", errors="replace")
+            sha = hashlib.sha256()
+            file.seek(0)
+            remaining = size - _TRAILER_LEN - 2  # the comment-length field was 0 when hashed
+            while remaining > 0:
+                chunk = file.read(min(_HASH_CHUNK, remaining))
+                if not chunk:
+                    break
+                sha.update(chunk)
+                remaining -= len(chunk)
+            sha.update(b"\x00\x00")
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc.strerror or exc}") from exc
+    if sha.hexdigest() != expected:
+        raise _corrupt(path, "sha256 mismatch")
+
+
+def has_trailer(path: str | Path) -> bool:
+    """True when the file ends with a trainlab checksum trailer (written by save_atomic)."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            size = file.tell()
+            if size < _TRAILER_LEN:
+                return False
+            file.seek(size - _TRAILER_LEN)
+            return file.read(len(_TRAILER_PREFIX)) == _TRAILER_PREFIX
+    except OSError:
+        return False
+
+
+def load_checked(path: str | Path, map_location: Any = "cpu", require_checksum: bool = True) -> dict:
+    """Load a checkpoint after verifying its checksum.
+
+    ``require_checksum=False`` also accepts a plain ``torch.save`` file (no trailer, e.g. one a user
+    made by hand); such a file is only checked by torch.load parsing it. The load uses
+    ``weights_only=False`` because the state holds optimizer/scheduler/config objects: as with
+    torch.load, load only checkpoints you trust.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if require_checksum or has_trailer(path):
+        verify(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # zip/pickle errors: the file is not a readable checkpoint
+        raise _corrupt(path, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a training state dict")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state
+
+
+def capture_rng() -> dict:
+    """The state of every RNG the math depends on: python, numpy global, torch CPU and all CUDA devices."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # Only when CUDA is in use: querying would otherwise initialise a context on every device.
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """Restore what capture_rng returned. CUDA states are restored only when the device count matches."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu() if isinstance(state["torch"], torch.Tensor) else state["torch"])
+    cuda_states = state.get("cuda")
+    if cuda_states and torch.cuda.is_available():
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+        else:
+            warnings.warn(
+                f"checkpoint holds CUDA RNG states for {len(cuda_states)} devices but "
+                f"{torch.cuda.device_count()} are visible; CUDA RNG not restored",
+                stacklevel=2,
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# retention
+
+
+_PERIODIC_RE = re.compile(r"^periodic-step=(\d+)\.pt$")
+
+
+class CheckpointManager:
+    """Names, writes and prunes the checkpoints of one run directory.
+
+    ``last.pt`` (overwritten), ``periodic-step=NNNNNNN.pt`` (newest ``keep_periodic`` kept) and
+    ``epoch=NN-<metric>=XX.XX.pt`` (best ``save_top_k``; 0 keeps none, a negative number keeps all).
+    The top-k list is rebuilt from the file names, so a resumed run keeps pruning correctly.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        save_top_k: int = 1,
+        keep_periodic: int = 2,
+        metric: str = "val_acc1",
+        mode: str = "max",
+    ) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
+        self.directory = Path(directory)
+        self.save_top_k = save_top_k
+        self.keep_periodic = keep_periodic
+        self.metric = metric
+        self.mode = mode
+        self.skipped: list[tuple[Path, str]] = []
+        self._best_re = re.compile(rf"^epoch=(\d+)-{re.escape(metric)}=(.+)\.pt$")
+        self._best: list[tuple[float, int, Path]] = []
+        if self.directory.is_dir():
+            self._remove_stale_temp_files()
+            for path in self.directory.iterdir():
+                match = self._best_re.match(path.name)
+                if match:
+                    try:
+                        self._best.append((float(match.group(2)), int(match.group(1)), path))
+                    except ValueError:
+                        continue
+            self._best.sort(key=self._rank_key)
+
+    @property
+    def last_path(self) -> Path:
+        return self.directory / "last.pt"
+
+    def _remove_stale_temp_files(self) -> None:
+        # A SIGKILL during a save leaves .<name>.tmp-<pid>; remove those whose writer is gone.
+        for path in self.directory.glob(".*.tmp-*"):
+            pid_text = path.name.rsplit("-", 1)[-1]
+            if not pid_text.isdigit() or int(pid_text) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid_text), 0)
+                continue  # still running (another process) -- leave it alone
+            except ProcessLookupError:
+                pass
+            except (PermissionError, OSError):
+                continue
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def save_last(self, state: dict) -> Path:
+        save_atomic(state, self.last_path)
+        return self.last_path
+
+    def periodic_files(self) -> list[tuple[int, Path]]:
+        """(step, path) of the periodic checkpoints on disk, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for path in self.directory.iterdir():
+            match = _PERIODIC_RE.match(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def save_periodic(self, state: dict, global_step: int) -> Path:
+        path = self.directory / f"periodic-step={global_step:07d}.pt"
+        save_atomic(state, path)
+        keep = max(self.keep_periodic, 1)  # never delete the file just written
+        for _, old in self.periodic_files()[:-keep]:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+        return path
+
+    def _rank_key(self, entry: tuple[float, int, Path]) -> tuple[float, int]:
+        value, epoch, _ = entry
+        if math.isnan(value):
+            return (math.inf, epoch)
+        return (-value if self.mode == "max" else value, epoch)  # ties: the earlier epoch ranks higher
+
+    def best_filename(self, epoch: int, value: float) -> str:
+        return f"epoch={epoch:02d}-{self.metric}={value:.2f}.pt"
+
+    def save_best(self, state: dict, epoch: int, value: float) -> Path | None:
+        """Write ``state`` as a top-k checkpoint if ``value`` ranks in the top ``save_top_k``."""
+        if self.save_top_k == 0 or math.isnan(value):
+            return None
+        # The same epoch re-evaluated after a resume replaces its previous entry.
+        others = [entry for entry in self._best if entry[1] != epoch]
+        candidate = (float(value), int(epoch), self.directory / self.best_filename(epoch, value))
+        ranked = sorted([*others, candidate], key=self._rank_key)
+        kept = ranked if self.save_top_k < 0 else ranked[: self.save_top_k]
+        if candidate not in kept:
+            return None
+        save_atomic(state, candidate[2])
+        kept_paths = {entry[2] for entry in kept}
+        for entry in self._best:
+            if entry[2] not in kept_paths:
+                with contextlib.suppress(FileNotFoundError):
+                    entry[2].unlink()
+        self._best = kept
+        return candidate[2]
+
+    def best(self) -> list[tuple[float, int, Path]]:
+        """The current top-k as (value, epoch, path), best first."""
+        return list(self._best)
+
+    def resumable(self) -> tuple[Path, dict] | None:
+        """The newest good checkpoint among last.pt and periodic-*.pt (by state['global_step'], tie ->
+        last.pt), each verified; corrupt ones are listed in ``self.skipped`` and passed over. When none
+        of those is good, the top-k files are tried as a last resort. None when nothing is usable."""
+        self.skipped = []
+        best_found: tuple[Path, dict] | None = None
+
+        def try_load(path: Path) -> dict | None:
+            try:
+                return load_checked(path)
+            except CheckpointError as exc:
+                self.skipped.append((path, str(exc)))
+                return None
+
+        if self.last_path.is_file():
+            state = try_load(self.last_path)
+            if state is not None:
+                best_found = (self.last_path, state)
+        last_step = int(best_found[1].get("global_step", -1)) if best_found else -1
+        # Newest periodic first; only those strictly newer than last.pt can win.
+        for step, path in reversed(self.periodic_files()):
+            if best_found is not None and step <= last_step:
+                break
+            state = try_load(path)
+            if state is None:
+                continue
+            if int(state.get("global_step", step)) > last_step:
+                best_found = (path, state)
+            break
+        if best_found is None:
+            for _, _, path in sorted(self._best, key=lambda e: -e[1]):  # newest epoch first
+                if path.is_file():
+                    state = try_load(path)
+                    if state is not None:
+                        return path, state
+        return best_found
+
+
+# ---------------------------------------------------------------------------------------------
+# stop signals
+
+
+def _default_signals() -> tuple[int, ...]:
+    names = ("SIGTERM", "SIGINT", "SIGUSR1")  # SIGUSR1 is absent on Windows
+    return tuple(getattr(signal, name) for name in names if hasattr(signal, name))
+
+
+class PreemptionGuard:
+    """Turns stop signals into a flag the training loop checks at step boundaries.
+
+    The first signal sets ``requested`` and records ``signal_name``; later ones never raise (they
+    are counted in ``extra_signals``), so a save in progress is never interrupted. Previous handlers
+    are restored on exit. Off the main thread Python cannot install handlers: the guard is then a
+    no-op and says so in ``note``.
+    """
+
+    def __init__(self, signals: tuple[int, ...] | None = None) -> None:
+        self.signals = tuple(signals) if signals is not None else _default_signals()
+        self.requested = False
+        self.signal_name: str | None = None
+        self.extra_signals = 0
+        self.note: str | None = None
+        self._saving_depth = 0
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def is_saving(self) -> bool:
+        return self._saving_depth > 0
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.requested:
+            self.requested = True
+            self.signal_name = signal.Signals(signum).name
+        else:
+            # While saving this keeps the save intact; otherwise the flag is already set and the
+            # loop will stop at the next step boundary anyway.
+            self.extra_signals += 1
+
+    def request(self, signal_name: str) -> None:
+        """Set the flag as if a signal had arrived (e.g. a stop agreed across DDP ranks)."""
+        if not self.requested:
+            self.requested = True
+            self.signal_name = signal_name
+
+    def __enter__(self) -> PreemptionGuard:
+        if threading.current_thread() is not threading.main_thread():
+            self.note = "stop signals are not handled: the training loop is not on the main thread"
+            return self
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """Marks a save in progress (signals arriving now are absorbed)."""
+        self._saving_depth += 1
+        try:
+            yield
+        finally:
+            self._saving_depth -= 1
+
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointManager",
+    "PreemptionGuard",
+    "capture_rng",
+    "load_checked",
+    "restore_rng",
+    "save_atomic",
+    "verify",
+]

@@ -1,0 +1,373 @@
+"""torchrun-native distributed helpers: environment, DDP wrapping, reductions, launching.
+
+Like the torchvision references: torchrun (``torch.distributed.run``) starts one process per device
+and sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; ``setup`` reads them. Without
+them everything here degrades to a single process and the collectives are no-ops.
+
+How a failing rank ends the job:
+- under torchrun, a worker that exits non-zero makes the agent SIGTERM the others (SIGKILL after
+  30 s) and exit; ``launch`` reports the first failed rank's exit code.
+- a rank that hangs or dies without its peers noticing (e.g. started without torchrun) is ended by
+  the collective timeout ``dist.timeout_s`` (default 300 s): the surviving ranks' next collective
+  raises an error naming the timeout instead of hanging forever. NCCL's asynchronous error handling
+  (TORCH_NCCL_ASYNC_ERROR_HANDLING) tears the process down when such a timeout fires on the GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from trainlab.errors import ConfigError, UsageError
+
+# A rank that fails must end the job rather than leave the others blocked in a collective.
+_ENV_DEFAULTS = {
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",  # abort communicators and exit on a collective error/timeout
+}
+
+_RESET_SIGNALS_ENV = "TRAINLAB_RESET_STOP_SIGNALS"
+
+# Signals a stop request arrives as (SLURM's --signal=USR1@90 included); SIGUSR1 is absent on Windows.
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, n))
+
+
+@dataclass
+class DistContext:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    backend: str | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def resolve_device(train_device: str, local_rank: int = 0, local_world_size: int = 1) -> torch.device:
+    """train.device -> torch.device for this process (cuda -> cuda:LOCAL_RANK under torchrun)."""
+    dev = (train_device or "auto").strip().lower()
+    under_torchrun = local_world_size > 1
+    if dev == "auto":
+        if torch.cuda.is_available():
+            dev = "cuda"
+        elif not under_torchrun and torch.backends.mps.is_available():
+            return torch.device("mps")
+        else:
+            return torch.device("cpu")
+    if dev == "cpu":
+        return torch.device("cpu")
+    if dev == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("train.device=mps but MPS is not available; use train.device=cpu or auto")
+        if under_torchrun:
+            raise ConfigError("train.device=mps cannot be used with several processes; use train.nproc=1")
+        return torch.device("mps")
+    if dev.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"train.device={train_device} but no CUDA device is visible; use train.device=cpu or auto"
+            )
+        count = torch.cuda.device_count()
+        if dev == "cuda":
+            if local_rank >= count:
+                raise ConfigError(
+                    f"LOCAL_RANK={local_rank} needs a GPU but only {count} CUDA device(s) are visible; "
+                    f"start at most {count} processes per node (--nproc_per_node / train.nproc)"
+                )
+            return torch.device("cuda", local_rank)
+        try:
+            index = int(dev.split(":", 1)[1])
+        except (IndexError, ValueError):
+            raise ConfigError(
+                f"train.device={train_device!r} is not valid; choose auto, cpu, cuda, cuda:N or mps"
+            ) from None
+        if under_torchrun:
+            raise ConfigError(
+                f"train.device={train_device} pins one GPU but {local_world_size} processes run on this "
+                f"node; use train.device=cuda (each rank takes cuda:LOCAL_RANK)"
+            )
+        if index >= count:
+            raise ConfigError(f"train.device={train_device} but only {count} CUDA device(s) are visible")
+        return torch.device("cuda", index)
+    raise ConfigError(f"train.device={train_device!r} is not valid; choose auto, cpu, cuda, cuda:N or mps")
+
+
+def _restore_default_stop_signals() -> None:
+    # Workers started by run_torchrun inherit the agent's SIG_IGN for stop signals; until the
+    # training loop installs its PreemptionGuard, a SIGTERM (e.g. the agent ending the job after
+    # another rank failed) should end this process as usual.
+    if os.environ.get(_RESET_SIGNALS_ENV) != "1" or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in _STOP_SIGNALS:
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+
+def setup(train_device: str = "auto", backend: str = "auto", timeout_s: float = 300.0) -> DistContext:
+    """Read the torchrun environment and join the process group (a no-op for a single process)."""
+    _restore_default_stop_signals()
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    local_world_size = _env_int("LOCAL_WORLD_SIZE", world_size)
+    device = resolve_device(train_device, local_rank, local_world_size)
+    if world_size <= 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return DistContext(rank=0, local_rank=0, world_size=1, device=device, backend=None)
+
+    if backend in (None, "", "auto"):
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ConfigError(f"dist.backend=nccl needs CUDA devices but train.device resolved to {device}; "
+                          f"use dist.backend=gloo (or auto) on the CPU")
+    if backend not in ("nccl", "gloo"):
+        raise ConfigError(f"dist.backend={backend!r} is not valid; choose auto, nccl or gloo")
+    for name, value in _ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {}
+        if backend == "nccl":
+            kwargs["device_id"] = device  # binds the communicator to this rank's GPU eagerly
+        dist.init_process_group(
+            backend=backend, timeout=timedelta(seconds=timeout_s), rank=rank, world_size=world_size, **kwargs
+        )
+    return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device, backend=backend)
+
+
+def cleanup(ctx: DistContext | None = None) -> None:
+    """Leave the process group (safe to call when none was joined)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, ctx: DistContext, sync_bn: bool = False) -> nn.Module:
+    """DDP-wrap ``model`` (already on ctx.device) for a multi-process run; unchanged for one process."""
+    if not ctx.enabled:
+        return model
+    if sync_bn:
+        if ctx.device.type != "cuda":
+            raise ConfigError(
+                "model.sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU kernel); "
+                "set model.sync_bn=false on the CPU"
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if ctx.device.type == "cuda":
+        return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index],
+                                                   output_device=ctx.device.index)
+    return nn.parallel.DistributedDataParallel(model)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP and/or torch.compile wrappers (what state_dict should come from)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def maybe_no_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+    """``model.no_sync()`` for DDP micro-steps that accumulate (skip the gradient all-reduce)."""
+    if enabled and isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum ``t`` over ranks in place and return it (no-op for one process)."""
+    if ctx.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_floats(values: list[float], ctx: DistContext) -> list[list[float]]:
+    """Every rank's list of floats, indexed by rank (e.g. per-rank step times for straggler checks)."""
+    values = [float(v) for v in values]
+    if not ctx.enabled:
+        return [values]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, values)
+    return [list(v) for v in gathered]
+
+
+def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (picklable objects only)."""
+    if not ctx.enabled:
+        return obj
+    holder = [obj if ctx.rank == src else None]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        if ctx.backend == "nccl":
+            dist.barrier(device_ids=[ctx.device.index])
+        else:
+            dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# launching through torchrun
+
+
+_EXITCODE_RE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+
+
+def _strip_nproc(argv: list[str]) -> list[str]:
+    return [a for a in argv if not re.match(r"^(\+{0,2})train\.nproc=", a)]
+
+
+def torchrun_command(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None) -> list[str]:
+    """``python -m torch.distributed.run ... <target>``; target is ``['-m', 'pkg', ...]`` or a script."""
+    if nproc < 1:
+        raise UsageError(f"train.nproc={nproc} must be at least 1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if nnodes > 1 or rdzv_endpoint:
+        if not rdzv_endpoint:
+            raise UsageError(f"--nnodes={nnodes} needs a rendezvous endpoint (host:port of the first node)")
+        cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
+    else:
+        cmd += ["--standalone"]
+    return cmd + list(target)
+
+
+def _worker_pids(agent_pid: int) -> list[int]:
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        return []
+    try:
+        return [child.pid for child in psutil.Process(agent_pid).children(recursive=False)]
+    except psutil.Error:
+        return []
+
+
+def run_torchrun(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None,
+                 env: dict[str, str] | None = None) -> int:
+    """Run ``target`` under torch's launcher; relay output and stop signals; return the job's exit code.
+
+    Stop signals (SIGTERM, SIGINT, SIGUSR1) received here are sent straight to the worker processes,
+    which save and exit 143; the torchrun agent is started ignoring them (a SIGUSR1 would otherwise
+    kill it, and its own SIGTERM handling turns a clean stop into a traceback). torchrun itself
+    exits 1 whenever a worker fails, so the first failed rank's exit code is read from its failure
+    summary and returned instead (143 for a preempted job, 2 for bad input, 128+N for a signal).
+    """
+    cmd = torchrun_command(target, nproc, nnodes, rdzv_endpoint)
+    env = dict(os.environ if env is None else env)
+    # The agent ignores stop signals (SIG_IGN, inherited through exec); it still shuts the workers
+    # down on SIGHUP/SIGQUIT. Read by torchrun's process context (same as --signals-to-handle).
+    env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
+    env[_RESET_SIGNALS_ENV] = "1"  # workers put the default dispositions back in setup()
+
+    def agent_preexec() -> None:  # pragma: no cover - runs in the child
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, env=env, preexec_fn=agent_preexec if os.name == "posix" else None,
+        start_new_session=True,  # a terminal Ctrl-C reaches only this process, which relays it once
+    )
+    tail = bytearray()
+
+    def relay_stderr() -> None:
+        assert proc.stderr is not None
+        out = getattr(sys.stderr, "buffer", None)
+        while True:
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            if not chunk:
+                break
+            tail.extend(chunk)
+            del tail[:-65536]
+            if out is not None:
+                out.write(chunk)
+                out.flush()
+            else:
+                sys.stderr.write(chunk.decode(errors="replace"))
+                sys.stderr.flush()
+
+    relay = threading.Thread(target=relay_stderr, daemon=True)
+    relay.start()
+
+    def forward(signum: int, frame: Any) -> None:
+        workers = _worker_pids(proc.pid)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        if not workers:  # still in rendezvous: nothing to save, shut the agent down
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGHUP)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in _STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, forward)
+    try:
+        returncode = proc.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        relay.join(timeout=5)
+    if returncode == 0:
+        return 0
+    text = bytes(tail).decode(errors="replace")
+    root = text[text.rfind("Root Cause"):] if "Root Cause" in text else text
+    match = _EXITCODE_RE.search(root)
+    if match:
+        code = int(match.group(1))
+        return 128 - code if code < 0 else code
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def launch(argv: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None) -> int:
+    """``trainlab train ... train.nproc=N``: re-run the same command under torchrun with N processes."""
+    return run_torchrun(["-m", "trainlab", "train", *_strip_nproc(argv)], nproc, nnodes, rdzv_endpoint)
+
+
+__all__ = [
+    "DistContext",
+    "all_gather_floats",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "cleanup",
+    "launch",
+    "maybe_no_sync",
+    "resolve_device",
+    "run_torchrun",
+    "setup",
+    "unwrap",
+    "wrap_model",
+]

@@ -1,0 +1,341 @@
+"""`trainlab sweep`: run the cartesian product of a grid of settings, one `trainlab train` process per run.
+
+    trainlab sweep CONFIG --grid optim.name=sgd,adam --grid optim.lr=0.05,0.1 train.epochs=2 [--parallel 2]
+
+Each run lives in SWEEP_DIR/<name>, the name made of its varied values (`name=adam-lr=0.1`). A failed run
+(non-zero exit) gets its stderr tail in RUN/error.txt and the sweep goes on. Running the same sweep again
+(same --dir) skips finished runs and re-launches the others, which resume from their checkpoints.
+SWEEP_DIR/sweep.json records the plan, so `trainlab report SWEEP_DIR` and a plain re-run know it.
+At the end the comparison table is printed and written to sweep.md and sweep.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from trainlab.errors import UsageError
+from trainlab.report import compare
+from trainlab.report.read import ERROR_FILE, SWEEP_FILE, load_sweep, read_json, read_sweep
+from trainlab.report.text import format_table
+
+ERROR_TAIL_LINES = 40
+MAX_NAME = 100
+
+
+@dataclass
+class PlannedRun:
+    name: str
+    settings: dict[str, str]  # every grid key -> its value in this run
+    values: dict[str, str]  # the keys that vary across the sweep (names and table columns)
+
+    def overrides(self) -> list[str]:
+        return [f"{key}={value}" for key, value in self.settings.items()]
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str  # finished | skipped | failed | stopped
+    returncode: Optional[int] = None
+    seconds: float = 0.0
+    message: str = ""
+
+
+# ------------------------------------------------------------------ planning
+
+
+def split_values(text: str) -> list[str]:
+    """Split `v1,v2,...` on the commas outside brackets, so list values like `[0.9,0.99]` stay whole."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        if char in "[({":
+            depth += 1
+        elif char in "])}":
+            depth -= 1
+        if char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += char
+    values.append(current.strip())
+    return values
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or "." not in key:
+            raise UsageError(f"--grid '{item}' is not section.key=v1,v2,... (e.g. --grid optim.lr=0.05,0.1)")
+        values = split_values(text)
+        if any(v == "" for v in values):
+            raise UsageError(f"--grid '{item}' has an empty value; write values separated by commas")
+        if key in grid:
+            raise UsageError(f"--grid names '{key}' twice; give all its values in one --grid {key}=v1,v2")
+        grid[key] = list(dict.fromkeys(values))  # repeated values would only run twice
+    return grid
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_.") or "_"
+
+
+def run_names(grid: dict[str, list[str]]) -> list[PlannedRun]:
+    """The cartesian product, each run named from the values that vary (filesystem-safe and unique)."""
+    keys = list(grid)
+    varied = [k for k in keys if len(grid[k]) > 1] or keys
+    short = {k: k.rsplit(".", 1)[-1] for k in varied}
+    if len(set(short.values())) < len(short):  # e.g. optim.lr and sched.lr: keep the full keys
+        short = {k: k for k in varied}
+    planned, used = [], set()
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        settings = dict(zip(keys, combo))
+        name = "-".join(f"{short[k]}={settings[k]}" for k in varied) if varied else "run"
+        name = _safe(name)
+        if len(name) > MAX_NAME:
+            name = name[: MAX_NAME - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+        base, n = name, 2
+        while name in used:
+            name, n = f"{base}-{n}", n + 1
+        used.add(name)
+        planned.append(PlannedRun(name, settings, {k: settings[k] for k in varied if len(grid[k]) > 1}))
+    return planned
+
+
+def split_items(items: list[str], grid_items: list[str]) -> tuple[Optional[str], dict[str, list[str]], list[str]]:
+    """CONFIG, grid and fixed overrides from the positional items and the --grid values.
+
+    `--grid` takes several values, so `--grid a.b=1,2 c.d=3` puts `c.d=3` in the grid too: a one-value
+    grid key is a fixed setting that does not appear in run names. A CONFIG caught by --grid is found.
+    """
+    config: Optional[str] = None
+    overrides: list[str] = []
+    grid_entries: list[str] = []
+    for item in [*items, *grid_items]:
+        if "=" not in item:
+            if config is not None:
+                raise UsageError(f"two configs given ('{config}', '{item}'); give one CONFIG, then key=value")
+            config = item
+        elif item in grid_items:
+            grid_entries.append(item)
+        else:
+            overrides.append(item)
+    if config is not None and not Path(config).is_file():
+        raise UsageError(f"config file not found: {config}")
+    return config, parse_grid(grid_entries), overrides
+
+
+# ------------------------------------------------------------------ running
+
+
+def train_command(config: Optional[str], overrides: list[str], run: PlannedRun, run_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "trainlab", "train"]
+    if config:
+        cmd.append(config)
+    extra = [] if any(o.startswith("run.name=") for o in overrides) else [f"run.name={run.name}"]
+    return [*cmd, *overrides, *run.overrides(), *extra, f"run.dir={run_dir}"]
+
+
+def _tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _is_finished(run_dir: Path) -> bool:
+    return read_json(run_dir / "summary.json").get("status") == "finished"
+
+
+def _prepare(run_dir: Path) -> None:
+    """Clear a previous failure so the run is retried; the engine resumes from its checkpoints itself."""
+    error = run_dir / ERROR_FILE
+    if error.exists():
+        error.unlink()
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()  # only the error was there: the engine never started, start clean
+
+
+def _run_one(
+    planned: PlannedRun, config: Optional[str], overrides: list[str], sweep_dir: Path, env: dict[str, str]
+) -> Outcome:
+    run_dir = sweep_dir / planned.name
+    _prepare(run_dir)
+    logs = sweep_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    out_path, err_path = logs / f"{planned.name}.out", logs / f"{planned.name}.err"
+    start = time.perf_counter()
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.run(
+            train_command(config, overrides, planned, run_dir), stdout=out, stderr=err, env=env,
+            stdin=subprocess.DEVNULL,
+        )
+    seconds = time.perf_counter() - start
+    if proc.returncode == 0:
+        return Outcome(planned.name, "finished", 0, seconds)
+    tail = _tail(err_path) or _tail(out_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ERROR_FILE).write_text(f"exit code {proc.returncode}\n{tail}\n", encoding="utf-8")
+    last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "no output")
+    status = "stopped" if proc.returncode == 143 else "failed"
+    return Outcome(planned.name, status, proc.returncode, seconds, last.strip())
+
+
+def _child_env(parallel: int) -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if parallel > 1 and "OMP_NUM_THREADS" not in env:
+        # N runs share the CPU: without this each torch process would start one thread per core.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+    return env
+
+
+def write_spec(sweep_dir: Path, config: Optional[str], grid: dict[str, list[str]], overrides: list[str],
+               planned: list[PlannedRun]) -> None:
+    spec = {
+        "config": str(Path(config).resolve()) if config else None,
+        "grid": grid,
+        "overrides": overrides,
+        "runs": [{"name": p.name, "values": p.values} for p in planned],
+        "created": read_sweep(sweep_dir).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": sys.argv,
+    }
+    tmp = sweep_dir / (SWEEP_FILE + ".tmp")
+    tmp.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(sweep_dir / SWEEP_FILE)
+
+
+def write_tables(sweep_dir: Path) -> str:
+    """sweep.md and sweep.csv from what the runs wrote; returns the table as printed."""
+    spec = read_sweep(sweep_dir)
+    runs = load_sweep(sweep_dir)
+    headers, rows = compare.table(runs)
+    grid = ", ".join(f"{k}={','.join(v)}" for k, v in spec.get("grid", {}).items())
+    md = [
+        f"# Sweep {sweep_dir.name}\n",
+        f"- config: `{spec.get('config') or '(defaults)'}`",
+        f"- grid: `{grid}`",
+        f"- fixed: `{' '.join(spec.get('overrides', [])) or '-'}`",
+        f"- updated: {spec.get('updated', '')}\n",
+        compare.to_markdown(headers, rows),
+        "Times are per training epoch (means); `1st epoch s` vs `later ep s` shows warm-up such as compilation.",
+    ]
+    (sweep_dir / "sweep.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    (sweep_dir / "sweep.csv").write_text(compare.to_csv(runs), encoding="utf-8")
+    return format_table(headers, rows)
+
+
+def run_sweep(
+    config: Optional[str],
+    grid: dict[str, list[str]],
+    overrides: list[str],
+    sweep_dir: str | Path,
+    parallel: int = 1,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Run (or continue) a sweep. Returns 0 when every run finished, 1 when any failed."""
+    if parallel < 1:
+        raise UsageError(f"--parallel {parallel}: give 1 or more")
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    planned = run_names(grid)
+    write_spec(sweep_dir, config, grid, overrides, planned)
+    todo = []
+    for p in planned:
+        if _is_finished(sweep_dir / p.name):
+            echo(f"skip {p.name}: finished")
+        else:
+            todo.append(p)
+    echo(f"sweep {sweep_dir}: {len(planned)} runs, {len(todo)} to run, {parallel} at a time")
+
+    env = _child_env(parallel)
+    lock = threading.Lock()
+    stop = threading.Event()
+    outcomes: list[Outcome] = []
+
+    def work(index: int, p: PlannedRun) -> None:
+        if stop.is_set():
+            return
+        with lock:
+            echo(f"[{index}/{len(todo)}] {p.name}: started ({' '.join(p.overrides())})")
+        outcome = _run_one(p, config, overrides, sweep_dir, env)
+        with lock:
+            outcomes.append(outcome)
+            if outcome.status == "finished":
+                echo(f"[{index}/{len(todo)}] {p.name}: finished in {outcome.seconds:.1f}s")
+            else:
+                echo(f"[{index}/{len(todo)}] {p.name}: {outcome.status} (exit {outcome.returncode}): "
+                     f"{outcome.message}  -> {sweep_dir / p.name / ERROR_FILE}")
+
+    interrupted = False
+    pool = ThreadPoolExecutor(max_workers=parallel)
+    try:
+        futures = [pool.submit(work, i, p) for i, p in enumerate(todo, 1)]
+        for future in futures:
+            future.result()
+    except KeyboardInterrupt:
+        # the children got the same SIGINT and checkpoint; start nothing new and wait for them
+        interrupted = True
+        stop.set()
+        echo("sweep interrupted: waiting for the running runs to stop; run the same command to continue")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    echo("")
+    echo(write_tables(sweep_dir).rstrip())
+    echo(f"\ntables: {sweep_dir / 'sweep.md'}  {sweep_dir / 'sweep.csv'}  (report: trainlab report {sweep_dir})")
+    failed = [o for o in outcomes if o.status != "finished"]
+    if failed:
+        echo(f"{len(failed)} of {len(planned)} runs failed: " + ", ".join(f"{o.name} (exit {o.returncode})"
+                                                                        for o in failed))
+    if interrupted:
+        return 130
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------ command line
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    config, grid, overrides = split_items(args.items, args.grid or [])
+    sweep_dir = Path(args.dir) if args.dir else Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not grid and args.dir and (sweep_dir / SWEEP_FILE).is_file() and config is None:
+        # `trainlab sweep --dir D` alone continues the sweep recorded there
+        spec = read_sweep(sweep_dir)
+        config, grid = spec.get("config"), spec.get("grid", {})
+        overrides = [*spec.get("overrides", []), *overrides]
+    if not grid:
+        raise UsageError("no grid: give at least one --grid section.key=v1,v2 (or --dir of an existing sweep)")
+    return run_sweep(config, grid, overrides, sweep_dir, args.parallel)
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="run a grid of trainings and compare them",
+        description="Run the cartesian product of --grid values, one `trainlab train` per run in SWEEP_DIR/<name>. "
+        "Failed runs are recorded and the sweep continues; re-running with the same --dir skips finished "
+        "runs and resumes the others. Writes sweep.md and sweep.csv. Exit 0 when all finished, 1 if any failed.",
+    )
+    p.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="a YAML config, then fixed overrides")
+    p.add_argument("--grid", action="extend", nargs="+", metavar="key=v1,v2",
+                   help="a key and its values (repeatable); key=value entries with one value are fixed settings")
+    p.add_argument("--dir", help="sweep directory (default runs/sweep-<timestamp>); reuse it to continue")
+    p.add_argument("--parallel", type=int, default=1, metavar="N", help="runs at a time (default 1)")
+    p.set_defaults(func=cmd_sweep)

@@ -1,0 +1,143 @@
+"""The in-memory tensor loader: the whole split resident on the device, augmented a batch at a time.
+
+The airbench idea, kept general: uint8 images live on the training device (GPU memory on a GPU, plain RAM
+on the CPU), zero-padded once for training. Each epoch draws its permutation, crop offsets and flips in one
+shot on a CPU generator seeded by (seed, epoch), so the order and augmentation are bitwise the same on any
+device and `batches(epoch, k)` starts at batch k without computing the skipped batches.
+
+A random crop of a padded image is W-byte rows read at `start + row * padded_width`, so a whole batch
+crops with a single `index_select` over an overlapping-rows view of the padded data (no per-sample Python,
+no per-pixel index arithmetic); flips and normalisation then run on the whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from trainlab.data.torch_loader import stream_seed
+
+_AUGMENT_TAG = 0x54454E53  # keeps this loader's stream apart from the torch loader's ones
+
+
+class TensorLoader:
+    """Loader protocol: `batches(epoch, start)` yields (float32 NCHW normalised, int64 labels) on `device`."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        seed: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        pad: int = 4,
+        flip: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 NHWC, got {images.dtype} of shape {tuple(images.shape)}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.drop_last = bool(drop_last) and self.train  # evaluation always sees every sample
+        self.pad = int(pad) if self.train else 0
+        self.flip = bool(flip) and self.train
+        self.dataset_size = len(images)
+        _, self.height, self.width, self.channels = images.shape
+
+        # NCHW uint8 on the device; moved before permuting so a GPU does the layout work.
+        data = images.to(self.device).permute(0, 3, 1, 2).contiguous()
+        if self.pad > 0:
+            data = F.pad(data, (self.pad,) * 4)  # zeros, as torchvision's RandomCrop(padding=p)
+        self._data = data
+        self._labels = labels.to(device=self.device, dtype=torch.int64)
+        h_pad, w_pad = data.shape[2], data.shape[3]
+        self._image_stride = self.channels * h_pad * w_pad
+        # Every byte offset is the start of a W-wide row; a crop row is one of them.
+        flat = data.view(-1)
+        self._rows = flat.as_strided((flat.numel() - self.width + 1, self.width), (1, 1))
+        # Offsets of each output row (channel c, row r) from an image's crop origin.
+        c = torch.arange(self.channels, device=self.device).view(-1, 1)
+        r = torch.arange(self.height, device=self.device).view(1, -1)
+        self._row_offsets = (c * (h_pad * w_pad) + r * w_pad).view(1, -1)
+
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std == x * scale + shift, two in-place passes over the batch.
+        self._scale = 1.0 / (255.0 * std_t)
+        self._shift = -mean_t / std_t
+        # channels_last feeds fast conv kernels on a GPU; on the CPU plain NCHW keeps runs bitwise comparable.
+        self._memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+
+        if self.train:  # DistributedSampler semantics: pad the permutation so every rank has the same count
+            self.num_samples = math.ceil(self.dataset_size / self.world_size)
+        else:  # val: rank r takes r::world_size, no padding, so no sample is counted twice
+            self.num_samples = len(range(self.rank, self.dataset_size, self.world_size))
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(indices, crop y, crop x, flip) for this rank's samples in `epoch`, in order, on the CPU."""
+        n, ws = self.dataset_size, self.world_size
+        if not self.train:
+            indices = torch.arange(self.rank, n, ws)
+            zeros = torch.zeros(len(indices), dtype=torch.int64)
+            return indices, zeros, zeros, torch.zeros(len(indices), dtype=torch.bool)
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, _AUGMENT_TAG))
+        order = torch.randperm(n, generator=generator)
+        total = self.num_samples * ws
+        while len(order) < total:  # repeat the head, as DistributedSampler does
+            order = torch.cat([order, order[: total - len(order)]])
+        # Draw for every global position even when unused, so the streams do not depend on pad/flip flags.
+        crop_y = torch.randint(0, 2 * self.pad + 1, (total,), generator=generator)
+        crop_x = torch.randint(0, 2 * self.pad + 1, (total,), generator=generator)
+        flips = torch.rand(total, generator=generator) < 0.5
+        if not self.flip:
+            flips = torch.zeros_like(flips)
+        mine = slice(self.rank, total, ws)
+        return order[mine], crop_y[mine], crop_x[mine], flips[mine]
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices, crop_y, crop_x, flips = (t.to(self.device) for t in self.epoch_plan(epoch))
+        on_cpu = self.device.type == "cpu"
+        bs = self.batch_size
+        for b in range(max(0, int(start)), len(self)):
+            part = slice(b * bs, (b + 1) * bs)
+            idx = indices[part]
+            yield self._images(idx, crop_y[part], crop_x[part], flips[part], on_cpu), self._labels[idx]
+
+    def _images(
+        self, idx: torch.Tensor, crop_y: torch.Tensor, crop_x: torch.Tensor, flips: torch.Tensor, on_cpu: bool
+    ) -> torch.Tensor:
+        n, c, h, w = len(idx), self.channels, self.height, self.width
+        origin = idx * self._image_stride + crop_y * self._data.shape[3] + crop_x
+        starts = (origin.view(-1, 1) + self._row_offsets).view(-1)
+        x = self._rows.index_select(0, starts).view(n, c, h, w)
+        if self.flip:
+            if on_cpu:  # only the flipped half is touched; nonzero() is free on the CPU
+                which = flips.nonzero().squeeze(1)
+                x.index_copy_(0, which, x.index_select(0, which).flip(3))
+            else:  # no host sync on a GPU
+                x = torch.where(flips.view(-1, 1, 1, 1), x.flip(3), x)
+        out = torch.empty((n, c, h, w), dtype=torch.float32, device=self.device, memory_format=self._memory_format)
+        out.copy_(x)
+        return out.mul_(self._scale).add_(self._shift)

@@ -57,7 +57,9 @@ def test_epoch_is_a_permutation_of_the_dataset_with_labels_following_images():
 def test_normalisation_matches_torchvision():
     images, labels = dataset(n=20)
     x, y = epoch(loader(images, labels, train=False), 0)
-    ref = TF.normalize(TF.to_dtype(images.permute(0, 3, 1, 2), torch.float32, scale=True), list(MEAN), list(STD))
+    ref = TF.normalize(
+        TF.to_dtype(images.permute(0, 3, 1, 2), torch.float32, scale=True), list(MEAN), list(STD)
+    )
     torch.testing.assert_close(x, ref[y], atol=1e-5, rtol=0)
 
 
@@ -69,7 +71,12 @@ def test_every_sample_is_a_crop_of_the_zero_padded_image_or_its_mirror():
     offsets, flipped = set(), 0
     for out, i in zip(pixels, y.tolist()):
         crops = [(oy, ox, padded[i, :, oy : oy + 12, ox : ox + 12]) for oy in range(7) for ox in range(7)]
-        matches = [(oy, ox, f) for oy, ox, c in crops for f in (False, True) if torch.equal(c.flip(2) if f else c, out)]
+        matches = [
+            (oy, ox, f)
+            for oy, ox, c in crops
+            for f in (False, True)
+            if torch.equal(c.flip(2) if f else c, out)
+        ]
         assert matches, f"sample of image {i} is not a (flipped) crop of its padded image"
         offsets.add(matches[0][:2])
         flipped += matches[0][2]
@@ -141,7 +148,9 @@ def test_ddp_shards_cover_the_dataset():
     assert len({len(ld) for ld in train}) == 1  # equal step counts per rank, or DDP hangs
     assert all(ld.num_samples == math.ceil(50 / ws) for ld in train)
     got = torch.cat([epoch(ld, 1)[1] for ld in train])
-    assert len(got) == 51 and set(got.tolist()) == set(range(50))  # one sample repeated, as DistributedSampler
+    assert len(got) == 51 and set(got.tolist()) == set(
+        range(50)
+    )  # one sample repeated, as DistributedSampler
     val = [loader(images, labels, rank=r, world_size=ws, batch_size=8, train=False) for r in range(ws)]
     shards = [epoch(ld, 0)[1] for ld in val]
     assert torch.equal(shards[1], torch.arange(1, 50, 3))

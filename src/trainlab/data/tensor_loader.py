@@ -138,6 +138,8 @@ class TensorLoader:
                 x.index_copy_(0, which, x.index_select(0, which).flip(3))
             else:  # no host sync on a GPU
                 x = torch.where(flips.view(-1, 1, 1, 1), x.flip(3), x)
-        out = torch.empty((n, c, h, w), dtype=torch.float32, device=self.device, memory_format=self._memory_format)
+        out = torch.empty(
+            (n, c, h, w), dtype=torch.float32, device=self.device, memory_format=self._memory_format
+        )
         out.copy_(x)
         return out.mul_(self._scale).add_(self._shift)

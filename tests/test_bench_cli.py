@@ -1,0 +1,78 @@
+"""`trainlab bench ...` through the real CLI on a tiny synthetic config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trainlab.bench import search_max_batch, with_margin
+from trainlab.cli import main
+
+TINY = ["data.name=shapes", "data.train_size=192", "data.val_size=32", "data.img_size=16", "data.batch_size=32",
+        "train.device=cpu"]  # fmt: skip
+
+
+def test_bench_loader_json_schema(capsys):
+    rc = main(["bench", "loader", *TINY, "--workers", "0", "--batches", "3", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    result = json.loads(out)
+    loaders = [(r["loader"], r.get("num_workers")) for r in result["results"]]
+    assert loaders == [("torch", 0), ("tensor", None)]
+    assert all(r["images_per_s"] > 0 for r in result["results"])
+    assert result["recommended"]["loader"] in ("torch", "tensor")
+    assert result["recommended"]["images_per_s"] == max(r["images_per_s"] for r in result["results"])
+
+
+def test_bench_loader_reads_a_config_file_and_reports_a_missing_one(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("data:\n  name: shapes\n  train_size: 96\n  img_size: 16\n  batch_size: 16\n")
+    assert main(["bench", "loader", str(config), "train.device=cpu", "--workers", "0", "--batches", "2"]) == 0
+    assert "recommended: data.loader=" in capsys.readouterr().out
+    assert main(["bench", "loader", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml" in err and "Traceback" not in err
+
+
+def test_bench_step_breaks_the_step_down(capsys):
+    rc = main(["bench", "step", *TINY, "model.name=resnet8", "--steps", "2", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    result = json.loads(out)
+    assert set(result["phases_ms"]) == {"data_wait", "host_to_device", "forward", "backward", "optimizer"}
+    assert result["phases_ms"]["forward"] > 0 and result["phases_ms"]["backward"] > 0
+    assert sum(result["phases_ms"].values()) <= result["step_ms"] * 1.05  # the parts fit in the wall time
+    assert result["images_per_s"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU message")
+def test_bench_batch_needs_a_gpu(capsys):
+    assert main(["bench", "batch", "train.device=cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs a GPU" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("limit", [1, 7, 8, 300, 1000, 5000])
+def test_search_max_batch_finds_the_limit(limit):
+    tried = []
+
+    def fits(n: int) -> bool:
+        tried.append(n)
+        return n <= limit
+
+    found = search_max_batch(fits)
+    assert found <= limit and found >= limit * (1 - 1 / 64) - 1
+    assert len(tried) < 30
+    assert with_margin(found) <= 0.9 * found or found < 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_find_max_batch_on_gpu_trains_at_the_found_batch():
+    from trainlab.bench import find_max_batch
+    from trainlab.config import load_config
+
+    cfg = load_config(None, ["model.name=resnet18", "model.cifar_stem=true", "data.img_size=32"])
+    batch = find_max_batch(cfg, torch.device("cuda"))
+    assert batch >= 64

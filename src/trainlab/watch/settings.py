@@ -1,23 +1,58 @@
-"""Thresholds and switches of the watch; the `watch:` section of a trainlab config."""
+"""Thresholds and switches of the watch; the `watch:` section of a trainlab config.
+
+Every threshold is relative (a share, a ratio, a multiple of a robust spread) except the floors that keep
+noise quiet (minimum megabytes, minimum milliseconds). Windows are counted in optimizer steps.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 
 @dataclass
 class WatchSettings:
     enabled: bool = True
-    print_every: int = 50
+    print_every: int = 50  # console line + one device reduction every N steps
     show_gpu: bool = True
-    warn_on_leak: bool = True
-    warn_on_bottleneck: bool = True
-    warn_on_variance: bool = True
-    on_nonfinite: str = "warn"  # warn | skip | stop
-    sample_interval_s: float = 0.5  # system sampler thread period
-    bottleneck_warning: float = 0.10  # data-wait share of step time (window median)
+    warn_on_leak: bool = True  # memory_leak
+    warn_on_bottleneck: bool = True  # data_bottleneck
+    warn_on_variance: bool = True  # loss_spike
+    on_nonfinite: str = "warn"  # warn | skip | stop  (acted on by the engine)
+    sample_interval_s: float = 0.5  # system sampler thread period (CPU %, RSS, RAM %, GPU util)
+    # data_bottleneck: median share of step time blocked on the loader, over the last window of steps
+    bottleneck_warning: float = 0.10
     bottleneck_critical: float = 0.30
-    spike_mads: float = 10.0  # loss above median + k * MAD of the recent window
+    bottleneck_window: int = 50
+    bottleneck_min_wait_ms: float = 1.0  # below this per-step wait there is nothing to gain
+    # loss_spike: a step loss above max(median + k*MAD, ratio*median, the window's max + its distance to median)
+    spike_mads: float = 10.0
+    spike_min_ratio: float = 2.0
+    spike_window: int = 50
+    # memory_leak: Theil-Sen slope of (step, MB) samples, consistent (Kendall tau) and large enough
     leak_min_mb_per_epoch: float = 50.0
+    leak_min_total_mb: float = 64.0  # growth over the observed span
+    leak_sample_every: int = 10  # steps between memory samples
+    leak_window: int = 64  # samples kept for the trend
+    leak_min_samples: int = 8
+    leak_min_tau: float = 0.6  # Kendall tau of memory vs step: 1 = rises at every sample
+    leak_warmup_steps: int = 20  # allocator / cache warm-up ignored
+    # not_learning: no drop from the run's first losses over a long window, or val acc near chance
     not_learning_epochs: int = 3
+    not_learning_window: int = 1000
+    not_learning_min_drop: float = 0.03
+    chance_margin: float = 0.05  # val acc <= chance + margin * (1 - chance) reads as chance
+    # divergence: loss of the window's last quarter this many times its first quarter, rising consistently
     divergence_window: int = 200
+    divergence_ratio: float = 1.5
+    # straggler (DDP): a rank's mean step time this many times the median rank's
+    straggler_ratio: float = 1.25
+
+
+def coerce_settings(values: Any) -> WatchSettings:
+    """A WatchSettings from a WatchSettings, a dict, or a config section (OmegaConf DictConfig)."""
+    if isinstance(values, WatchSettings):
+        return WatchSettings(**{f.name: getattr(values, f.name) for f in fields(WatchSettings)})
+    known = {f.name for f in fields(WatchSettings)}
+    get = values.get if hasattr(values, "get") else lambda k, d=None: getattr(values, k, d)
+    return WatchSettings(**{k: get(k) for k in known if get(k, None) is not None})

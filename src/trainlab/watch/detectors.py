@@ -1,0 +1,307 @@
+"""The detectors. Each sees host-side numbers only (reduced losses, memory samples, step clocks) and returns
+events; none touches the device. Each kind fires once per episode (see `Episode`)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Optional
+
+import numpy as np
+
+from trainlab.watch.events import Episode, Event
+from trainlab.watch.settings import WatchSettings
+from trainlab.watch.stats import MAD_TO_SIGMA, median_mad, theil_sen
+
+WARNING, CRITICAL = 1, 2
+_SEVERITY = {WARNING: "warning", CRITICAL: "critical"}
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+class LossDetectors:
+    """loss_spike, nonfinite, divergence and not_learning, fed with the per-step losses of each reduction."""
+
+    REFERENCE_STEPS = 20  # the run's first finite losses: what "has the loss gone down?" compares against
+
+    def __init__(self, s: WatchSettings) -> None:
+        self.s = s
+        self.recent: deque[float] = deque(maxlen=max(s.spike_window, s.divergence_window, 8))
+        self.reference: list[float] = []
+        self.finite_seen = 0
+        self.spike_cooldown_until = -1
+        self.finite_run = 0  # consecutive finite losses; re-arms the nonfinite episode
+        self.nonfinite_armed = True
+        self.divergence = Episode()
+        self.not_learning = Episode()
+        self.val_not_learning = Episode()
+        self.val_history: list[float] = []
+
+    def feed(self, steps_losses: list[tuple[int, float]], epoch: int) -> list[Event]:
+        events: list[Event] = []
+        # the spike threshold comes from the steps before this interval: computed once per reduction
+        threshold = self._spike_threshold() if self.s.warn_on_variance else None
+        for step, loss in steps_losses:
+            if not math.isfinite(loss):
+                self.finite_run = 0
+                if self.nonfinite_armed:
+                    self.nonfinite_armed = False
+                    events.append(self._nonfinite(step, epoch, loss))
+                continue
+            self.finite_run += 1
+            if self.finite_run >= self.s.spike_window:
+                self.nonfinite_armed = True
+            if threshold is not None and loss > threshold[0] and step >= self.spike_cooldown_until:
+                self.spike_cooldown_until = step + self.s.spike_window
+                events.append(self._spike(step, epoch, loss, *threshold))
+            self.recent.append(loss)
+            self.finite_seen += 1
+            if len(self.reference) < self.REFERENCE_STEPS:
+                self.reference.append(loss)
+        if steps_losses:
+            last_step = steps_losses[-1][0]
+            events += [e for e in (self._divergence(last_step, epoch), self._stalled(last_step, epoch)) if e]
+        return events
+
+    def _nonfinite(self, step: int, epoch: int, loss: float) -> Event:
+        return Event(
+            "nonfinite", "critical", step, epoch,
+            f"loss is {loss} at step {step}: the weights are probably corrupted from here on. Try a lower "
+            f"optim.lr, train.clip_grad=1.0, train.precision=32 (fp16 overflows), and check the inputs for NaN "
+            f"(watch.on_nonfinite=stop checkpoints and stops at the first one).",
+            {"loss": str(loss), "first_bad_step": step},
+        )
+
+    def _spike_threshold(self) -> Optional[tuple[float, float, float, int]]:
+        """(threshold, median, MAD, window length) over the recent finite losses, or None if too few."""
+        s = self.s
+        if len(self.recent) < max(8, s.spike_window // 2):
+            return None
+        window = np.fromiter(list(self.recent)[-s.spike_window:], dtype=np.float64)
+        med, mad = median_mad(window)
+        top = float(window.max())
+        # Three floors, so the ordinary tails of small batches never fire: k robust sigmas, a ratio of the
+        # median, and twice the distance of anything seen in the window.
+        threshold = max(med + s.spike_mads * MAD_TO_SIGMA * mad, s.spike_min_ratio * med, top + (top - med))
+        return threshold, med, mad, len(window)
+
+    def _spike(self, step: int, epoch: int, loss: float, threshold: float, med: float, mad: float,
+               window: int) -> Event:
+        return Event(
+            "loss_spike", "warning", step, epoch,
+            f"loss spiked to {_fmt(loss)} at step {step}, {loss / max(med, 1e-12):.1f}x the median "
+            f"{_fmt(med)} of the {window} steps before (threshold {_fmt(threshold)}). One bad batch or an LR "
+            f"jump: check that step's data, lower optim.lr or add warm-up (sched.warmup_epochs), "
+            f"or set train.clip_grad.",
+            {"loss": loss, "median": med, "mad": mad, "threshold": threshold, "window": window},
+        )
+
+    def _divergence(self, step: int, epoch: int) -> Optional[Event]:
+        w = self.s.divergence_window
+        if len(self.recent) < w:
+            self.divergence.update(0)
+            return None
+        window = np.fromiter(list(self.recent)[-w:], dtype=np.float64)
+        q = max(2, w // 4)
+        first, last = window[:q], window[-q:]
+        first_med, last_med = float(np.median(first)), float(np.median(last))
+        # consistency: the share of (early, late) pairs where the late loss is higher
+        higher = float(np.mean(last[None, :] > first[:, None]))
+        rising = last_med > self.s.divergence_ratio * first_med and higher >= 0.9
+        if not self.divergence.update(WARNING if rising else 0):
+            return None
+        return Event(
+            "divergence", "warning", step, epoch,
+            f"loss is trending up: median {_fmt(last_med)} over the last {q} steps vs {_fmt(first_med)} "
+            f"{w} steps ago ({last_med / max(first_med, 1e-12):.1f}x; later loss higher in {higher:.0%} of pairs). "
+            f"The LR is likely too high: lower optim.lr (try /3 to /10), add warm-up, or set train.clip_grad.",
+            {"window": w, "first_median": first_med, "last_median": last_med, "ratio": last_med / max(first_med, 1e-12)},
+        )
+
+    def _stalled(self, step: int, epoch: int) -> Optional[Event]:
+        s = self.s
+        if self.finite_seen < s.not_learning_window or not self.reference:
+            self.not_learning.update(0)
+            return None
+        ref = float(np.median(self.reference))
+        n = max(10, s.not_learning_window // 10)
+        now = float(np.median(list(self.recent)[-n:]))
+        stalled = now >= ref * (1.0 - s.not_learning_min_drop)
+        if not self.not_learning.update(WARNING if stalled else 0):
+            return None
+        return Event(
+            "not_learning", "warning", step, epoch,
+            f"the loss has not gone down in {self.finite_seen} steps: median {_fmt(now)} over the last {n} steps "
+            f"vs {_fmt(ref)} at the start (needs a drop of {s.not_learning_min_drop:.0%}). Check that labels match "
+            f"inputs, that the LR is neither tiny nor huge (optim.lr), and that the model's output size is the "
+            f"class count.",
+            {"steps": self.finite_seen, "start_median": ref, "recent_median": now},
+        )
+
+    def epoch_val(self, step: int, epoch: int, val_acc: Optional[float], num_classes: Optional[int]) -> Optional[Event]:
+        """not_learning from validation: accuracy near chance after `not_learning_epochs` epochs."""
+        if val_acc is None or not num_classes or num_classes < 2:
+            return None
+        acc = float(val_acc) / 100.0 if float(val_acc) > 1.0 else float(val_acc)  # percent or fraction
+        self.val_history.append(acc)
+        k = self.s.not_learning_epochs
+        if len(self.val_history) < k:
+            return None
+        chance = 1.0 / num_classes
+        limit = chance + self.s.chance_margin * (1.0 - chance)
+        best = max(self.val_history[-k:])
+        if not self.val_not_learning.update(WARNING if best <= limit else 0):
+            return None
+        return Event(
+            "not_learning", "warning", step, epoch,
+            f"validation accuracy is at chance: best {best:.1%} over the last {k} epochs, chance is {chance:.1%} "
+            f"({num_classes} classes). The model is not learning: check that labels match inputs (a shuffled or "
+            f"constant label column), the LR (optim.lr), and the data normalisation.",
+            {"best_val_acc": best, "chance": chance, "limit": limit, "epochs": k},
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "recent": list(self.recent), "reference": self.reference, "finite_seen": self.finite_seen,
+            "spike_cooldown_until": self.spike_cooldown_until, "finite_run": self.finite_run,
+            "nonfinite_armed": self.nonfinite_armed, "val_history": self.val_history,
+            "episodes": [self.divergence.active_level, self.not_learning.active_level,
+                         self.val_not_learning.active_level],
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.recent.extend(d["recent"])
+        self.reference = list(d["reference"])
+        self.finite_seen = d["finite_seen"]
+        self.spike_cooldown_until = d["spike_cooldown_until"]
+        self.finite_run = d["finite_run"]
+        self.nonfinite_armed = d["nonfinite_armed"]
+        self.val_history = list(d["val_history"])
+        for episode, level in zip((self.divergence, self.not_learning, self.val_not_learning), d["episodes"]):
+            episode.active_level = level
+
+
+class LeakDetector:
+    """memory_leak for one memory (host RSS or device allocated): a steady, large trend over steps."""
+
+    LABELS = {"host": "host memory (process RSS)", "gpu": "device memory (allocated)"}
+
+    def __init__(self, s: WatchSettings, source: str) -> None:
+        self.s = s
+        self.source = source
+        self.samples: deque[tuple[int, float]] = deque(maxlen=s.leak_window)
+        self.episode = Episode()
+
+    def add(self, step: int, mb: float) -> None:
+        if step >= self.s.leak_warmup_steps:
+            self.samples.append((step, mb))
+
+    def check(self, step: int, epoch: int, steps_per_epoch: int, steps_per_s: float,
+              free_mb: Callable[[], Optional[float]]) -> Optional[Event]:
+        """`free_mb` is asked only when the event fires (it is slow to read)."""
+        s = self.s
+        if len(self.samples) < s.leak_min_samples:
+            return None
+        x = np.array([p[0] for p in self.samples], dtype=np.float64)
+        y = np.array([p[1] for p in self.samples], dtype=np.float64)
+        slope, tau = theil_sen(x, y)
+        span = float(x[-1] - x[0])
+        growth = slope * span
+        per_epoch = slope * max(steps_per_epoch, 1)
+        leaking = tau >= s.leak_min_tau and growth >= s.leak_min_total_mb and per_epoch >= s.leak_min_mb_per_epoch
+        if not self.episode.update(WARNING if leaking else 0):
+            return None
+        runway = ""
+        free = free_mb()
+        data: dict[str, Any] = {"source": self.source, "mb_per_step": slope, "mb_per_epoch": per_epoch,
+                                "growth_mb": growth, "span_steps": span, "tau": tau, "now_mb": float(y[-1])}
+        if free is not None and slope > 0:
+            steps_left = free / slope
+            epochs_left = steps_left / max(steps_per_epoch, 1)
+            data.update(free_mb=free, epochs_until_full=epochs_left)
+            runway = f"; the {free:,.0f} MB still free run out in {epochs_left:.1f} epochs"
+            if steps_per_s > 0:
+                minutes = steps_left / steps_per_s / 60.0
+                data["minutes_until_full"] = minutes
+                runway += f" (~{minutes:,.0f} min)"
+        return Event(
+            "memory_leak", "warning", step, epoch,
+            f"{self.LABELS[self.source]} grows steadily: {per_epoch:+,.1f} MB per epoch ({slope:.3f} MB/step, "
+            f"{growth:+,.0f} MB over {span:.0f} steps, rising in {(tau + 1) / 2:.0%} of sample pairs){runway}. "
+            f"Something keeps tensors alive across steps: store loss.item() not loss, .detach() outputs you keep, "
+            f"and clear lists or caches that grow every step.",
+            data,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"samples": list(self.samples), "episode": self.episode.active_level}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.samples.extend(tuple(p) for p in d["samples"])
+        self.episode.active_level = d["episode"]
+
+
+class BottleneckDetector:
+    """data_bottleneck: the median share of step time spent blocked on the loader, over a window of steps."""
+
+    def __init__(self, s: WatchSettings) -> None:
+        self.s = s
+        self.waits: deque[float] = deque(maxlen=s.bottleneck_window)
+        self.walls: deque[float] = deque(maxlen=s.bottleneck_window)
+        self.episode = Episode()
+
+    def add(self, wait_s: float, wall_s: float) -> None:
+        self.waits.append(wait_s)
+        self.walls.append(wall_s)
+
+    def check(self, step: int, epoch: int, loader_info: dict[str, Any]) -> Optional[Event]:
+        s = self.s
+        if len(self.waits) < max(4, s.bottleneck_window // 2):
+            return None
+        waits = np.fromiter(self.waits, dtype=np.float64)
+        walls = np.maximum(np.fromiter(self.walls, dtype=np.float64), 1e-9)
+        share = float(np.median(waits / walls))
+        wait_ms = float(np.median(waits)) * 1000.0
+        level = 0
+        if wait_ms >= s.bottleneck_min_wait_ms:
+            level = CRITICAL if share > s.bottleneck_critical else WARNING if share > s.bottleneck_warning else 0
+        if not self.episode.update(level):
+            return None
+        workers = loader_info.get("num_workers")
+        tips = []
+        if workers is not None:
+            tips.append(f"more loader workers (data.num_workers={max(2, 2 * workers)}, now {workers})")
+        else:
+            tips.append("more loader workers (data.num_workers)")
+        if loader_info.get("pin_memory") is False:
+            tips.append("data.pin_memory=true")
+        tips.append("the in-memory loader (data.loader=tensor) when the data fits in memory")
+        return Event(
+            "data_bottleneck", _SEVERITY[level], step, epoch,
+            f"the loop waits for data {share:.0%} of each step (median over the last {len(waits)} steps: "
+            f"{wait_ms:.1f} ms waiting of {float(np.median(walls)) * 1000:.1f} ms per step); the device idles "
+            f"meanwhile. Try: " + "; ".join(tips) + ".",
+            {"data_wait_frac": share, "wait_ms": wait_ms, "step_ms": float(np.median(walls)) * 1000,
+             "window": len(waits), **{k: v for k, v in loader_info.items() if v is not None}},
+        )
+
+
+def straggler_events(step_times: list[float], step: int, epoch: int, ratio: float,
+                     episodes: dict[int, Episode]) -> list[Event]:
+    """straggler: ranks whose mean step time is `ratio` times the median rank's or more."""
+    med = float(np.median(step_times))
+    events = []
+    for rank, t in enumerate(step_times):
+        slow = med > 0 and t > ratio * med
+        if episodes.setdefault(rank, Episode()).update(WARNING if slow else 0):
+            events.append(Event(
+                "straggler", "warning", step, epoch,
+                f"rank {rank} is {t / med:.2f}x slower than the median rank ({t * 1000:.1f} ms vs {med * 1000:.1f} "
+                f"ms per step); every rank waits for it at each all-reduce. Check that host's load, its data "
+                f"loading (data.num_workers) and its GPU clocks/thermals.",
+                {"rank": rank, "step_time_s": t, "median_step_time_s": med, "all_ranks_s": step_times},
+            ))
+    return events

@@ -78,6 +78,17 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _find_os_error(exc: BaseException) -> OSError | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def temp_path_for(path: Path) -> Path:
     """The temporary name save_atomic writes before renaming (one per process)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -95,7 +106,15 @@ def save_atomic(state: dict, path: str | Path) -> None:
     try:
         with open(tmp, "w+b") as file:
             writer = _HashingWriter(file)
-            torch.save(state, writer)
+            try:
+                torch.save(state, writer)
+            except Exception as exc:
+                # torch's zip writer masks a failed write (ENOSPC...) with its own RuntimeError on
+                # exit; surface the OSError, which says what a person can act on.
+                cause = _find_os_error(exc)
+                if cause is not None and cause is not exc:
+                    raise cause from None
+                raise
             digest = writer.sha256.hexdigest().encode("ascii")
             # Turn the zip's empty end-of-archive comment into our checksum trailer.
             file.flush()

@@ -1,0 +1,180 @@
+"""distributed.py building blocks: single-process fallbacks, a real 2-process gloo group, and
+torch's own launcher (torchrun) relaying a stop signal and a failing rank's exit code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from trainlab import distributed as D
+from trainlab.errors import ConfigError
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def no_torchrun_env(monkeypatch):
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_single_process_context_and_noop_collectives(no_torchrun_env):
+    ctx = D.setup(train_device="cpu")
+    assert (ctx.rank, ctx.world_size, ctx.device, ctx.backend) == (0, 1, torch.device("cpu"), None)
+    assert ctx.is_main and not ctx.enabled
+    t = torch.tensor([1.0, 2.0])
+    assert D.all_reduce_sum(t, ctx) is t and t.tolist() == [1.0, 2.0]
+    assert D.all_gather_floats([0.5, 1], ctx) == [[0.5, 1.0]]
+    assert D.broadcast_object({"a": 1}, ctx) == {"a": 1}
+    D.barrier(ctx)
+    model = nn.Linear(2, 2)
+    assert D.wrap_model(model, ctx, sync_bn=True) is model
+    assert D.unwrap(model) is model
+    with D.maybe_no_sync(model, enabled=True):
+        pass
+    D.cleanup(ctx)
+
+
+def test_auto_device_is_cpu_without_accelerators(no_torchrun_env):
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("this machine has an accelerator")
+    assert D.setup(train_device="auto").device == torch.device("cpu")
+    with pytest.raises(ConfigError, match="train.device=cuda but no CUDA device is visible; use train.device=cpu or auto"):
+        D.setup(train_device="cuda")
+
+
+def test_launch_command_drops_nproc_and_uses_torch_launcher():
+    argv = ["cfg.yaml", "train.nproc=2", "optim.lr=0.1", "++train.nproc=4"]
+    assert D._strip_nproc(argv) == ["cfg.yaml", "optim.lr=0.1"]
+    single = D.torchrun_command(["-m", "trainlab", "train", "cfg.yaml"], nproc=2)
+    assert single[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node=2"] and "--standalone" in single
+    assert single[-4:] == ["-m", "trainlab", "train", "cfg.yaml"]
+    multi = D.torchrun_command(["x.py"], nproc=8, nnodes=2, rdzv_endpoint="node0:29400")
+    assert "--nnodes=2" in multi and "--rdzv-endpoint=node0:29400" in multi and "--standalone" not in multi
+
+
+def _gloo_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ctx = D.setup(train_device="cpu", timeout_s=30)
+    try:
+        summed = D.all_reduce_sum(torch.tensor([float(rank + 1), 10.0]), ctx)
+        gathered = D.all_gather_floats([float(rank), rank * 0.5], ctx)
+        shared = D.broadcast_object({"from": ctx.rank, "seed": 1234} if ctx.is_main else None, ctx)
+
+        torch.manual_seed(0)  # same initial weights on every rank
+        model = D.wrap_model(nn.Linear(3, 1, bias=False), ctx)
+        x = torch.full((2, 3), float(rank + 1))
+        with D.maybe_no_sync(model, enabled=True):  # accumulation micro-step: no all-reduce
+            model(x).sum().backward()
+        local_grad = D.unwrap(model).weight.grad.clone()
+        D.unwrap(model).weight.grad = None
+        model(x).sum().backward()  # synchronised step: DDP averages gradients across ranks
+        synced_grad = D.unwrap(model).weight.grad.clone()
+        D.barrier(ctx)
+        torch.save({"ctx": (ctx.rank, ctx.world_size, ctx.backend, ctx.is_main), "summed": summed,
+                    "gathered": gathered, "shared": shared, "local_grad": local_grad,
+                    "synced_grad": synced_grad}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        D.cleanup(ctx)
+
+
+def test_two_process_gloo_group(tmp_path):
+    # fork (where available) skips re-importing torch in each child: seconds on a 2-core machine.
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    mp.start_processes(_gloo_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method=method)
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for rank, res in enumerate(results):
+        assert res["ctx"] == (rank, 2, "gloo", rank == 0)
+        assert res["summed"].tolist() == [3.0, 20.0]
+        assert res["gathered"] == [[0.0, 0.0], [1.0, 0.5]]
+        assert res["shared"] == {"from": 0, "seed": 1234}
+        # d(sum(Wx))/dW = sum over the batch of x = 2 * (rank + 1) per weight
+        assert res["local_grad"].tolist() == [[2.0 * (rank + 1)] * 3]
+        assert res["synced_grad"].tolist() == [[3.0] * 3]  # mean of 2 and 4
+
+
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import torch
+    from trainlab import distributed as D
+    from trainlab.checkpoint import PreemptionGuard
+
+    mode = sys.argv[1]
+    ctx = D.setup(train_device="cpu", timeout_s=60)
+    D.all_reduce_sum(torch.ones(1), ctx)
+    if mode == "fail" and ctx.rank == 1:
+        print("rank 1 fails on purpose", file=sys.stderr, flush=True)
+        sys.exit(2)
+    with PreemptionGuard() as guard:
+        open(f"{sys.argv[2]}/ready{ctx.rank}", "w").close()
+        give_up = time.monotonic() + 90  # never hang the test suite if no signal arrives
+        while time.monotonic() < give_up:  # the "training loop": a step boundary every 50 ms
+            time.sleep(0.05)
+            stop = D.all_reduce_sum(torch.tensor([float(guard.requested)]), ctx)
+            if stop.item() > 0:
+                break
+        with guard.saving():
+            D.barrier(ctx)
+        print(f"rank {ctx.rank} stopped by {guard.signal_name}", file=sys.stderr, flush=True)
+    D.cleanup(ctx)
+    sys.exit(143 if guard.requested else 3)
+    """
+)
+
+
+def _run_launcher(tmp_path: Path, mode: str, monkeypatch) -> int:
+    """run_torchrun in this (main) thread, as `trainlab train ... train.nproc=2` would call it."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT)
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PYTHONPATH", SRC)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return D.run_torchrun([str(script), mode, str(tmp_path)], nproc=2)
+
+
+def test_torchrun_stop_signal_reaches_workers_and_exit_code_is_143(tmp_path, monkeypatch, capfd):
+    def send_sigterm_when_ready() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if all((tmp_path / f"ready{r}").exists() for r in range(2)):
+                os.kill(os.getpid(), signal.SIGTERM)  # the launcher's handler relays it to the workers
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=send_sigterm_when_ready, daemon=True).start()
+    code = _run_launcher(tmp_path, "stop", monkeypatch)
+    output = capfd.readouterr().err
+    assert code == 143, output
+    assert "rank 0 stopped by SIGTERM" in output and "rank 1 stopped by SIGTERM" in output
+
+
+def test_torchrun_failing_rank_ends_job_with_its_exit_code(tmp_path, monkeypatch, capfd):
+    started = time.monotonic()
+    code = _run_launcher(tmp_path, "fail", monkeypatch)
+    output = capfd.readouterr().err
+    assert code == 2, output
+    assert "rank 1 fails on purpose" in output
+    assert time.monotonic() - started < 90  # rank 0 was ended, not left waiting in its loop

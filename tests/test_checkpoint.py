@@ -216,3 +216,18 @@ def test_preemption_guard_usr1():
         assert not guard.requested
         os.kill(os.getpid(), signal.SIGUSR1)
         assert guard.requested and guard.signal_name == "SIGUSR1"
+
+
+def test_plain_torch_file_loads_but_truncated_trainlab_file_is_still_verified(tmp_path):
+    plain = tmp_path / "by_hand.pt"
+    torch.save(make_state(global_step=3), plain)
+    assert load_checked(plain)["global_step"] == 3  # e.g. run.resume=PATH or eval on a user's file
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checked(plain, require_checksum=True)
+    ours = tmp_path / "last.pt"
+    save_atomic(make_state(), ours)
+    for cut in (1, 30, 89):  # inside the trailer: the zip may still parse, the checksum must not pass
+        ours_cut = tmp_path / f"cut{cut}.pt"
+        ours_cut.write_bytes(ours.read_bytes()[:-cut])
+        with pytest.raises(CheckpointError, match=rf"cut{cut}\.pt is truncated or corrupt"):
+            load_checked(ours_cut)

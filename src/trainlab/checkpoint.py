@@ -175,24 +175,24 @@ def verify(path: str | Path) -> None:
 
 
 def has_trailer(path: str | Path) -> bool:
-    """True when the file ends with a trainlab checksum trailer (written by save_atomic)."""
+    """True when the file looks like a trainlab checkpoint (a checksum trailer near its end, even a
+    damaged one), so that a truncated trainlab file is verified rather than loaded as a plain one."""
     try:
         with open(path, "rb") as file:
             file.seek(0, os.SEEK_END)
             size = file.tell()
-            if size < _TRAILER_LEN:
-                return False
-            file.seek(size - _TRAILER_LEN)
-            return file.read(len(_TRAILER_PREFIX)) == _TRAILER_PREFIX
+            file.seek(max(0, size - 2 * _TRAILER_LEN))
+            return b"trainlab-ckpt" in file.read()
     except OSError:
         return False
 
 
-def load_checked(path: str | Path, map_location: Any = "cpu", require_checksum: bool = True) -> dict:
+def load_checked(path: str | Path, map_location: Any = "cpu", require_checksum: bool = False) -> dict:
     """Load a checkpoint after verifying its checksum.
 
-    ``require_checksum=False`` also accepts a plain ``torch.save`` file (no trailer, e.g. one a user
-    made by hand); such a file is only checked by torch.load parsing it. The load uses
+    A trainlab checkpoint is always verified. A plain ``torch.save`` file (no trailer, e.g. one a user
+    made by hand) is accepted unless ``require_checksum=True`` and is only checked by torch.load
+    parsing it. The load uses
     ``weights_only=False`` because the state holds optimizer/scheduler/config objects: as with
     torch.load, load only checkpoints you trust.
     """
@@ -374,7 +374,7 @@ class CheckpointManager:
 
         def try_load(path: Path) -> dict | None:
             try:
-                return load_checked(path)
+                return load_checked(path, require_checksum=True)
             except CheckpointError as exc:
                 self.skipped.append((path, str(exc)))
                 return None

@@ -527,7 +527,8 @@ def _print_table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left")
+        print(title)  # above the table, not squeezed into its width
+        table = Table()
         for i, header in enumerate(headers):
             table.add_column(header, justify="left" if i == 0 else "right")
         for row in cells:

@@ -106,9 +106,15 @@ def to_csv(runs: list[Run]) -> str:
         figures = run_figures(run)
         writer.writerow(
             [run.name, *(run.values.get(k, "") for k in keys)]
-            + ["" if figures[key] is None else figures[key] for key, _, _ in COLUMNS]
+            + [_raw(figures[key]) for key, _, _ in COLUMNS]
         )
     return out.getvalue()
+
+
+def _raw(value: Any) -> Any:
+    if value is None:
+        return ""
+    return round(value, 6) if isinstance(value, float) else value  # means carry float noise (0.451000000003)
 
 
 def to_markdown(headers: list[str], rows: list[list[str]]) -> str:

@@ -1,0 +1,136 @@
+"""`trainlab sweep`: real `trainlab train` runs of a tiny model, checked against what each run wrote."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from trainlab.cli import main
+from trainlab.errors import UsageError
+from trainlab.sweep import parse_grid, run_names, split_items, split_values
+
+# as small as a real run gets: 4 steps per epoch, 2 epochs (so first vs later epochs exist)
+TINY = [
+    "data.name=shapes", "data.train_size=128", "data.val_size=64", "data.img_size=16", "data.batch_size=32",
+    "model.name=resnet8", "train.epochs=2", "run.tensorboard=false", "train.threads=1", "watch.print_every=2",
+]  # fmt: skip
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _close(a: str, b: str) -> bool:
+    return a != "" and b != "" and abs(float(a) - float(b)) <= 1e-5 * max(1.0, abs(float(b)))
+
+
+# ---------------------------------------------------------------- planning (no training)
+
+
+def test_grid_parsing_and_run_names():
+    assert split_values("0.1,0.05") == ["0.1", "0.05"]
+    assert split_values("[0.9,0.99],[0.8,0.9]") == ["[0.9,0.99]", "[0.8,0.9]"]
+    grid = parse_grid(["optim.name=adam,sgd", "train.epochs=2", "optim.betas=[0.9,0.99],[0.8,0.9]"])
+    runs = run_names(grid)
+    assert len(runs) == 4
+    assert runs[0].name == "name=adam-betas=_0.9_0.99"  # the one-value key is fixed, not in the name
+    assert runs[0].settings["train.epochs"] == "2" and "train.epochs" not in runs[0].values
+    assert len({r.name for r in runs}) == 4
+    assert all("/" not in r.name and "[" not in r.name for r in runs)
+    # keys with the same last part keep their full names
+    names = [r.name for r in run_names(parse_grid(["optim.lr=1,2", "sched.lr=3,4"]))]
+    assert names[0] == "optim.lr=1-sched.lr=3"
+    # values that sanitise to the same text still get distinct directories
+    assert [r.name for r in run_names({"data.root": ["a/b", "a_b"]})] == ["root=a_b", "root=a_b-2"]
+
+
+def test_bad_grids_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="section.key"):
+        parse_grid(["lr=0.1,0.2"])
+    with pytest.raises(UsageError, match="empty value"):
+        parse_grid(["optim.lr=0.1,"])
+    with pytest.raises(UsageError, match="twice"):
+        parse_grid(["optim.lr=0.1,0.2", "optim.lr=0.3,0.4"])
+    with pytest.raises(UsageError, match="config file not found"):
+        split_items(["nosuch.yaml"], ["optim.lr=1,2"])
+    assert main(["sweep", "train.epochs=1", "--dir", str(tmp_path / "s")]) == 2  # no grid
+
+
+def test_config_caught_by_grid_is_found(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  epochs: 1\n")
+    found, grid, overrides = split_items(["data.img_size=16"], ["optim.lr=1,2", str(config)])
+    assert found == str(config) and grid == {"optim.lr": ["1", "2"]} and overrides == ["data.img_size=16"]
+
+
+# ---------------------------------------------------------------- real sweeps
+
+
+def test_sweep_table_matches_each_runs_metrics_and_rerun_skips(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    argv = ["sweep", *TINY, "--grid", "optim.lr=0.05,0.1", "--grid", "optim.name=sgd,adam",
+            "--dir", str(sweep), "--parallel", "2"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    spec = json.loads((sweep / "sweep.json").read_text())
+    names = [r["name"] for r in spec["runs"]]
+    assert names == ["lr=0.05-name=sgd", "lr=0.05-name=adam", "lr=0.1-name=sgd", "lr=0.1-name=adam"]
+    table = _csv(sweep / "sweep.csv")
+    assert [row["run"] for row in table] == names
+    for row in table:
+        run_dir = sweep / row["run"]
+        metrics = _csv(run_dir / "metrics.csv")
+        assert len(metrics) == 2 and row["status"] == "finished" and row["epochs"] == "2/2"
+        assert row["optim.lr"] == row["run"].split("-")[0].split("=")[1]
+        config = (run_dir / "config.yaml").read_text()
+        assert f"name: {row['optim.name']}" in config
+        last = metrics[-1]
+        assert _close(row["final_val_acc1"], last["val_acc1"])
+        assert _close(row["best_val_acc1"], str(max(float(m["val_acc1"]) for m in metrics)))
+        assert _close(row["final_train_loss"], last["train_loss"])
+        assert _close(row["data_s"], str(sum(float(m["data_time_s"]) for m in metrics) / 2))
+        assert _close(row["compute_s"], str(sum(float(m["train_time_s"]) for m in metrics) / 2))
+        assert _close(row["first_epoch_s"], metrics[0]["epoch_time_s"])
+        assert _close(row["later_epoch_s"], metrics[1]["epoch_time_s"])
+        assert _close(row["images_per_s"], metrics[1]["images_per_s"])
+        assert _close(row["peak_mem_mb"], str(max(float(m["peak_mem_mb"]) for m in metrics)))
+        assert row["run"] in out  # the printed table
+    md = (sweep / "sweep.md").read_text()
+    assert all(f"| {name} |" in md for name in names) and "optim.lr=0.05,0.1" in md
+
+    # the same command again: everything is finished, nothing is trained
+    stamps = {name: (sweep / name / "metrics.csv").stat().st_mtime_ns for name in names}
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert all(f"skip {name}: finished" in out for name in names) and "0 to run" in out
+    assert stamps == {name: (sweep / name / "metrics.csv").stat().st_mtime_ns for name in names}
+
+    # a sweep directory is a report argument like any run
+    assert main(["report", str(sweep)]) == 0
+    assert "Comparison" in (sweep / "report.html").read_text()
+
+
+def test_sweep_with_a_failing_run_completes_and_marks_it(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    argv = ["sweep", *TINY, "train.epochs=1", "--grid", "model.name=resnet8,nosuchmodel", "--dir", str(sweep)]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "1 of 2 runs failed: name=nosuchmodel" in out
+    rows = {row["run"]: row for row in _csv(sweep / "sweep.csv")}
+    assert rows["name=resnet8"]["status"] == "finished" and rows["name=resnet8"]["final_val_acc1"] != ""
+    assert rows["name=nosuchmodel"]["status"] == "failed"
+    error = (sweep / "name=nosuchmodel" / "error.txt").read_text()
+    assert "nosuchmodel" in error and error.startswith("exit code 2")
+    assert "| failed |" in (sweep / "sweep.md").read_text()
+
+    # re-running skips the finished run and tries the failed one again
+    finished_stamp = (sweep / "name=resnet8" / "metrics.csv").stat().st_mtime_ns
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "skip name=resnet8: finished" in out and "1 to run" in out
+    assert "name=nosuchmodel: failed (exit 2)" in out
+    assert (sweep / "name=resnet8" / "metrics.csv").stat().st_mtime_ns == finished_stamp

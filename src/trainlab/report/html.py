@@ -17,7 +17,7 @@ from trainlab.report.plots import HEIGHT, WIDTH, Plot
 from trainlab.report.read import Run
 
 CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1200px;
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 20px auto; max-width: 1860px;
        color: #222; background: #fff; padding: 0 16px; }
 h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }
 .sub { color: #666; font-size: 13px; }
@@ -27,7 +27,8 @@ th { background: #f4f6f8; } td.t, th.t { text-align: left; }
 tr:nth-child(even) td { background: #fafbfc; }
 .status-finished { color: #1e8449; font-weight: 600; } .status-failed { color: #c0392b; font-weight: 600; }
 .status-running { color: #2e86c1; font-weight: 600; } .status-stopped { color: #b9770e; font-weight: 600; }
-.plots img { display: block; margin: 10px 0; border: 1px solid #eee; max-width: 100%; height: auto; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(600px, 1fr)); gap: 10px; }
+.plots img { display: block; border: 1px solid #eee; width: 100%; max-width: 900px; height: auto; }
 pre { background: #f7f7f7; padding: 8px; font-size: 12px; overflow-x: auto; max-height: 420px; }
 details { margin: 6px 0; } summary { cursor: pointer; font-weight: 600; }
 .events td { text-align: left; }

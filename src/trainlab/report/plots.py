@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Optional
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from trainlab.report.read import Run
 
@@ -47,7 +49,7 @@ def _png(fig: Figure) -> bytes:
 
 
 def _label(run: Run, many: bool, what: str) -> str:
-    return f"{run.name} {what}" if many else what
+    return what  # with several runs the legend is split into colours (runs) and styles (series): _finish
 
 
 def _step_x(run: Run, step: float) -> float:
@@ -77,14 +79,31 @@ def _mark_events(ax: Axes, runs: list[Run], label: bool = True) -> None:
                 )
 
 
-def _finish(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
+def _finish(ax: Axes, title: str, xlabel: str, ylabel: str, runs: Optional[list[Run]] = None) -> None:
     ax.set_title(title, fontsize=11)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    handles, _ = ax.get_legend_handles_labels()
+    handles, labels = ax.get_legend_handles_labels()
+    if runs and len(runs) > 1 and handles:
+        # one entry per run (its colour) and one per series (its line style), not runs x series
+        styles: dict[str, Line2D] = {}
+        for handle, label in zip(handles, labels):
+            if label not in styles and isinstance(handle, Line2D):
+                styles[label] = Line2D([], [], color="#333333", linestyle=handle.get_linestyle(),
+                                       marker=handle.get_marker(), markersize=3, alpha=handle.get_alpha())
+        proxies = [Line2D([], [], color=COLORS[i % len(COLORS)], linewidth=3) for i in range(len(runs))]
+        handles = proxies + list(styles.values())
+        labels = [run.name for run in runs] + list(styles)
     if handles:
-        ax.legend(fontsize=8, loc="best", ncol=2 if len(handles) > 4 else 1)
+        ax.legend(handles, labels, fontsize=7.5, loc="best", ncol=2 if len(handles) > 4 else 1, framealpha=0.8)
+
+
+def _log_scale_if_wide(ax: Axes, values: list[float]) -> None:
+    """A diverging run's loss would flatten every other curve: use a log axis when the range is wide."""
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > 30:
+        ax.set_yscale("log")
 
 
 def _epoch_axis_label(runs: list[Run]) -> str:
@@ -103,8 +122,10 @@ def loss_plot(runs: list[Run]) -> bytes:
             pts = run.column(column)
             if pts:
                 ax.plot(*zip(*pts), style, marker="o", markersize=3, color=color, label=_label(run, many, what))
+    _log_scale_if_wide(ax, [v for run in runs for c in ("train_loss", "val_loss") for v in run.values_of(c)])
     _mark_events(ax, runs)
-    _finish(ax, "Loss (thin: logged steps)", _epoch_axis_label(runs), "loss")
+    title = "Loss (thin: logged steps)" if any(run.steps for run in runs) else "Loss"
+    _finish(ax, title, _epoch_axis_label(runs), "loss", runs)
     return _png(fig)
 
 
@@ -119,7 +140,7 @@ def accuracy_plot(runs: list[Run]) -> bytes:
             if pts:
                 ax.plot(*zip(*pts), style, marker="o", markersize=3, color=color, label=_label(run, many, what))
     _mark_events(ax, runs)
-    _finish(ax, "Accuracy", "epoch", "accuracy (%)")
+    _finish(ax, "Accuracy", "epoch", "accuracy (%)", runs)
     return _png(fig)
 
 
@@ -133,7 +154,7 @@ def lr_plot(runs: list[Run]) -> bytes:
         if pts:
             ax.plot(*zip(*pts), color=color, label=_label(run, many, "lr"))
     _mark_events(ax, runs, label=False)
-    _finish(ax, "Learning rate", _epoch_axis_label(runs), "lr")
+    _finish(ax, "Learning rate", _epoch_axis_label(runs), "lr", runs)
     return _png(fig)
 
 
@@ -183,7 +204,7 @@ def throughput_plot(runs: list[Run]) -> bytes:
         if pts:
             ax.plot(*zip(*pts), "o-", color=color, markersize=4, label=_label(run, many, "epoch"))
     _mark_events(ax, runs)
-    _finish(ax, "Throughput (training images/s)", _epoch_axis_label(runs), "images/s")
+    _finish(ax, "Throughput (training images/s)", _epoch_axis_label(runs), "images/s", runs)
     return _png(fig)
 
 
@@ -209,7 +230,7 @@ def memory_plot(runs: list[Run]) -> bytes:
                 if event.get("kind") == "memory_leak" and isinstance(event.get("time"), (int, float)):
                     ax.axvline((event["time"] - t0) / 60, color=SEVERITY_COLORS["warning"], linestyle="--")
     has_steps = any(run.steps for run in runs)
-    _finish(ax, "Memory", "minutes since first logged step" if has_steps else "epoch", "MB")
+    _finish(ax, "Memory", "minutes since first logged step" if has_steps else "epoch", "MB", runs)
     return _png(fig)
 
 

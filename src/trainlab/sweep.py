@@ -273,7 +273,7 @@ def run_sweep(
         if stop.is_set():
             return
         with lock:
-            echo(f"[{index}/{len(todo)}] {p.name}: started ({' '.join(p.overrides())})")
+            echo(f"[{index}/{len(todo)}] {p.name}: started, log {sweep_dir / 'logs' / (p.name + '.out')}")
         outcome = _run_one(p, config, overrides, sweep_dir, env)
         with lock:
             outcomes.append(outcome)

@@ -56,16 +56,17 @@ def test_report_renders_in_chromium(tmp_path):
 
 
 def test_browser_check_catches_broken_images_and_console_errors(tmp_path):
-    """The checks above can fail: a corrupt plot and a console error are both seen."""
+    """The checks above can fail: a corrupt plot, a plot of the wrong size and a console error are all seen."""
     page = write_report([make_run(tmp_path / "run")], tmp_path / "report.html")
     text = page.read_text()
     first_png = re.search(r'src="data:image/png;base64,([^"]+)"', text).group(1)
     broken = text.replace(first_png, "iVBORw0KGgoAAAAbroken", 1).replace(
         "</body>", "<script>console.error('planted failure')</script></body>"
     )
+    broken = broken.replace('id="plot-lr" alt="Learning rate" width="900"', 'id="plot-lr" alt="Learning rate" width="901"')
     bad = tmp_path / "broken.html"
     bad.write_text(broken)
     title, console = render(bad, tmp_path / "shot.png", tmp_path / "profile")
-    assert title == "ok:5/6"
+    assert title == "ok:4/6"
     assert any("planted failure" in line for line in console)
     assert Image.open(io.BytesIO((tmp_path / "shot.png").read_bytes())).size == WINDOW

@@ -1,7 +1,7 @@
 """One self-contained HTML page: inline CSS, plots embedded as base64 PNG data URIs, nothing fetched.
 
-A few lines of inline script set `document.title` to "ok:<loaded>/<total>" once the images decoded
-(or "error:<message>" on a script error), which the browser test reads back from the DOM.
+A few lines of inline script set `document.title` to "ok:<loaded>/<total>" once the images decoded at
+their declared pixel size (or "error:<message>" on a script error); the browser test reads it from the DOM.
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ window.addEventListener('load', function () {
   if (document.title.indexOf('error:') === 0) return;
   var imgs = document.querySelectorAll('img');
   var ok = 0;
-  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
+  for (var i = 0; i < imgs.length; i++) {
+    var img = imgs[i], w = img.getAttribute('width'), h = img.getAttribute('height');
+    // decoded, and at the pixel size the page declares for it
+    if (img.complete && img.naturalWidth > 0 && (!w || img.naturalWidth == w) && (!h || img.naturalHeight == h)) ok++;
+  }
   document.title = 'ok:' + ok + '/' + imgs.length;
 });
 """

@@ -31,7 +31,7 @@ tr:nth-child(even) td { background: #fafbfc; }
 .plots img { display: block; border: 1px solid #eee; width: 100%; max-width: 900px; height: auto; }
 pre { background: #f7f7f7; padding: 8px; font-size: 12px; overflow-x: auto; max-height: 420px; }
 details { margin: 6px 0; } summary { cursor: pointer; font-weight: 600; }
-.events td { text-align: left; }
+.events td { text-align: left; } .scroll { overflow-x: auto; max-width: 100%; }
 """
 
 SCRIPT = """
@@ -65,7 +65,7 @@ def _table(headers: list[str], rows: list[list[str]], text_columns: int = 1) -> 
                 cls = f"t status-{cell.rstrip('?')}"
             cells.append(f'<td class="{cls}">{_esc(cell)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return f"<div class='scroll'><table><tr>{head}</tr>{''.join(body)}</table></div>"
 
 
 def _run_section(run: Run, headers: list[str], row: list[str]) -> str:

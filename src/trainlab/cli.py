@@ -14,15 +14,16 @@ from typing import Optional, Sequence
 
 from trainlab.errors import TrainlabError, UsageError
 
-# Subcommands other modules register: (module, has register_cli). Imported lazily so `trainlab --help`
-# stays fast and one broken optional part does not take the whole CLI down.
-REGISTRARS = (
-    "trainlab.models",
-    "trainlab.data.tools",
-    "trainlab.bench",
-    "trainlab.sweep",
-    "trainlab.report",
-)
+# Subcommands other modules register through their `register_cli(subparsers)`. Only the module of the
+# command being run is imported, so `trainlab train` does not pay for matplotlib and friends.
+REGISTRARS = {
+    "inspect": "trainlab.models",
+    "data": "trainlab.data.tools",
+    "bench": "trainlab.bench",
+    "sweep": "trainlab.sweep",
+    "report": "trainlab.report",
+    "runs": "trainlab.report",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,13 +74,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="trainlab", description="Train image classifiers and see what the run is doing.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model: trainlab train [CONFIG] [key=value ...]")
     p.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="a YAML config, then overrides")
-    p.add_argument("--nnodes", default="1", help="with train.nproc>1: number of machines (torchrun --nnodes)")
+    p.add_argument("--nnodes", type=int, default=1, help="with train.nproc>1: number of machines (torchrun --nnodes)")
     p.add_argument("--rdzv-endpoint", default=None, help="with train.nproc>1 on several machines: HOST:PORT")
     p.set_defaults(func=cmd_train)
 
@@ -90,13 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    for module_name in REGISTRARS:
+    wanted = [REGISTRARS[command]] if command in REGISTRARS else ([] if command else REGISTRARS.values())
+    for module_name in dict.fromkeys(wanted):
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             if os.environ.get("TRAINLAB_DEBUG"):
                 raise
-            print(f"note: {module_name} unavailable ({exc})", file=sys.stderr)
             continue
         register = getattr(module, "register_cli", None)
         if register is not None:
@@ -107,14 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser()
+        command = next((a for a in argv if not a.startswith("-")), None)
+        parser = build_parser(command)
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()
             return 2 if argv else 0
         return int(args.func(args) or 0)
     except TrainlabError as exc:
-        print(f"trainlab: error: {exc}" if exc.exit_code != 143 else f"trainlab: {exc}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")
+        if exc.exit_code == 143:  # a stop says the same on every rank of a torchrun job: rank 0 says it
+            if rank == "0":
+                print(f"trainlab: {exc}", file=sys.stderr)
+        else:  # errors may differ between ranks: each says which it is
+            where = f" (rank {rank})" if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else ""
+            print(f"trainlab: error{where}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("trainlab: interrupted", file=sys.stderr)

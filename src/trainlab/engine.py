@@ -94,7 +94,7 @@ class Trainer:
     batches_seen: int = 0  # micro-batches taken (the watch's step counter)
     skipped_nonfinite: int = 0
     nonfinite_stop: Optional[tuple[int, int]] = field(default=None)  # (epoch, batch) that stopped the run
-    on_batch: Optional[Callable[[], None]] = None  # progress bar tick
+    on_batch: Optional[Callable[[int, int], None]] = None  # (epoch, batch index): progress bar, drills
 
     def __post_init__(self) -> None:
         use_scaler = self.precision == "fp16" and self.device.type == "cuda"
@@ -153,8 +153,9 @@ class Trainer:
         bad = False
         if self.on_nonfinite in ("skip", "stop"):
             # These modes must decide before the update, so they read one flag per step (a sync on a GPU;
-            # the default `warn` mode never does).
-            bad = not bool(torch.isfinite(loss))
+            # the default `warn` mode never does). Under DDP all ranks must agree: a rank that skipped its
+            # backward would leave the others waiting for its gradients.
+            bad = _any_rank(~torch.isfinite(loss.detach()))
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_nonfinite += 1
@@ -167,7 +168,7 @@ class Trainer:
         if self.watcher is not None:
             self.watcher.step(loss=loss.detach(), batch_size=labels.shape[0], lr=self.optimizer.param_groups[0]["lr"])
         if self.on_batch is not None:
-            self.on_batch()
+            self.on_batch(epoch, index)
         if bad and self.on_nonfinite == "stop":
             self.nonfinite_stop = (epoch, index)
             return True
@@ -191,6 +192,15 @@ class Trainer:
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+
+def _any_rank(flag: torch.Tensor) -> bool:
+    """A boolean tensor OR-ed over the ranks of a multi-process job (itself for one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        count = flag.float().reshape(1)
+        torch.distributed.all_reduce(count)
+        return bool(count.item() > 0)
+    return bool(flag)
 
 
 def _correct_top1(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sys
 import time
 from datetime import datetime
@@ -34,6 +35,77 @@ RESUMABLE_CHANGES = (
 
 
 # ---------------------------------------------------------------- setup helpers
+
+
+class SelfSignal:
+    """`TRAINLAB_SELF_SIGNAL=PHASE:EPOCH:BATCH[:SIGNAME]` sends this process a real signal after that batch
+    (PHASE is `train` or `val`, EPOCH 1-based, BATCH 0-based within the epoch). A drill for preemption
+    handling: the tests use it to hit exact points (first epoch, mid-validation) that timing from outside
+    would only hit by luck. Unset, it does nothing."""
+
+    def __init__(self) -> None:
+        spec = os.environ.get("TRAINLAB_SELF_SIGNAL", "")
+        self.point: Optional[tuple[str, int, int]] = None
+        self.signal = signal.SIGTERM
+        if spec:
+            parts = spec.split(":")
+            self.point = (parts[0], int(parts[1]), int(parts[2]))
+            if len(parts) > 3:
+                self.signal = getattr(signal, parts[3] if parts[3].startswith("SIG") else f"SIG{parts[3]}")
+
+    def check(self, phase: str, epoch: int, batch: int) -> None:
+        if self.point == (phase, epoch, batch):
+            self.point = None
+            os.kill(os.getpid(), self.signal)
+
+
+class RankDrills:
+    """Drills for multi-process runs, read from the environment by every rank (unset: nothing happens).
+
+    - `TRAINLAB_FAIL_RANK=RANK:EPOCH:BATCH` raises RuntimeError in that rank after that train batch
+      (EPOCH 1-based, BATCH 0-based): a rank failing mid-epoch, to check the job ends instead of hanging.
+    - `TRAINLAB_SLOW_RANK=RANK:SECONDS` makes that rank sleep after every train batch: a straggler,
+      for the watch's `straggler` event.
+    - `TRAINLAB_DEBUG_RANK_HASHES=DIR`: at the end of a run every rank writes `DIR/rank{R}.sha256`, the
+      sha256 of its final weights, so a test can check that all ranks hold the same model.
+    """
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        fail = os.environ.get("TRAINLAB_FAIL_RANK", "")
+        self.fail_at: Optional[tuple[int, int]] = None
+        if fail:
+            r, epoch, batch = (int(x) for x in fail.split(":"))
+            self.fail_at = (epoch, batch) if r == rank else None
+        slow = os.environ.get("TRAINLAB_SLOW_RANK", "")
+        self.sleep_s = 0.0
+        if slow:
+            r, seconds = slow.split(":")
+            self.sleep_s = float(seconds) if int(r) == rank else 0.0
+        self.hash_dir = os.environ.get("TRAINLAB_DEBUG_RANK_HASHES") or None
+
+    def after_batch(self, epoch: int, batch: int) -> None:
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        if self.fail_at == (epoch, batch):
+            raise RuntimeError(f"TRAINLAB_FAIL_RANK drill: rank {self.rank} fails at epoch {epoch}, batch {batch}")
+
+    def write_weights_hash(self, model: torch.nn.Module) -> None:
+        if self.hash_dir:
+            Path(self.hash_dir).mkdir(parents=True, exist_ok=True)
+            digest = weights_digest(model.state_dict())
+            (Path(self.hash_dir) / f"rank{self.rank}.sha256").write_text(digest + "\n")
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state_dict (names and raw bytes, in order): equal iff the weights are bitwise equal."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def seed_everything(seed: int) -> None:
@@ -135,6 +207,8 @@ class Run:
         self.last_periodic_time = time.time()
         self.logger: Any = NullLogger()
         self.guard = ckpt.PreemptionGuard()
+        self.drill = SelfSignal()
+        self.rank_drills = RankDrills(ctx.rank)
 
     # -- run directory and resume decision ------------------------------------------------
     def _choose_run_dir(self) -> Path:
@@ -179,6 +253,8 @@ class Run:
 
     def _check_compatible(self, state: dict) -> None:
         changes = math_changes(state.get("config", {}), config_mod.to_dict(self.cfg))
+        if self._same_global_batch(state):  # e.g. 2 x 16 -> 1 x 32: the same samples per optimizer step
+            changes = [c for c in changes if c[0] != "data.batch_size"]
         if changes and not self.cfg.run.resume_force:
             key, old, new = changes[0]
             more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
@@ -188,6 +264,33 @@ class Run:
             )
         if changes:
             self.console.warn("resuming with changed keys (run.resume_force=true): " + ", ".join(c[0] for c in changes))
+
+    def _same_global_batch(self, state: dict) -> bool:
+        """Whether this job's global batch is the checkpoint's. A different process count is fine when it
+        is: rank r takes positions r::W of the epoch's permutation in batches of data.batch_size, so the
+        optimizer step k always sees the same samples and batch indices mean the same thing. Raises when
+        only the process count changed (the global batch, hence the math, would)."""
+        saved = state.get("config", {})
+        try:
+            saved_world = int(state.get("world_size") or saved["train"]["nproc"])
+            saved_bs, accum = int(saved["data"]["batch_size"]), int(saved["train"]["grad_accum"])
+            current_bs = int(self.cfg.data.batch_size)
+        except (KeyError, TypeError, ValueError):  # an older checkpoint, or batch_size=auto: nothing to compare
+            return False
+        world = self.ctx.world_size
+        if saved_world == world:
+            return saved_bs == current_bs
+        saved_global = saved_bs * saved_world * accum
+        if saved_global != current_bs * world * int(self.cfg.train.grad_accum) and not self.cfg.run.resume_force:
+            fix = f"set data.batch_size={saved_global // (world * accum)} to keep it, " if (
+                saved_global % (world * accum) == 0) else ""
+            raise ConfigError(
+                f"cannot resume on {world} process(es): the checkpoint's global batch is {saved_global} "
+                f"({saved_bs} x {saved_world} processes x {accum} accum) and data.batch_size={current_bs} would "
+                f"make it {current_bs * world * accum}; {fix}use {saved_world} processes, "
+                "or force with run.resume_force=true"
+            )
+        return saved_global == current_bs * world * int(self.cfg.train.grad_accum)
 
     # -- building ----------------------------------------------------------------------------
     def _build(self) -> None:
@@ -260,7 +363,7 @@ class Run:
             model=wrapped, optimizer=optimizer, scheduler=scheduler, device=self.device, precision=self.precision,
             channels_last=self.channels_last, grad_accum=cfg.train.grad_accum, clip_grad=cfg.train.clip_grad,
             label_smoothing=cfg.train.label_smoothing, mixer=mixer, ema=ema, on_nonfinite=cfg.watch.on_nonfinite,
-            seed=cfg.train.seed, max_batches=cfg.train.max_steps_per_epoch, on_batch=self.console.advance,
+            seed=cfg.train.seed, max_batches=cfg.train.max_steps_per_epoch, on_batch=self._on_batch,
         )  # fmt: skip
 
     def _build_watcher(self) -> None:
@@ -275,6 +378,11 @@ class Run:
             rank=self.ctx.rank, world_size=self.ctx.world_size, verbose=self.ctx.is_main and s.enabled,
         )  # fmt: skip
         self.trainer.watcher = self.watcher
+
+    def _on_batch(self, epoch: int, index: int) -> None:
+        self.console.advance()
+        self.drill.check("train", epoch, index)
+        self.rank_drills.after_batch(epoch, index)
 
     def _on_event(self, event: Any) -> None:
         record = event.to_dict() if hasattr(event, "to_dict") else dict(event)
@@ -310,6 +418,7 @@ class Run:
             "num_classes": self.num_classes,
             "class_names": list(self.data.class_names),
             "wall_time_s": self.wall_time(),
+            "world_size": self.ctx.world_size,
         }
 
     def _load_state(self, state: dict) -> None:
@@ -325,7 +434,8 @@ class Run:
         self.epoch = state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.phase = state["phase"]
-        self.totals_state = state.get("totals")
+        # The checkpoint's totals are the whole job's (summed over ranks when saved): rank 0 carries them.
+        self.totals_state = state.get("totals") if self.ctx.is_main else None
         self.metrics_rows = list(state["metrics_rows"])
         self.best = dict(state["best"])
         self.resumed_wall = state.get("wall_time_s", 0.0)
@@ -339,6 +449,8 @@ class Run:
     def _save(self, kind: str, totals: Optional[EpochTotals] = None) -> Optional[Path]:
         """Rank 0 writes; every rank waits, so nobody exits before the file is whole."""
         path = None
+        if totals is not None and self.ctx.enabled:  # every rank takes part: the sum is a collective
+            totals = self._job_totals(totals)
         state = self.state(totals) if self.ctx.is_main else None
         if self.ctx.is_main:
             with self.guard.saving():
@@ -385,6 +497,7 @@ class Run:
         if ctx.enabled:  # every rank uses rank 0's choice (its timestamp)
             self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), ctx))
         state = self._resume_state(self.run_dir)
+        distributed.barrier(ctx)  # every rank has looked at the run dir before rank 0 writes into it
         if state is not None:
             self._check_compatible(state)
             saved_cfg = state.get("config", {})
@@ -435,6 +548,7 @@ class Run:
             self.console.close()
         final = self.summary("finished")
         self.logger.write_summary(final)
+        self.rank_drills.write_weights_hash(self.raw_model)
         self._farewell(final)
         return final
 
@@ -446,6 +560,13 @@ class Run:
             f"precision {self.precision}, batch {cfg.data.batch_size} x {self.ctx.world_size} proc x "
             f"{cfg.train.grad_accum} accum = {self.global_batch} global"
         )
+        if cfg.optim.lr_scale == "linear":
+            from trainlab.optim import REFERENCE_BATCH, effective_lr
+
+            self.console.info(
+                f"lr {effective_lr(cfg.optim, self.global_batch):.6g} = optim.lr {cfg.optim.lr:g} x "
+                f"{self.global_batch}/{REFERENCE_BATCH} global batch (optim.lr_scale=linear)"
+            )
         self.console.info(f"run dir: {self.run_dir}")
 
     def _loop(self) -> None:
@@ -475,7 +596,7 @@ class Run:
                     )
                 if stopped_at is not None:
                     self._preempt(totals)
-                epoch_report = self.watcher.epoch_end()
+                epoch_report = self._job_report(self.watcher.epoch_end())
                 self.phase, self.step_in_epoch = "val", n_batches
             train_figures = totals.reduced(self.ctx)
             val = self._validate(totals)
@@ -494,6 +615,15 @@ class Run:
             if self.phase == "done":
                 break
 
+    def _job_report(self, rep: dict) -> dict:
+        """The watch measures this rank; under DDP the job's throughput is the sum over ranks."""
+        if not self.ctx.enabled:
+            return rep
+        mine = rep.get("images_per_s")
+        t = torch.tensor([float(mine or 0.0)], dtype=torch.float64, device=self.device)
+        distributed.all_reduce_sum(t, self.ctx)  # on every rank, whatever its report holds
+        return {**rep, "images_per_s": t.item()} if mine is not None else rep
+
     def watcher_epoch_feedback(self, val: dict) -> None:
         # The watch's not_learning check needs the val accuracy; it arrived after epoch_end.
         if hasattr(self.watcher, "observe_validation"):
@@ -506,8 +636,16 @@ class Run:
             return None
         started = time.perf_counter()
         model = self.trainer.model
+        val_batches = iter(range(10**9))
+
+        def should_stop() -> bool:  # called before each val batch
+            index = next(val_batches)
+            if index:
+                self.drill.check("val", self.epoch, index - 1)
+            return self._agreed_stop()
+
         result = evaluate(model, self.data.val, self.device, self.precision, self.channels_last,
-                          tta=cfg.eval.tta, ctx=self.ctx, should_stop=lambda: self._agreed_stop())  # fmt: skip
+                          tta=cfg.eval.tta, ctx=self.ctx, should_stop=should_stop)  # fmt: skip
         if result is None:  # stopped mid-validation: the checkpoint says "train done, validate next"
             self._preempt(totals)
         result["val_time_s"] = time.perf_counter() - started
@@ -559,22 +697,34 @@ class Run:
     # -- stops and periodic checkpoints --------------------------------------------------------
     def _agreed_stop(self) -> bool:
         """Whether any rank got a stop signal. Under DDP every rank must stop at the same step."""
-        flag = self.guard.requested
+        return self._agreed(self.guard.requested)[0]
+
+    def _agreed(self, *flags: bool) -> list[bool]:
+        """Each flag OR-ed over ranks in one all-reduce, so every rank takes the same branch (a rank that
+        alone saves or stops would leave the others waiting in a collective)."""
         if not self.ctx.enabled:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            return list(flags)
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.device)
         distributed.all_reduce_sum(t, self.ctx)
-        return bool(t.item() > 0)
+        return [v > 0 for v in t.tolist()]
+
+    def _job_totals(self, totals: EpochTotals) -> EpochTotals:
+        """The epoch's running sums over all ranks (what a checkpoint stores)."""
+        packed = torch.stack([totals.loss_sum, totals.correct1, totals.seen]).clone()
+        distributed.all_reduce_sum(packed, self.ctx)
+        return EpochTotals(packed[0].clone(), packed[1].clone(), packed[2].clone())
 
     def _at_boundary(self, epoch: int, done: int, totals: EpochTotals) -> bool:
         self.step_in_epoch = done
-        if self._agreed_stop():
-            return True
         cfg = self.cfg
         every_steps = cfg.run.checkpoint_every_steps
         every_min = cfg.run.checkpoint_every_minutes
-        due = every_steps and self.trainer.global_step % every_steps == 0
-        due = due or (every_min and time.time() - self.last_periodic_time >= every_min * 60)
+        # Clocks differ between ranks: the time-based decision is agreed in the same all-reduce as the stop.
+        due_by_time = bool(every_min) and time.time() - self.last_periodic_time >= every_min * 60
+        stop, due_by_time = self._agreed(self.guard.requested, due_by_time)
+        if stop:
+            return True
+        due = (every_steps and self.trainer.global_step % every_steps == 0) or due_by_time
         if due and done < self.trainer.batches_per_epoch(self.data.train):
             self._save("periodic", totals)
             self.last_periodic_time = time.time()

@@ -1,0 +1,49 @@
+"""Shared helpers for the end-to-end tests: tiny real runs of `trainlab train`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for a 2-core machine, big enough to learn: used by every end-to-end test.
+TINY = [
+    "data.name=shapes", "data.train_size=320", "data.val_size=160", "data.img_size=16",
+    "data.batch_size=32", "model.name=resnet8", "train.epochs=2", "optim.lr=0.05",
+    "run.tensorboard=false", "watch.print_every=5", "train.threads=1",
+]  # fmt: skip
+
+
+def trainlab_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trainlab", *args]
+
+
+def run_trainlab(*args: str, cwd: Path | None = None, timeout: float = 240, check: bool = False):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        trainlab_cmd(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"trainlab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    return list(TINY)

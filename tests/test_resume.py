@@ -1,0 +1,180 @@
+"""Kill it any time, resume exactly: real `trainlab train` subprocesses, real signals, bitwise comparison.
+
+A reference run goes uninterrupted; the same command is stopped (SIGTERM at an exact point through the
+TRAINLAB_SELF_SIGNAL drill, or from outside to the whole process group like a spot termination, or
+SIGKILL) and re-issued until it finishes. Its final weights must equal the reference bit for bit and its
+metrics.csv must equal the reference's, times aside.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY, read_metrics, read_summary, run_trainlab, trainlab_cmd
+
+# 3 epochs of 20 batches, a log line every step.
+BASE = [*TINY, "train.epochs=3", "data.batch_size=16", "watch.print_every=1"]
+TIME_COLUMNS = {"data_time_s", "train_time_s", "other_time_s", "epoch_time_s", "val_time_s", "images_per_s",
+                "time", "peak_mem_mb", "rss_mb"}  # fmt: skip
+
+
+def run(run_dir: Path, *extra: str, drill: str | None = None, timeout: float = 240):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TRAINLAB_SELF_SIGNAL", None)
+    if drill:
+        env["TRAINLAB_SELF_SIGNAL"] = drill
+    return subprocess.run(trainlab_cmd("train", *BASE, *extra, f"run.dir={run_dir}"), env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def assert_bitwise_equal(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"weights differ after resume: {different[:5]}"
+
+
+def assert_same_metrics(a: Path, b: Path) -> None:
+    ra, rb = read_metrics(a), read_metrics(b)
+    assert len(ra) == len(rb), f"{len(ra)} rows vs {len(rb)}"
+    for row_a, row_b in zip(ra, rb):
+        for key in row_a:
+            if key not in TIME_COLUMNS:
+                assert row_a[key] == row_b[key], f"epoch {row_a['epoch']}: {key} {row_a[key]} != {row_b[key]}"
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """One uninterrupted run per num_workers setting, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("reference")
+    refs = {}
+    for workers in (0, 2):
+        run_dir = root / f"w{workers}"
+        proc = run(run_dir, f"data.num_workers={workers}", "data.loader=torch")
+        assert proc.returncode == 0, proc.stderr
+        refs[workers] = run_dir
+    return refs
+
+
+def stop_then_finish(run_dir: Path, drill: str, *extra: str, expect: int = 143) -> str:
+    first = run(run_dir, *extra, drill=drill)
+    assert first.returncode == expect, f"exit {first.returncode}\n{first.stdout[-2000:]}\n{first.stderr[-2000:]}"
+    second = run(run_dir, *extra)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return first.stderr + second.stdout + second.stderr
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_mid_epoch_resumes_bitwise(tmp_path, references, workers):
+    extra = (f"data.num_workers={workers}", "data.loader=torch")
+    log = stop_then_finish(tmp_path / "run", "train:2:7", *extra)
+    assert "stopped by SIGTERM at epoch 2, batch 8" in log
+    assert "Continue with the same command" in log
+    assert_bitwise_equal(references[workers], tmp_path / "run")
+    assert_same_metrics(references[workers], tmp_path / "run")
+    assert read_summary(tmp_path / "run")["status"] == "finished"
+
+
+def test_sigterm_in_first_epoch_and_mid_validation(tmp_path, references):
+    extra = ("data.num_workers=0", "data.loader=torch")
+    stop_then_finish(tmp_path / "first", "train:1:2", *extra)
+    assert_bitwise_equal(references[0], tmp_path / "first")
+    assert_same_metrics(references[0], tmp_path / "first")
+
+    log = stop_then_finish(tmp_path / "val", "val:2:1", *extra)
+    assert "stopped by SIGTERM at epoch 2" in log
+    assert_bitwise_equal(references[0], tmp_path / "val")
+    assert_same_metrics(references[0], tmp_path / "val")
+
+
+def test_sigterm_to_process_group_from_outside(tmp_path, references):
+    """What a spot termination does: SIGTERM to every process of the job, loader workers included."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TRAINLAB_SELF_SIGNAL", None)
+    cmd = trainlab_cmd("train", *BASE, "data.num_workers=2", "data.loader=torch", f"run.dir={run_dir}")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    steps = run_dir / "steps.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if steps.exists() and len(steps.read_text().splitlines()) >= 3:
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-2000:]}"
+    assert "Traceback" not in err
+    again = run(run_dir, "data.num_workers=2", "data.loader=torch")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_bitwise_equal(references[2], run_dir)
+    assert_same_metrics(references[2], run_dir)
+
+
+def test_sigkill_resumes_from_periodic_checkpoint(tmp_path, references):
+    extra = ("data.num_workers=0", "data.loader=torch", "run.checkpoint_every_steps=4")
+    first = run(tmp_path / "run", *extra, drill="train:2:10:SIGKILL")
+    assert first.returncode == -signal.SIGKILL
+    periodic = sorted((tmp_path / "run" / "checkpoints").glob("periodic-*.pt"))
+    assert periodic, "no periodic checkpoint written"
+    assert len(periodic) <= 2  # run.keep_periodic=2: the newest few only
+    second = run(tmp_path / "run", *extra)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "periodic-step=" in second.stdout
+    assert_bitwise_equal(references[0], tmp_path / "run")
+    assert_same_metrics(references[0], tmp_path / "run")
+
+
+def test_truncated_checkpoint_falls_back_to_previous_good_one(tmp_path, references):
+    extra = ("data.num_workers=0", "data.loader=torch", "run.checkpoint_every_steps=3")
+    first = run(tmp_path / "run", *extra, drill="train:2:15")
+    assert first.returncode == 143
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a half-written file, as after power loss
+    second = run(tmp_path / "run", *extra)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "last.pt" in second.stderr and "unusable" in second.stderr
+    assert_bitwise_equal(references[0], tmp_path / "run")
+    assert_same_metrics(references[0], tmp_path / "run")
+
+
+def test_finished_never_and_changed_keys(tmp_path, references):
+    run_dir = references[0]
+    again = run(run_dir, "data.num_workers=0", "data.loader=torch")
+    assert again.returncode == 0 and "is finished" in again.stdout
+
+    never = run(run_dir, "data.num_workers=0", "data.loader=torch", "run.resume=never")
+    assert never.returncode == 2 and "not empty" in never.stderr and "Traceback" not in never.stderr
+
+    stopped = tmp_path / "stopped"
+    assert run(stopped, "data.num_workers=0", "data.loader=torch", drill="train:1:4").returncode == 143
+    changed = run(stopped, "data.num_workers=0", "data.loader=torch", "optim.lr=0.2")
+    assert changed.returncode == 2
+    assert "optim.lr changed from 0.05 to 0.2" in changed.stderr and "run.resume_force=true" in changed.stderr
+    forced = run(stopped, "data.num_workers=0", "data.loader=torch", "optim.lr=0.2", "run.resume_force=true",
+                 "train.epochs=1")  # fmt: skip
+    assert forced.returncode == 0, forced.stderr[-2000:]
+
+
+def test_extending_a_finished_run_with_more_epochs(tmp_path):
+    run_dir = tmp_path / "run"
+    short = [*BASE[:-1], "watch.print_every=5"]
+    env = {k: v for k, v in os.environ.items() if k != "TRAINLAB_SELF_SIGNAL"}
+    first = subprocess.run(trainlab_cmd("train", *short, "train.epochs=1", f"run.dir={run_dir}"), env=env,
+                           capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    proc = run_trainlab("train", *short, "train.epochs=2", f"run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_metrics(run_dir)
+    assert [r["epoch"] for r in rows] == ["1", "2"]

@@ -116,7 +116,8 @@ def test_sweep_table_matches_each_runs_metrics_and_rerun_skips(tmp_path, capsys)
 
 def test_sweep_with_a_failing_run_completes_and_marks_it(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    argv = ["sweep", *TINY, "train.epochs=1", "--grid", "model.name=resnet8,nosuchmodel", "--dir", str(sweep)]
+    argv = ["sweep", *TINY, "train.epochs=1", "--grid", "model.name=resnet8,nosuchmodel", "--dir", str(sweep),
+            "--parallel", "2"]  # fmt: skip
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "1 of 2 runs failed: name=nosuchmodel" in out

@@ -50,9 +50,9 @@ class SystemSampler:
             self._thread = threading.Thread(target=self._run, name="trainlab-watch-sampler", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, join: bool = True) -> None:
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if join and self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
         self._thread = None
 

@@ -103,6 +103,8 @@ class Watcher:
         self.out = console.Output(printer)
         self.on_event, self.on_log = on_event, on_log
         self.model, self.optimizer = model, optimizer
+        if world_size == 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         self.rank, self.world_size = rank, world_size
         self.verbose = verbose and rank == 0
         self.enabled = bool(s.enabled)
@@ -504,7 +506,7 @@ class Watcher:
         self._epoch_open = False
         self._watching = False
         self._overhead_s += time.perf_counter() - t0
-        if self.verbose and self.print_every:
+        if self.verbose:
             for line in console.epoch_block(report, self.settings.show_gpu):
                 self.out.line(line)
         return report
@@ -580,6 +582,11 @@ class Watcher:
 
     def close(self) -> None:
         self.sampler.stop()
+
+    def __del__(self) -> None:  # a watcher dropped without close() must not leave its thread polling
+        sampler = getattr(self, "sampler", None)
+        if sampler is not None:
+            sampler.stop(join=False)
 
     def __enter__(self) -> Watcher:
         return self

@@ -1,0 +1,165 @@
+"""`cifar10` / `cifar100`: the python-pickle folders, read exactly as torchvision reads them.
+
+Same files, same order (data_batch_1..5 then test_batch; train/test for CIFAR-100), same
+`reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)`, fine labels for CIFAR-100. Unlike torchvision we do not
+md5-check the files (a re-packed or subset copy is legitimate); a missing or unreadable file is a
+DataError that names it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainlab.errors import DataError
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+
+@dataclass(frozen=True)
+class _Layout:
+    title: str
+    folder: str
+    archive: str
+    train_files: tuple[str, ...]
+    val_files: tuple[str, ...]
+    meta_file: str
+    meta_key: str
+    label_key: str
+
+
+LAYOUTS = {
+    "cifar10": _Layout(
+        "CIFAR-10",
+        "cifar-10-batches-py",
+        "cifar-10-python.tar.gz",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        "batches.meta",
+        "label_names",
+        "labels",
+    ),
+    "cifar100": _Layout(
+        "CIFAR-100",
+        "cifar-100-python",
+        "cifar-100-python.tar.gz",
+        ("train",),
+        ("test",),
+        "meta",
+        "fine_label_names",
+        "fine_labels",
+    ),
+}
+
+
+@dataclass
+class CifarArrays:
+    train_images: np.ndarray  # uint8 N,32,32,3
+    train_labels: np.ndarray  # int64 N
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    classes: list[str]
+
+
+def _fix_hint(layout: _Layout, root: Path) -> str:
+    return (
+        f"download {layout.archive} from {CIFAR_URL} and extract it into {root} "
+        f"(giving {root / layout.folder}), or set data.download=true where a network exists"
+    )
+
+
+def find_batches_dir(root: str | Path, name: str) -> Path | None:
+    """The batches folder: `root/<folder>` or `root` itself when it is that folder; None if absent."""
+    layout = LAYOUTS[name]
+    root_path = Path(root).expanduser()
+    if (root_path / layout.folder).is_dir():
+        return root_path / layout.folder
+    if root_path.is_dir() and (root_path.name == layout.folder or (root_path / layout.meta_file).is_file()):
+        return root_path
+    return None
+
+
+def _unpickle(path: Path, layout: _Layout, root: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{layout.title} file missing: {path}; {_fix_hint(layout, root)}")
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except Exception as err:  # noqa: BLE001 - truncated or not a pickle
+        raise DataError(
+            f"cannot read {layout.title} file {path} ({type(err).__name__}: {err}); {_fix_hint(layout, root)}"
+        ) from None
+
+
+def _read_split(
+    batches: Path, files: tuple[str, ...], layout: _Layout, root: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    data, labels = [], []
+    for name in files:
+        entry = _unpickle(batches / name, layout, root)
+        key = "labels" if "labels" in entry else "fine_labels"  # torchvision's rule
+        if "data" not in entry or key not in entry:
+            raise DataError(
+                f"{batches / name} is not a {layout.title} batch (no 'data'/'{layout.label_key}'); {_fix_hint(layout, root)}"
+            )
+        data.append(entry["data"])
+        labels.extend(entry[key])
+    try:
+        images = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+    except ValueError as err:
+        raise DataError(
+            f"{layout.title} batches in {batches} have a bad shape ({err}); {_fix_hint(layout, root)}"
+        ) from None
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    label_array = np.asarray(labels, dtype=np.int64)
+    if len(label_array) != len(images):
+        raise DataError(f"{layout.title} in {batches}: {len(images)} images but {len(label_array)} labels")
+    return images, label_array
+
+
+def _download(name: str, root: Path) -> None:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    layout = LAYOUTS[name]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        cls(str(root), train=True, download=True)
+    except Exception as err:  # noqa: BLE001 - URLError, timeouts, md5 mismatch ...
+        raise DataError(
+            f"data.download=true: could not download {layout.title} into {root} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); no network? "
+            f"{_fix_hint(layout, root)} and set data.download=false"
+        ) from None
+
+
+def load_cifar(root: str | Path | None, name: str, download: bool = False) -> CifarArrays:
+    """Train and test arrays of CIFAR-10 (`name="cifar10"`) or CIFAR-100 (fine labels)."""
+    layout = LAYOUTS[name]
+    root_path = Path(root if root else "data").expanduser()
+    batches = find_batches_dir(root_path, name)
+    if batches is None and download:
+        _download(name, root_path)
+        batches = find_batches_dir(root_path, name)
+    if batches is None:
+        raise DataError(
+            f"{layout.title} not found: no {root_path / layout.folder}; {_fix_hint(layout, root_path)}"
+        )
+    meta = _unpickle(batches / layout.meta_file, layout, root_path)
+    if layout.meta_key not in meta:
+        raise DataError(
+            f"{batches / layout.meta_file} has no '{layout.meta_key}'; {_fix_hint(layout, root_path)}"
+        )
+    classes = [str(c) for c in meta[layout.meta_key]]
+    train_images, train_labels = _read_split(batches, layout.train_files, layout, root_path)
+    val_images, val_labels = _read_split(batches, layout.val_files, layout, root_path)
+    for split, labels in (("train", train_labels), ("val", val_labels)):
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+            raise DataError(
+                f"{layout.title} {split} labels in {batches} range {labels.min()}..{labels.max()} "
+                f"but {batches / layout.meta_file} names {len(classes)} classes"
+            )
+    return CifarArrays(train_images, train_labels, val_images, val_labels, classes)

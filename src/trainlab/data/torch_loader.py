@@ -1,0 +1,182 @@
+"""The classic path: a map-style dataset, per-sample transforms, torch's DataLoader with worker processes.
+
+Determinism with any number of workers: the batch sampler yields `(epoch, index)` keys, and the dataset
+seeds torch's generator from hash(seed, epoch, index) right before transforming that one sample. So a
+sample's augmentation depends only on (seed, epoch, index), never on which worker drew it or in what
+order, and `batches(epoch, start)` can skip batches by simply not asking for them. The permutation comes
+from a torch.Generator seeded by (seed, epoch); under DDP it is sharded like DistributedSampler.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Optional, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from trainlab.errors import DataError
+
+_MASK64 = (1 << 64) - 1
+_PERMUTATION_TAG = 0x5045524D  # keeps the shuffle stream apart from the per-sample streams
+_SAMPLE_TAG = 0x53414D50
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def stream_seed(*parts: int) -> int:
+    """A 63-bit seed that mixes all parts (unlike a sum, (1, 2) and (2, 1) give unrelated streams)."""
+    h = 0
+    for part in parts:
+        h = _splitmix64(h ^ (int(part) & _MASK64))
+    return h >> 1
+
+
+class SampleSource(Protocol):
+    """What a dataset kind provides: `load(i)` -> (uint8 CHW RGB tensor, class index)."""
+
+    def __len__(self) -> int: ...
+    def load(self, index: int) -> tuple[torch.Tensor, int]: ...
+
+
+class _TransformedDataset(Dataset):
+    """Keys are (epoch, index); random transforms are seeded per key, restoring the caller's RNG after."""
+
+    def __init__(
+        self, source: SampleSource, transform: Callable[[torch.Tensor], torch.Tensor], seed: int, random: bool
+    ):
+        self.source, self.transform, self.seed, self.random = source, transform, seed, random
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, index = key
+        image, label = self.source.load(index)
+        if not self.random:
+            return self.transform(image), label
+        # Only the CPU default generator (v2 transforms draw from it): torch.manual_seed would also reseed
+        # the accelerators and costs ~0.7 ms. With num_workers=0 this runs in the training process,
+        # whose RNG must not move, so the state is restored afterwards.
+        generator = torch.default_generator
+        saved = generator.get_state()
+        generator.manual_seed(stream_seed(self.seed, epoch, index, _SAMPLE_TAG))
+        try:
+            return self.transform(image), label
+        finally:
+            generator.set_state(saved)
+
+
+class _EpochBatchSampler:
+    """Batches of (epoch, index) keys for the epoch and start set just before each iteration.
+
+    DataLoader iterates the batch sampler in the main process (also with persistent workers), so
+    changing `epoch`/`start` between iterations is seen by the next one.
+    """
+
+    def __init__(self, loader: TorchLoader):
+        self.loader = loader
+        self.epoch = 0
+        self.start = 0
+
+    def __len__(self) -> int:
+        return max(0, len(self.loader) - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = self.loader.indices(self.epoch)
+        bs = self.loader.batch_size
+        for b in range(self.start, len(self.loader)):
+            chunk = order[b * bs : (b + 1) * bs]
+            yield [(self.epoch, int(i)) for i in chunk]
+
+
+class TorchLoader:
+    """The Loader protocol over torch's DataLoader: `batches(epoch, start)` yields (float NCHW, int64 N)."""
+
+    def __init__(
+        self,
+        source: SampleSource,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        batch_size: int,
+        train: bool,
+        seed: int,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: Optional[int] = None,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.batch_size = batch_size
+        self.train = train
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = drop_last
+        self.dataset_size = len(source)
+        if train:  # DistributedSampler semantics: pad the permutation so every rank has the same count
+            self.num_samples = math.ceil(self.dataset_size / world_size)
+        else:  # val: rank r takes r::world_size, no padding, so no sample is counted twice
+            self.num_samples = len(range(rank, self.dataset_size, world_size))
+        self._sampler = _EpochBatchSampler(self)
+        workers = max(0, int(num_workers))
+        self._loader = DataLoader(
+            _TransformedDataset(source, transform, seed, random=train),
+            batch_sampler=self._sampler,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers and workers > 0,
+            prefetch_factor=(prefetch_factor or 2) if workers > 0 else None,
+            collate_fn=_collate,
+            # DataLoader draws a worker base seed per epoch; from its own generator, so that iterating
+            # never moves the training process's RNG (our augmentation does not use that seed).
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        """The dataset indices this rank visits in `epoch`, in order."""
+        n, ws = self.dataset_size, self.world_size
+        if not self.train:
+            return torch.arange(self.rank, n, ws)
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, _PERMUTATION_TAG))
+        order = torch.randperm(n, generator=generator)
+        if ws > 1:
+            total = self.num_samples * ws
+            while len(order) < total:  # repeat the head, as DistributedSampler does
+                order = torch.cat([order, order[: total - len(order)]])
+            order = order[self.rank : total : ws]
+        return order
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._sampler.epoch, self._sampler.start = int(epoch), max(0, int(start))
+        try:
+            yield from self._loader  # (images, labels) tuples: see _collate
+        except DataError as err:  # from a worker the message carries its traceback; keep one line
+            raise DataError(_original_message(err)) from None
+
+
+def _collate(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = default_collate(samples)  # a list; the Loader protocol promises a tuple
+    return images, labels
+
+
+def _original_message(err: Exception) -> str:
+    text = str(err)
+    for line in reversed(text.strip().splitlines()):
+        marker = "DataError: "
+        if marker in line:
+            return line.split(marker, 1)[1]
+    return text.strip().splitlines()[-1] if text.strip() else text

@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config_path, overrides = _split_config_and_overrides(args.items)
     cfg = load_config(config_path, overrides)
-    if cfg.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
+    if (cfg.train.nproc > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
         # Re-launch through torch's own launcher; each worker runs this command with nproc left to torchrun.
         argv = [a for a in args.items if not a.startswith("train.nproc=")]
         return distributed.launch(argv, nproc=cfg.train.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint)

@@ -773,7 +773,9 @@ def train(cfg: Any) -> dict:
     """Run `cfg` to the end (or a stop signal). Returns the run's summary."""
     ctx = distributed.setup(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
     try:
-        return Run(cfg, ctx).execute()
+        summary = Run(cfg, ctx).execute()
+        distributed.barrier(ctx)  # no rank tears the process group down while a peer still uses it
+        return summary
     finally:
         distributed.cleanup(ctx)
         sys.stdout.flush()

@@ -264,6 +264,10 @@ def _fits(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: int, 
         return True
     except torch.cuda.OutOfMemoryError:
         return False
+    except RuntimeError as err:  # cuDNN/cuBLAS report allocation failures as plain RuntimeErrors
+        if "ALLOC_FAILED" in str(err) or "out of memory" in str(err):
+            return False
+        raise
     finally:
         del images, labels, loss
         optimizer.zero_grad(set_to_none=True)

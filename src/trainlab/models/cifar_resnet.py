@@ -71,8 +71,14 @@ class CifarResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # The head keeps PyTorch's default (fan-in) init: Kaiming fan-out on a 10-way Linear gives weights of
+        # std 0.45 and initial losses of 5-9 instead of ln(10). The last BN of each residual branch starts at
+        # zero so every block is the identity at first (Goyal et al. 2017), which trains stably at high LR.
+        for block in self.modules():
+            if isinstance(block, BasicBlock):
+                nn.init.zeros_(block.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))

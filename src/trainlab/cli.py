@@ -10,7 +10,8 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from trainlab.errors import TrainlabError, UsageError
 
@@ -95,7 +96,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     for module_name in dict.fromkeys(wanted):
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
+        except ImportError:
             if os.environ.get("TRAINLAB_DEBUG"):
                 raise
             continue

@@ -224,7 +224,7 @@ class Run:
         return Path("runs") / f"{default_run_name(cfg)}-{stamp}"
 
     def _resume_state(self, run_dir: Path) -> Optional[dict]:
-        cfg, resume = self.cfg, str(self.cfg.run.resume)
+        resume = str(self.cfg.run.resume)
         manager = ckpt.CheckpointManager(run_dir / "checkpoints")
         if resume not in ("auto", "never"):
             path = Path(resume)
@@ -377,6 +377,7 @@ class Run:
             on_log=self.logger.log_step, model=self.raw_model, optimizer=self.trainer.optimizer,
             rank=self.ctx.rank, world_size=self.ctx.world_size, verbose=self.ctx.is_main and s.enabled,
         )  # fmt: skip
+        self.watcher.print_epoch_block = False
         self.trainer.watcher = self.watcher
 
     def _on_batch(self, epoch: int, index: int) -> None:
@@ -577,13 +578,12 @@ class Run:
                 totals.load_state_dict(self.totals_state)
                 self.totals_state = None
             n_batches = t.batches_per_epoch(self.data.train)
-            epoch_report: dict = {}
             if self.phase == "train":
                 self.watcher.start_epoch(self.epoch)
                 self.console.start_epoch(self.epoch, cfg.train.epochs, n_batches, self.step_in_epoch)
                 _, stopped_at = t.train_epoch(
                     self.data.train, self.epoch, start=self.step_in_epoch, totals=totals,
-                    on_boundary=lambda epoch, done: self._at_boundary(epoch, done, totals),
+                    on_boundary=lambda epoch, done, totals=totals: self._at_boundary(epoch, done, totals),
                 )  # fmt: skip
                 self.console.end_epoch()
                 if t.nonfinite_stop is not None:
@@ -596,16 +596,19 @@ class Run:
                     )
                 if stopped_at is not None:
                     self._preempt(totals)
-                epoch_report = self._job_report(self.watcher.epoch_end())
                 self.phase, self.step_in_epoch = "val", n_batches
             train_figures = totals.reduced(self.ctx)
             val = self._validate(totals)
+            # The watch's epoch ends with its loop; validation is outside its time split. It gets the val
+            # accuracy for its not-learning check (accuracy near chance after several epochs).
+            epoch_report = self.watcher.epoch_end(
+                val_loss=val["val_loss"] if val else None, val_acc=val["val_acc1"] if val else None,
+                num_classes=self.num_classes,
+            )  # fmt: skip
             row = self._metrics_row(train_figures, val, epoch_report)
             self.metrics_rows.append(row)
             self.logger.append_metrics(row)
-            self._print_epoch(row)
-            if val is not None and val.get("val_acc1") is not None:
-                self.watcher_epoch_feedback(val)
+            self._print_epoch(row, epoch_report)
             self._update_best(row, totals)
             self.phase = "done" if self.epoch == cfg.train.epochs else "train"
             if self.phase == "train":
@@ -623,12 +626,6 @@ class Run:
         t = torch.tensor([float(mine or 0.0)], dtype=torch.float64, device=self.device)
         distributed.all_reduce_sum(t, self.ctx)  # on every rank, whatever its report holds
         return {**rep, "images_per_s": t.item()} if mine is not None else rep
-
-    def watcher_epoch_feedback(self, val: dict) -> None:
-        # The watch's not_learning check needs the val accuracy; it arrived after epoch_end.
-        if hasattr(self.watcher, "observe_validation"):
-            self.watcher.observe_validation(val_acc=val["val_acc1"] / 100.0, val_loss=val["val_loss"],
-                                            num_classes=self.num_classes)  # fmt: skip
 
     def _validate(self, totals: EpochTotals) -> Optional[dict]:
         cfg = self.cfg
@@ -742,7 +739,7 @@ class Run:
         raise Preempted(message)
 
     # -- console -------------------------------------------------------------------------------
-    def _print_epoch(self, row: dict) -> None:
+    def _print_epoch(self, row: dict, report: dict) -> None:
         def fmt(v, spec):
             return format(v, spec) if isinstance(v, (int, float)) else "-"
 
@@ -759,8 +756,25 @@ class Run:
             f"Val Top-5: {fmt(row['val_acc5'], '.2f')}%"
             + (f" | EMA Top-1: {row['ema_val_acc1']:.2f}%" if row.get("ema_val_acc1") is not None else ""),
             f"- Images/s: {fmt(row['images_per_s'], '.1f')} | LR: {fmt(row['lr'], '.5g')}",
+            self._health_line(report),
         ]
         self.console.print("\n".join(lines))
+
+    @staticmethod
+    def _health_line(report: dict) -> str:
+        def mb(key: str) -> str:
+            value = report.get(key)
+            return f"{value:+.1f}MB" if isinstance(value, (int, float)) else "-"
+
+        arrow = {"decreasing": "↓", "increasing": "↑", "stable": "→"}.get(report.get("loss_trend_label", ""), "")
+        parts = [f"loss trend {arrow} {report.get('loss_trend_label', 'n/a')}",
+                 f"RSS {report.get('rss_mb', 0):.0f}MB ({mb('rss_delta_mb')}, peak {report.get('peak_rss_mb', 0):.0f}MB)"]
+        if report.get("gpu_peak_mb") is not None:
+            parts.append(f"VRAM {report.get('gpu_alloc_mb', 0):.0f}MB ({mb('gpu_alloc_delta_mb')}, "
+                         f"peak {report['gpu_peak_mb']:.0f}MB)")
+        events = report.get("events") or {}
+        parts.append("warnings: " + (", ".join(f"{k} x{v}" for k, v in events.items()) if events else "none"))
+        return "- Health: " + " | ".join(parts)
 
     def _farewell(self, final: dict) -> None:
         best = final["best_val_acc1"]

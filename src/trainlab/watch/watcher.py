@@ -107,6 +107,8 @@ class Watcher:
             rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         self.rank, self.world_size = rank, world_size
         self.verbose = verbose and rank == 0
+        # `trainlab train` prints one combined epoch summary of its own and turns this block off.
+        self.print_epoch_block = True
         self.enabled = bool(s.enabled)
 
         self.events: list[Event] = []
@@ -506,7 +508,7 @@ class Watcher:
         self._epoch_open = False
         self._watching = False
         self._overhead_s += time.perf_counter() - t0
-        if self.verbose:
+        if self.verbose and self.print_epoch_block:
             for line in console.epoch_block(report, self.settings.show_gpu):
                 self.out.line(line)
         return report

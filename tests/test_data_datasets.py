@@ -152,7 +152,7 @@ def test_shapes_deterministic_balanced_and_in_range():
     assert x1.shape == (500, 32, 32, 3) and x1.dtype == np.uint8 and y1.dtype == np.int64
     counts = np.bincount(y1, minlength=10)
     assert counts.min() == counts.max() == 50
-    assert x1.min() < 30 and x1.max() > 225 and 100 < x1.mean() < 155  # full range, not washed out
+    assert x1.min() < 30 and x1.max() > 225 and 60 < x1.mean() < 120  # light shapes on dark backgrounds
     assert len(CLASS_NAMES) == 10 and len(set(CLASS_NAMES)) == 10
 
 
@@ -375,7 +375,7 @@ def test_packed_reader_torch_path(tmp_path):
 def test_shapes_are_learnable_by_a_tiny_convnet():
     torch.manual_seed(0)
     cfg = cfg_of("data.loader=torch", "data.img_size=16", "data.train_size=1000", "data.val_size=300",
-                 "data.batch_size=32", "aug.policy=none")  # fmt: skip
+                 "data.batch_size=16", "aug.policy=none")  # fmt: skip
     bundle = build_data(cfg, CPU)
 
     def block(c_in: int, c_out: int) -> nn.Module:
@@ -397,4 +397,4 @@ def test_shapes_are_learnable_by_a_tiny_convnet():
             correct += (model(x).argmax(1) == y).sum().item()
             total += len(y)
     assert total == 300
-    assert correct / total > 0.25, f"val top-1 {correct / total:.2f} after 2 epochs (chance 0.10)"
+    assert correct / total > 0.3, f"val top-1 {correct / total:.2f} after 2 epochs (chance 0.10)"

@@ -204,10 +204,6 @@ def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
     # whichever comes first: no status it writes is asserted.
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the watch compares per-rank wall time between steps, which DDP's gradient all-reduce makes equal on "
-    "every rank (the fast rank waits inside backward); a straggler needs a clock that excludes that wait"
-))  # fmt: skip
 def test_a_slow_rank_is_reported_as_a_straggler(ddp):
     assert ddp["proc"].returncode == 0, ddp["proc"].stderr[-3000:]
     path = ddp["run_dir"] / "events.jsonl"

@@ -24,13 +24,13 @@ class DataConfig:
     name: str = "shapes"  # shapes | cifar10 | cifar100 | folder | packed
     root: Optional[str] = None
     img_size: int = 32
-    batch_size: Any = 128  # an int, or "auto" (largest that fits, GPU only)
+    batch_size: Any = 64  # per process: an int, or "auto" (largest that fits, GPU only)
     val_batch_size: Optional[int] = None  # defaults to batch_size
     num_workers: int = 0
     pin_memory: bool = True
     persistent_workers: bool = False
     loader: str = "auto"  # auto | tensor | torch
-    train_size: int = 5000  # shapes only
+    train_size: int = 4000  # shapes only
     val_size: int = 1000  # shapes only
     download: bool = False  # cifar only: use torchvision's download when a network exists
     skip_bad_images: bool = False
@@ -74,7 +74,7 @@ class OptimConfig:
 
 @dataclass
 class SchedConfig:
-    name: str = "cosine"  # constant | step | multistep | onecycle | cosine
+    name: str = "onecycle"  # constant | step | multistep | onecycle | cosine
     warmup_epochs: float = 0.0
     warmup_steps: int = 0
     step_size: int = 30  # step: epochs between decays
@@ -90,7 +90,7 @@ class SchedConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3
+    epochs: int = 4  # with the defaults above: `trainlab train` is the one-minute CPU demo
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | 32 | bf16 | fp16   (auto: bf16 on a GPU that has it, else 32)
     channels_last: Optional[bool] = None  # null: on for conv nets on a GPU

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Optional
@@ -98,6 +99,9 @@ class Trainer:
     on_batch: Optional[Callable[[int, int], None]] = None  # (epoch, batch index): progress bar, drills
 
     def __post_init__(self) -> None:
+        self.ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel) or isinstance(
+            getattr(self.model, "_orig_mod", None), torch.nn.parallel.DistributedDataParallel
+        )
         use_scaler = self.precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
 
@@ -151,7 +155,7 @@ class Trainer:
             logits = self.model(images)
             loss = self.loss_fn(logits, targets)
 
-        bad = False
+        bad, sync_wait = False, None
         if self.on_nonfinite in ("skip", "stop"):
             # These modes must decide before the update, so they read one flag per step (a sync on a GPU;
             # the default `warn` mode never does). Under DDP all ranks must agree: a rank that skipped its
@@ -161,23 +165,34 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_nonfinite += 1
         else:
+            backward_started = time.perf_counter()
             self.scaler.scale(loss / self.grad_accum).backward()
+            # Under DDP the backward of the last micro-batch ends waiting for the slowest rank's gradients;
+            # the watch subtracts this from the step time to find which rank is the straggler.
+            if self.ddp and boundary:
+                sync_wait = time.perf_counter() - backward_started
 
         self.batches_seen += 1
         correct = _correct_top1(logits.detach(), targets)
         totals.add(loss, correct, labels.shape[0])
-        if self.watcher is not None:
-            self.watcher.step(loss=loss.detach(), batch_size=labels.shape[0], lr=self.optimizer.param_groups[0]["lr"])
         if self.on_batch is not None:
             self.on_batch(epoch, index)
+        stop = False
         if bad and self.on_nonfinite == "stop":
             self.nonfinite_stop = (epoch, index)
-            return True
-        if boundary:
+            stop = True
+        elif boundary:
             if not bad:
                 self._optimizer_step()
-            return bool(on_boundary and on_boundary(epoch, index + 1))
-        return False
+            if on_boundary is not None:
+                hook_started = time.perf_counter()
+                stop = bool(on_boundary(epoch, index + 1))
+                if self.ddp:  # the hook's collectives (the stop-flag all-reduce) wait for the slowest rank
+                    sync_wait = (sync_wait or 0.0) + time.perf_counter() - hook_started
+        if self.watcher is not None:
+            self.watcher.step(loss=loss.detach(), batch_size=labels.shape[0], lr=self.optimizer.param_groups[0]["lr"],
+                              sync_wait_s=sync_wait)
+        return stop
 
     def _optimizer_step(self) -> None:
         if self.clip_grad:

@@ -601,10 +601,10 @@ class Run:
             val = self._validate(totals)
             # The watch's epoch ends with its loop; validation is outside its time split. It gets the val
             # accuracy for its not-learning check (accuracy near chance after several epochs).
-            epoch_report = self.watcher.epoch_end(
+            epoch_report = self._job_report(self.watcher.epoch_end(
                 val_loss=val["val_loss"] if val else None, val_acc=val["val_acc1"] if val else None,
                 num_classes=self.num_classes,
-            )  # fmt: skip
+            ))  # fmt: skip
             row = self._metrics_row(train_figures, val, epoch_report)
             self.metrics_rows.append(row)
             self.logger.append_metrics(row)

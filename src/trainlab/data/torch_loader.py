@@ -10,6 +10,7 @@ from a torch.Generator seeded by (seed, epoch); under DDP it is sharded like Dis
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Optional, Protocol
@@ -29,6 +30,15 @@ def _splitmix64(x: int) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     return x ^ (x >> 31)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave stop signals to the main process. A spot termination or `kill -TERM -PGID`
+    signals the whole process group; a worker that died of it would break the batch in flight before the
+    main process reaches the step boundary where it checkpoints, then shuts the workers down itself."""
+    for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def stream_seed(*parts: int) -> int:
@@ -172,6 +182,7 @@ class TorchLoader:
             # DataLoader draws a worker base seed per epoch; from its own generator, so that iterating
             # never moves the training process's RNG (our augmentation does not use that seed).
             generator=torch.Generator().manual_seed(seed),
+            worker_init_fn=_ignore_stop_signals if workers > 0 else None,
         )
 
     def __len__(self) -> int:

@@ -216,8 +216,13 @@ class Watcher:
 
     # ------------------------------------------------------------------ steps
 
-    def step(self, loss: Any = None, batch_size: Optional[int] = None, lr: Optional[float] = None) -> None:
-        """Mark the end of an optimizer step. `loss`: a float or a tensor (kept on its device)."""
+    def step(self, loss: Any = None, batch_size: Optional[int] = None, lr: Optional[float] = None,
+             sync_wait_s: Optional[float] = None) -> None:
+        """Mark the end of an optimizer step. `loss`: a float or a tensor (kept on its device).
+
+        `sync_wait_s`: host time of this step spent in calls that wait for the other ranks (under DDP, the
+        backward pass that ends in the gradient all-reduce). DDP makes every rank's step equally long, so
+        the straggler check compares each rank's own work: step time minus that wait."""
         t = time.perf_counter()
         if not self._epoch_open:
             self.start_epoch()
@@ -242,6 +247,7 @@ class Watcher:
             self._chunk_sources.append(0)
         self._chunk_wall_s += wall
         self._chunk_wait_s += wait
+        self._chunk_sync_s += sync_wait_s or 0.0
         if self._epoch_steps > _SKIP_FIRST_STEPS and self._watching:
             self._bottleneck.add(wait, wall)
         if self._timer is not None:
@@ -282,6 +288,7 @@ class Watcher:
         self._host_losses: dict[int, float] = {}
         self._chunk_wall_s = 0.0
         self._chunk_wait_s = 0.0
+        self._chunk_sync_s = 0.0
         self._chunk_images = 0
 
     # ------------------------------------------------------------------ reductions
@@ -313,7 +320,7 @@ class Watcher:
             events += [e] if e else []
         step_time = self._chunk_wall_s / n
         if log and self.world_size > 1:
-            events += self._straggler_events(step_time)
+            events += self._straggler_events(max(self._chunk_wall_s - self._chunk_sync_s, 0.0) / n)
         record = None
         if log:
             record = self._step_record(n, finite, step_time, grad_norm)

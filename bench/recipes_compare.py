@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-BASE = ["data.name=shapes", "data.train_size=2000", "data.val_size=500", "data.img_size=32", "data.batch_size=64",
+BASE = ["data.name=shapes", "data.train_size=4000", "data.val_size=1000", "data.img_size=32", "data.batch_size=64",
         "model.name=resnet20", "optim.lr=0.1", "run.tensorboard=false", "run.progress=none", "watch.print_every=20"]  # fmt: skip
 
 VARIANTS: dict[str, list[str]] = {

@@ -87,17 +87,10 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
+    from trainlab.cli import split_config_and_overrides
     from trainlab.config import load_config
 
-    config, overrides = None, []
-    for i, item in enumerate(args.items):
-        if i == 0 and "=" not in item:
-            config = item
-        elif "=" in item:
-            overrides.append(item)
-        else:
-            raise UsageError(f"unexpected argument '{item}': give CONFIG first, then key=value overrides")
-    return load_config(config, overrides)
+    return load_config(*split_config_and_overrides(args.items))
 
 
 # ---------------------------------------------------------------- loader

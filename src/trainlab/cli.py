@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-def _split_config_and_overrides(items: Sequence[str]) -> tuple[Optional[str], list[str]]:
+def split_config_and_overrides(items: Sequence[str]) -> tuple[Optional[str], list[str]]:
     config, overrides = None, []
     for i, item in enumerate(items):
         if i == 0 and "=" not in item:
@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainlab.config import load_config
     from trainlab.run import train
 
-    config_path, overrides = _split_config_and_overrides(args.items)
+    config_path, overrides = split_config_and_overrides(args.items)
     cfg = load_config(config_path, overrides)
     if (cfg.train.nproc > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
         # Re-launch through torch's own launcher; each worker runs this command with nproc left to torchrun.

@@ -16,7 +16,7 @@ from typing import Any, Optional
 METRIC_COLUMNS = [
     "epoch", "step", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "lr",
     "data_time_s", "train_time_s", "other_time_s", "epoch_time_s", "val_time_s", "images_per_s",
-    "peak_mem_mb", "rss_mb", "time",
+    "peak_mem_mb", "rss_mb", "time", "ema_val_acc1",
 ]  # fmt: skip
 
 
@@ -87,7 +87,7 @@ class RunLogger:
             writer.writerow(_csv_row(row))
         if self._tb is not None:
             epoch = int(row["epoch"])
-            for key in METRIC_COLUMNS[2:-1]:
+            for key in (k for k in METRIC_COLUMNS[2:] if k != "time"):
                 value = row.get(key)
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(f"epoch/{key}", value, epoch)

@@ -11,6 +11,7 @@ import random
 import signal
 import sys
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -464,9 +465,8 @@ class Run:
 
     # -- summary -----------------------------------------------------------------------------
     def summary(self, status: str, error: Optional[str] = None) -> dict:
-        counts: dict[str, int] = {}
-        for event in getattr(self, "watcher", None).events if hasattr(self, "watcher") else []:
-            counts[event.kind] = counts.get(event.kind, 0) + 1
+        watcher = getattr(self, "watcher", None)  # absent when the run failed before it was built
+        counts = dict(Counter(event.kind for event in watcher.events)) if watcher is not None else {}
         return {
             "status": status,
             "epochs": self.cfg.train.epochs,

@@ -398,3 +398,26 @@ def test_shapes_are_learnable_by_a_tiny_convnet():
             total += len(y)
     assert total == 300
     assert correct / total > 0.3, f"val top-1 {correct / total:.2f} after 2 epochs (chance 0.10)"
+
+
+def test_folder_reader_and_data_tools_list_the_same_images(tmp_path):
+    """`data.name=folder` and `trainlab data pack/info` see one set of files: nested folders and
+    symlinked images included (as torchvision's ImageFolder), hidden files and other extensions left out."""
+    from PIL import Image
+
+    from trainlab.data.folder import scan_split
+    from trainlab.data.pack import list_split
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls / "nested").mkdir(parents=True)
+            Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / split / cls / "x.png")
+            Image.new("RGB", (8, 8), (10, 200, 10)).save(tmp_path / split / cls / "nested" / "y.jpg")
+            (tmp_path / split / cls / ".hidden.png").write_bytes(b"")
+            (tmp_path / split / cls / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / "a" / "link.png").symlink_to(tmp_path / "train" / "b" / "x.png")
+    for split in ("train", "val"):
+        files, labels, classes = scan_split(tmp_path, split, None if split == "train" else ["a", "b"])
+        listing = list_split(tmp_path, split, None if split == "train" else ["a", "b"])
+        assert files == listing.files and labels == listing.labels and classes == listing.classes
+    assert len(scan_split(tmp_path, "train")[0]) == 5

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image
 
+from trainlab.data.pack import IMAGE_EXTENSIONS, image_files, list_classes
 from trainlab.errors import DataError
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec (not a dependency); they still are the
@@ -23,13 +24,6 @@ warnings.filterwarnings(
     message="The image decoding and encoding capabilities of TorchVision",
     category=DeprecationWarning,
 )
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
 
 def _bad_image_hint(path: Path, root: Path | None) -> str:
     where = root if root is not None else path.parent.parent.parent
@@ -58,7 +52,7 @@ def scan_split(
         raise DataError(
             f"missing split folder {split_dir}; the folder layout is ROOT/train/<class>/*.jpg and ROOT/val/<class>/*.jpg"
         )
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = list_classes(split_dir)
     if not found:
         raise DataError(
             f"empty split {split_dir}: no class folders in it; put images in {split_dir}/<class>/"
@@ -77,7 +71,7 @@ def scan_split(
     labels: list[int] = []
     for name in found:
         class_dir = split_dir / name
-        images = sorted(p for p in class_dir.iterdir() if _is_image(p))
+        images = image_files(class_dir)
         if not images:
             raise DataError(
                 f"empty class folder {class_dir}: no images with extensions {', '.join(IMAGE_EXTENSIONS)}; "

@@ -73,7 +73,8 @@ def list_classes(split_dir: Path) -> list[str]:
     return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _image_files(class_dir: Path) -> list[Path]:
+def image_files(class_dir: Path) -> list[Path]:
+    """The images of one class folder, sorted: the one definition the folder reader and the tools share."""
     # Walk recursively and follow symlinked files (subsets made with --link sym), like ImageFolder.
     found = []
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
@@ -103,7 +104,7 @@ def list_split(root: Path, split: str, classes: Sequence[str] | None = None) -> 
     labels: list[int] = []
     for label, name in enumerate(classes):
         class_dir = split_dir / name
-        class_files = _image_files(class_dir) if class_dir.is_dir() else []
+        class_files = image_files(class_dir) if class_dir.is_dir() else []
         files += class_files
         labels += [label] * len(class_files)
     return SplitListing(split, split_dir, list(classes), files, labels)

@@ -297,6 +297,19 @@ def check_destination(src: Path, dst: Path, force: bool) -> None:
             raise UsageError(f"DST {dst} is or contains SRC {src}; choose a DST outside the source dataset")
 
 
+@contextmanager
+def building_dir(dst: Path) -> Iterator[Path]:
+    """A fresh `DST.tmp-<pid>` to fill: renamed over DST when the block ends, removed if it raises, so a
+    failure (or Ctrl-C) never leaves a half-written DST behind."""
+    tmp = temporary_sibling(dst)
+    try:
+        yield tmp
+        _replace_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def temporary_sibling(dst: Path) -> Path:
     tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
     if tmp.exists():
@@ -326,8 +339,7 @@ def pack_folder(
     val = list_split(src_path, "val", classes=train.classes)
     check_destination(src_path, dst_path, force)
 
-    tmp = temporary_sibling(dst_path)
-    try:
+    with building_dir(dst_path) as tmp:
         counts: dict[str, int] = {}
         skipped: dict[str, list[dict]] = {}
         for listing in (train, val):
@@ -344,10 +356,6 @@ def pack_folder(
         meta_path = tmp / "meta.json"
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
         _fsync_path(meta_path)
-        _replace_dir(tmp, dst_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {
         "dst": str(dst_path),
         "classes": len(train.classes),

@@ -30,7 +30,7 @@ from trainlab.data.pack import (
     FOLDER_LAYOUT_HINT,
     SPLITS,
     SplitListing,
-    _replace_dir,
+    building_dir,
     check_destination,
     default_workers,
     describe_error,
@@ -43,7 +43,6 @@ from trainlab.data.pack import (
     read_packed_meta,
     require_dataset_root,
     resize_center_crop,
-    temporary_sibling,
 )
 from trainlab.errors import DataError, UsageError
 
@@ -144,9 +143,8 @@ def make_subset(
         raise DataError(f"{shortfalls[0]}{more}; ask for fewer images per class or pick other classes")
     check_destination(src_path, dst_path, force)
 
-    tmp = temporary_sibling(dst_path)
     methods: Counter[str] = Counter()
-    try:
+    with building_dir(dst_path) as tmp:
         for split, name, source in picks:
             relative = source.relative_to(listings[split].root / name)
             methods[_place(source, tmp / split / name / relative, link)] += 1
@@ -162,10 +160,6 @@ def make_subset(
             "link": link,
         }
         (tmp / "subset.json").write_text(json.dumps(recipe, indent=2) + "\n")
-        _replace_dir(tmp, dst_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {
         "dst": str(dst_path),
         "classes": classes,

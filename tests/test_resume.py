@@ -178,3 +178,26 @@ def test_extending_a_finished_run_with_more_epochs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_same_command_without_run_dir_continues_the_unfinished_run(tmp_path):
+    """No run.dir: after a stop, re-issuing the same command continues that run (runs/<name>-<time>);
+    a command that changes the math starts a new run instead."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRAINLAB_SELF_SIGNAL": "train:1:3"}
+    args = trainlab_cmd("train", *BASE, "train.epochs=2", "data.num_workers=0")
+    first = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert first.returncode == 143, first.stderr[-2000:]
+    env.pop("TRAINLAB_SELF_SIGNAL")
+    second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "continuing the unfinished run" in second.stdout
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    assert read_summary(run_dir)["status"] == "finished" and len(read_metrics(run_dir)) == 2
+
+    env["TRAINLAB_SELF_SIGNAL"] = "train:1:3"
+    assert subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, timeout=240).returncode == 143
+    env.pop("TRAINLAB_SELF_SIGNAL")
+    changed = subprocess.run([*args, "optim.lr=0.02"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=240)  # fmt: skip
+    assert changed.returncode == 0 and "continuing" not in changed.stdout
+    assert len(list((tmp_path / "runs").iterdir())) == 3

@@ -180,11 +180,21 @@ def find_unfinished_run(cfg: Any) -> Optional[Path]:
     for run_dir in candidates:
         if _read_status(run_dir) not in ("running", "stopped", "failed"):
             continue
-        manager = ckpt.CheckpointManager(run_dir / "checkpoints")
-        found = manager.resumable()
-        if found is not None and not math_changes(found[1].get("config", {}), current):
+        # The run's config.yaml decides: the checkpoint itself is loaded (and verified) once, by the resume.
+        checkpoints = run_dir / "checkpoints"
+        has_checkpoint = (checkpoints / "last.pt").is_file() or any(checkpoints.glob("periodic-*.pt"))
+        if has_checkpoint and not math_changes(_saved_config(run_dir), current):
             return run_dir
     return None
+
+
+def _saved_config(run_dir: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))  # type: ignore[return-value]
+    except Exception:  # missing or unparseable: not a run this command can continue
+        return {}
 
 
 # ---------------------------------------------------------------- the run

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from trainlab.bench import search_max_batch, with_margin
+from trainlab.batch_finder import search_max_batch, with_margin
 from trainlab.cli import main
 
 TINY = ["data.name=shapes", "data.train_size=192", "data.val_size=32", "data.img_size=16", "data.batch_size=32",
@@ -70,7 +70,7 @@ def test_search_max_batch_finds_the_limit(limit):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_find_max_batch_on_gpu_trains_at_the_found_batch():
-    from trainlab.bench import find_max_batch
+    from trainlab.batch_finder import find_max_batch
     from trainlab.config import load_config
 
     cfg = load_config(None, ["model.name=resnet18", "model.cifar_stem=true", "data.img_size=32"])

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainlab.run import weights_digest
+from trainlab.drills import weights_digest
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -8,7 +8,9 @@ metrics.csv must equal the reference's, times aside.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -167,17 +169,38 @@ def test_finished_never_and_changed_keys(tmp_path, references):
     assert forced.returncode == 0, forced.stderr[-2000:]
 
 
-def test_extending_a_finished_run_with_more_epochs(tmp_path):
-    run_dir = tmp_path / "run"
+def test_extending_a_finished_run_names_the_lr_jump_and_follows_sched_extend(tmp_path):
+    """Issue 11 item 7: the one-cycle schedule is sized from train.epochs, so extending a finished run would
+    restart its LR curve mid-way. Plain extension is refused naming the jump; sched.extend=hold keeps the
+    final LR; sched.extend=restart runs a new one-cycle over the added epoch."""
     short = [*BASE[:-1], "watch.print_every=5"]
     env = {k: v for k, v in os.environ.items() if k != "TRAINLAB_SELF_SIGNAL"}
-    first = subprocess.run(trainlab_cmd("train", *short, "train.epochs=1", f"run.dir={run_dir}"), env=env,
-                           capture_output=True, text=True, timeout=240)  # fmt: skip
-    assert first.returncode == 0, first.stderr
-    proc = run_trainlab("train", *short, "train.epochs=2", f"run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr
-    rows = read_metrics(run_dir)
-    assert [r["epoch"] for r in rows] == ["1", "2"]
+    first = tmp_path / "first"
+    done = subprocess.run(trainlab_cmd("train", *short, "train.epochs=1", f"run.dir={first}"), env=env,
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    steps = [json.loads(line) for line in (first / "steps.jsonl").read_text().splitlines()]
+    final_lr = steps[-1]["lr"]  # metrics.csv rounds to 6 decimals; the final one-cycle LR is ~2e-7
+
+    refused = run_trainlab("train", *short, "train.epochs=2", f"run.dir={first}")
+    assert refused.returncode == 2
+    assert "sched.extend=hold" in refused.stderr and "would jump from" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+    for mode in ("hold", "restart"):
+        run_dir = tmp_path / mode
+        shutil.copytree(first, run_dir)
+        proc = run_trainlab("train", *short, "train.epochs=2", f"sched.extend={mode}", f"run.dir={run_dir}")
+        assert proc.returncode == 0, proc.stderr
+        rows = read_metrics(run_dir)
+        assert [r["epoch"] for r in rows] == ["1", "2"]
+        epoch2_lrs = [r["lr"] for r in map(json.loads, (run_dir / "steps.jsonl").read_text().splitlines())
+                      if r["epoch"] == 2]  # fmt: skip
+        if mode == "hold":
+            assert epoch2_lrs and all(lr == pytest.approx(final_lr) for lr in epoch2_lrs)
+        else:  # a new cycle: up towards the peak (optim.lr) and down again
+            assert max(epoch2_lrs) > 50 * final_lr
+            assert float(rows[1]["lr"]) < max(epoch2_lrs) / 10
 
 
 def test_same_command_without_run_dir_continues_the_unfinished_run(tmp_path):

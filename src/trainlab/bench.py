@@ -9,20 +9,19 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
+from trainlab.batch_finder import SAFETY_MARGIN, find_max_batch, model_setup, search_max_batch
+from trainlab.engine import autocast
 from trainlab.errors import ConfigError, UsageError
 
 WARMUP_BATCHES = 3
-SAFETY_MARGIN = 0.10  # find_max_batch keeps this fraction of the largest batch that trained in reserve
-MAX_BATCH_CAP = 1 << 16
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -52,43 +51,8 @@ def _endless(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch += 1
 
 
-def _num_classes(cfg: Any) -> int:
-    """The head size without loading data (find_max_batch runs before the dataset is built)."""
-    if cfg.model.num_classes:
-        return int(cfg.model.num_classes)
-    known = {"cifar10": 10, "cifar100": 100}
-    if cfg.data.name == "shapes":
-        from trainlab.data.shapes import CLASS_NAMES
-
-        return len(CLASS_NAMES)
-    return known.get(cfg.data.name, 1000)  # folder/packed: 1000 is a safe upper bound for the head
-
-
-def _model_setup(cfg: Any, device: torch.device, num_classes: int) -> tuple[torch.nn.Module, str, bool]:
-    """The configured model on `device` with run.py's precision and memory-format choices."""
-    from trainlab import models
-    from trainlab.run import configure_backends, resolve_precision
-
-    configure_backends(cfg, device)
-    precision = resolve_precision(cfg, device)
-    model = models.create(cfg.model.name, num_classes, cifar_stem=cfg.model.cifar_stem, norm=cfg.model.norm)
-    channels_last = cfg.train.channels_last
-    if channels_last is None:  # the run's default: NHWC for conv nets on a GPU
-        channels_last = device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return model.to(device, memory_format=fmt), precision, bool(channels_last)
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision in dtypes:
-        return torch.autocast(device_type=device.type, dtype=dtypes[precision])
-    return contextlib.nullcontext()
-
-
 def _config_from_args(args: argparse.Namespace) -> Any:
-    from trainlab.cli import split_config_and_overrides
-    from trainlab.config import load_config
+    from trainlab.config import load_config, split_config_and_overrides
 
     return load_config(*split_config_and_overrides(args.items))
 
@@ -183,7 +147,7 @@ def bench_step(cfg: Any, steps: int, device: Optional[torch.device] = None) -> d
     device = device or resolve_device(cfg)
     data = build_data(cfg, device)
     num_classes = int(cfg.model.num_classes or data.num_classes)
-    model, precision, channels_last = _model_setup(cfg, device, num_classes)
+    model, precision, channels_last = model_setup(cfg, device, num_classes)
     optimizer = optim.build_optimizer(model, cfg.optim, int(cfg.data.batch_size) * int(cfg.train.grad_accum))
     model.train()
     clock = _PhaseClock(device)
@@ -207,7 +171,7 @@ def bench_step(cfg: Any, steps: int, device: Optional[torch.device] = None) -> d
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             t1 = clock.now()
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 loss = F.cross_entropy(model(images).float(), labels)
             t2 = clock.now()
             loss.backward()
@@ -236,95 +200,6 @@ def bench_step(cfg: Any, steps: int, device: Optional[torch.device] = None) -> d
         "phases_frac": {k: v / wall_s for k, v in phases.items()} if wall_s > 0 else {},
         "images_per_s": images_seen / wall_s if wall_s > 0 else 0.0,
     }  # fmt: skip
-
-
-# ---------------------------------------------------------------- largest batch
-
-
-def _fits(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: int, size: int, num_classes: int,
-          device: torch.device, precision: str, channels_last: bool) -> bool:  # fmt: skip
-    """One real forward+backward+step at `batch`; False on a CUDA out-of-memory error."""
-    images = labels = loss = None
-    try:
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
-        labels = torch.randint(0, num_classes, (batch,), device=device)
-        with _autocast(device, precision):
-            loss = F.cross_entropy(model(images).float(), labels)
-        loss.backward()
-        optimizer.step()
-        torch.cuda.synchronize(device)
-        return True
-    except torch.cuda.OutOfMemoryError:
-        return False
-    except RuntimeError as err:  # cuDNN/cuBLAS report allocation failures as plain RuntimeErrors
-        if "ALLOC_FAILED" in str(err) or "out of memory" in str(err):
-            return False
-        raise
-    finally:
-        del images, labels, loss
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
-
-
-def search_max_batch(fits: Callable[[int], bool], start: int = 8, cap: int = MAX_BATCH_CAP) -> int:
-    """Largest n with fits(n), assuming monotonicity: double from `start`, then bisect. 0 if none fits."""
-    low = 0
-    high = start
-    while high <= cap and fits(high):
-        low, high = high, high * 2
-    if low == 0:  # even `start` failed: look below it
-        high, low = start, 0
-    high = min(high, cap + 1)
-    while high - low > max(1, low // 64):  # ~1.5% resolution is plenty under a 10% margin
-        mid = (low + high) // 2
-        if fits(mid):
-            low = mid
-        else:
-            high = mid
-    return low
-
-
-def with_margin(largest: int) -> int:
-    """Keep SAFETY_MARGIN in reserve, rounded down to a multiple of 8 (tensor-core friendly) when large."""
-    batch = int(largest * (1.0 - SAFETY_MARGIN))
-    if batch >= 16:
-        batch -= batch % 8
-    return max(1, batch)
-
-
-def find_max_batch(cfg: Any, device: torch.device) -> int:
-    """The largest per-process batch that trains on this GPU, less a safety margin.
-
-    Real trials (forward, backward, optimizer step on random images at data.img_size), doubling and then
-    bisecting on torch.cuda.OutOfMemoryError. Under DDP each process calls it for its own GPU; the margin
-    covers DDP's gradient buckets. torch.compile is left out of the trials (it tends to use less memory).
-    """
-    device = torch.device(device)
-    if device.type != "cuda":
-        raise ConfigError(
-            f"finding the largest batch needs a GPU; train.device={cfg.train.device} resolved to {device}"
-        )
-    from trainlab import optim
-
-    num_classes = _num_classes(cfg)
-    model, precision, channels_last = _model_setup(cfg, device, num_classes)
-    model.train()
-    optimizer = optim.build_optimizer(model, cfg.optim, 256)
-    size = 32 if cfg.data.name in ("cifar10", "cifar100") else int(cfg.data.img_size)
-
-    def fits(batch: int) -> bool:
-        return _fits(model, optimizer, batch, size, num_classes, device, precision, channels_last)
-
-    largest = search_max_batch(fits)
-    model = optimizer = None  # free the trial model before training builds its own
-    torch.cuda.empty_cache()
-    if largest == 0:
-        raise ConfigError(
-            f"model.name={cfg.model.name} does not train even with batch 1 at {size} px on {device}; "
-            "use a smaller model or data.img_size"
-        )
-    return with_margin(largest)
 
 
 # ---------------------------------------------------------------- CLI

@@ -32,21 +32,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-def split_config_and_overrides(items: Sequence[str]) -> tuple[Optional[str], list[str]]:
-    config, overrides = None, []
-    for i, item in enumerate(items):
-        if i == 0 and "=" not in item:
-            config = item
-        elif "=" in item:
-            overrides.append(item)
-        else:
-            raise UsageError(f"unexpected argument '{item}': give CONFIG first, then key=value overrides")
-    return config, overrides
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from trainlab import distributed
-    from trainlab.config import load_config
+    from trainlab.config import load_config, split_config_and_overrides
     from trainlab.run import train
 
     config_path, overrides = split_config_and_overrides(args.items)

@@ -8,6 +8,7 @@ messages that name the key, the value and what would be valid.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -15,7 +16,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, UsageError
 from trainlab.watch.settings import WatchSettings
 
 
@@ -57,6 +58,7 @@ class ModelConfig:
     pretrained: Optional[str] = None  # a local checkpoint path or a torchvision weights name
     freeze_backbone: bool = False
     sync_bn: bool = False
+    drop_rate: float = 0.0  # dropout before the head (CIFAR ResNets): a model that draws random numbers
 
 
 @dataclass
@@ -86,6 +88,9 @@ class SchedConfig:
     div_factor: float = 25.0
     final_div_factor: float = 1e4
     total_steps: Optional[int] = None  # onecycle: set by hand only to reproduce a setup; checked
+    # When a resume changes train.epochs or the steps per epoch and so the LR curve: refuse (name the
+    # jump), hold (keep the old curve and its final LR), restart (a new schedule over the steps left).
+    extend: str = "refuse"
 
 
 @dataclass
@@ -131,6 +136,9 @@ class RunConfig:
 class DistConfig:
     backend: str = "auto"  # auto | nccl | gloo
     timeout_s: float = 300.0
+    # Ranks agree on stop signals and time-based checkpoints every N optimizer steps (one small collective
+    # on the host, never the device): a stop lands at most N steps after the signal.
+    stop_check_every: int = 10
 
 
 @dataclass
@@ -155,6 +163,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("sgd", "adam", "adamw", "adagrad", "adadelta", "rmsprop"),
     "optim.lr_scale": ("none", "linear"),
     "sched.name": ("constant", "step", "multistep", "onecycle", "cosine"),
+    "sched.extend": ("refuse", "hold", "restart"),
     "train.precision": ("auto", "32", "bf16", "fp16"),
     "train.compile": ("none", "default", "reduce-overhead", "max-autotune"),
     "eval.tta": ("none", "flip"),
@@ -243,6 +252,20 @@ def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path
     return chain
 
 
+def split_config_and_overrides(items: Sequence[str]) -> tuple[Optional[str], list[str]]:
+    """A command line's `[CONFIG] [key=value ...]`: the config path (or None) and the overrides."""
+    config, overrides = None, []
+    for i, item in enumerate(items):
+        if i == 0 and "=" not in item:
+            config = item
+        elif "=" in item:
+            overrides.append(item)
+        else:
+            raise UsageError(f"unexpected argument '{item}': give CONFIG first, then key=value overrides")
+    return config, overrides
+
+
+
 def load_config(path: Optional[str | Path] = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Schema defaults <- YAML chain (bases first) <- `key=value` overrides; validated and read-only."""
     cfg = OmegaConf.structured(Config)
@@ -291,6 +314,7 @@ def validate(cfg: Any) -> None:
         "data.train_size": cfg.data.train_size,
         "data.val_size": cfg.data.val_size,
         "eval.every": cfg.eval.every,
+        "dist.stop_check_every": cfg.dist.stop_check_every,
     }
     for key, value in positive.items():
         if value <= 0:

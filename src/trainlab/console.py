@@ -68,3 +68,49 @@ class Console:
 
     def close(self) -> None:
         self.end_epoch()
+
+
+def _fmt(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+
+def epoch_block(row: dict, report: dict, epochs: int) -> str:
+    """The end-of-epoch summary in seed 002's layout, plus one health line from the watch."""
+    batches = row.get("batches") or 1
+    ema = f" | EMA Top-1: {row['ema_val_acc1']:.2f}%" if row.get("ema_val_acc1") is not None else ""
+    lines = [
+        f"Epoch {row['epoch']}/{epochs}",
+        f"- Loss: {_fmt(row['train_loss'], '.4f')}",
+        f"- Accuracy (Top-1): {_fmt(row['train_acc1'], '.2f')}%",
+        f"- Total Data Loading Time: {_fmt(row['data_time_s'], '.4f')}s",
+        f"- Total Training Time: {_fmt(row['train_time_s'], '.4f')}s",
+        f"- Average Training Time per Batch: {_fmt((row['train_time_s'] or 0) / batches, '.4f')}s",
+        f"- Total Epoch Time: {_fmt(row['epoch_time_s'], '.4f')}s",
+        f"- Val Loss: {_fmt(row['val_loss'], '.4f')} | Val Top-1: {_fmt(row['val_acc1'], '.2f')}% | "
+        f"Val Top-5: {_fmt(row['val_acc5'], '.2f')}%" + ema,
+        f"- Images/s: {_fmt(row['images_per_s'], '.1f')} | LR: {_fmt(row['lr'], '.5g')}",
+        health_line(report),
+    ]
+    return "\n".join(lines)
+
+
+def health_line(report: dict) -> str:
+    def mb(key: str) -> str:
+        value = report.get(key)
+        return f"{value:+.1f}MB" if isinstance(value, (int, float)) else "-"
+
+    arrow = {"decreasing": "↓", "increasing": "↑", "stable": "→"}.get(report.get("loss_trend_label", ""), "")
+    parts = [f"loss trend {arrow} {report.get('loss_trend_label', 'n/a')}",
+             f"RSS {report.get('rss_mb', 0):.0f}MB ({mb('rss_delta_mb')}, peak {report.get('peak_rss_mb', 0):.0f}MB)"]
+    if report.get("gpu_peak_mb") is not None:
+        parts.append(f"VRAM {report.get('gpu_alloc_mb', 0):.0f}MB ({mb('gpu_alloc_delta_mb')}, "
+                     f"peak {report['gpu_peak_mb']:.0f}MB)")
+    events = report.get("events") or {}
+    parts.append("warnings: " + (", ".join(f"{k} x{v}" for k, v in events.items()) if events else "none"))
+    return "- Health: " + " | ".join(parts)
+
+
+def farewell_lines(final: dict, run_dir) -> list[str]:
+    best = final["best_val_acc1"]
+    best_text = f"{best:.2f}% at epoch {final['best_epoch']} ({final['best_weights']} weights)" if best else "-"
+    return [f"done in {final['wall_time_s']:.1f}s; best val top-1 {best_text}", f"run dir: {run_dir}"]

@@ -166,8 +166,24 @@ def setup(train_device: str = "auto", backend: str = "auto", timeout_s: float = 
 
 def cleanup(ctx: DistContext | None = None) -> None:
     """Leave the process group (safe to call when none was joined)."""
+    _CONTROL.clear()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+_CONTROL: dict[str, Any] = {}
+
+
+def control_group(ctx: DistContext) -> Any:
+    """The process group for bookkeeping (stop flags, per-rank figures, RNG states): host tensors only.
+
+    Under nccl that is a gloo group made once beside it (every rank must call this at the same point the
+    first time), so agreeing on a stop never waits for the device; under gloo it is the default group."""
+    if not ctx.enabled or ctx.backend != "nccl":
+        return None
+    if "group" not in _CONTROL:
+        _CONTROL["group"] = dist.new_group(backend="gloo")
+    return _CONTROL["group"]
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, sync_bn: bool = False) -> nn.Module:
@@ -198,11 +214,16 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def find_ddp(model: nn.Module) -> nn.parallel.DistributedDataParallel | None:
+    """The DDP wrapper of ``model``, also when torch.compile wrapped it (``_orig_mod``)."""
+    inner = getattr(model, "_orig_mod", model)
+    return inner if isinstance(inner, nn.parallel.DistributedDataParallel) else None
+
+
 def maybe_no_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
-    """``model.no_sync()`` for DDP micro-steps that accumulate (skip the gradient all-reduce)."""
-    if enabled and isinstance(model, nn.parallel.DistributedDataParallel):
-        return model.no_sync()
-    return contextlib.nullcontext()
+    """``no_sync()`` for DDP micro-steps that accumulate (skip the gradient all-reduce), through compile too."""
+    ddp = find_ddp(model) if enabled else None
+    return ddp.no_sync() if ddp is not None else contextlib.nullcontext()
 
 
 def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
@@ -218,7 +239,7 @@ def all_gather_floats(values: list[float], ctx: DistContext) -> list[list[float]
     if not ctx.enabled:
         return [values]
     gathered: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(gathered, values)
+    dist.all_gather_object(gathered, values, group=control_group(ctx))
     return [list(v) for v in gathered]
 
 
@@ -227,7 +248,7 @@ def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
     if not ctx.enabled:
         return obj
     holder = [obj if ctx.rank == src else None]
-    dist.broadcast_object_list(holder, src=src)
+    dist.broadcast_object_list(holder, src=src, group=control_group(ctx))
     return holder[0]
 
 

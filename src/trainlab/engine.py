@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainlab.distributed import DistContext, all_reduce_sum, maybe_no_sync
+from trainlab.distributed import DistContext, all_reduce_sum, find_ddp, maybe_no_sync
 
 # Called at every optimizer-step boundary with (epoch, batches done in this epoch); True stops the epoch there.
 BoundaryHook = Callable[[int, int], bool]
@@ -37,6 +37,11 @@ def batch_generator(seed: int, epoch: int, batch_index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
 
 
+def bookkeeping_dtype(device: torch.device) -> torch.dtype:
+    """float64 for running sums where the device has it; Apple's MPS has no float64, so float32 there."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 @dataclass
 class EpochTotals:
     """Running sums of one training epoch, on the device; part of the checkpoint so a resumed epoch adds up."""
@@ -47,12 +52,12 @@ class EpochTotals:
 
     @classmethod
     def zeros(cls, device: torch.device) -> EpochTotals:
-        z = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
+        z = lambda: torch.zeros((), dtype=bookkeeping_dtype(device), device=device)  # noqa: E731
         return cls(z(), z(), z())
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor, count: int) -> None:
-        self.loss_sum += loss.detach().double() * count
-        self.correct1 += correct.double()
+        self.loss_sum += loss.detach().to(self.loss_sum.dtype) * count
+        self.correct1 += correct.to(self.correct1.dtype)
         self.seen += count
 
     def state_dict(self) -> dict:
@@ -63,12 +68,16 @@ class EpochTotals:
         self.correct1.fill_(state["correct1"])
         self.seen.fill_(state["seen"])
 
-    def reduced(self, ctx: Optional[DistContext]) -> dict:
-        """Global figures (summed over ranks). One sync: called once per epoch."""
-        packed = torch.stack([self.loss_sum, self.correct1, self.seen])
+    def summed(self, ctx: Optional[DistContext]) -> EpochTotals:
+        """These sums added over all ranks (a new object; this rank's own stay as they are)."""
+        packed = torch.stack([self.loss_sum, self.correct1, self.seen]).clone()
         if ctx is not None:
             all_reduce_sum(packed, ctx)
-        loss_sum, correct, seen = packed.tolist()
+        return EpochTotals(packed[0].clone(), packed[1].clone(), packed[2].clone())
+
+    def reduced(self, ctx: Optional[DistContext]) -> dict:
+        """Global figures (summed over ranks). One sync: called once per epoch."""
+        loss_sum, correct, seen = torch.stack([t for t in vars(self.summed(ctx)).values()]).tolist()
         seen = max(seen, 1.0)
         return {"train_loss": loss_sum / seen, "train_acc1": 100.0 * correct / seen, "train_samples": int(seen)}
 
@@ -99,9 +108,8 @@ class Trainer:
     on_batch: Optional[Callable[[int, int], None]] = None  # (epoch, batch index): progress bar, drills
 
     def __post_init__(self) -> None:
-        self.ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel) or isinstance(
-            getattr(self.model, "_orig_mod", None), torch.nn.parallel.DistributedDataParallel
-        )
+        self.ddp = find_ddp(self.model) is not None
+        self._window_skipped = 0  # micro-batches skipped (non-finite loss) in the current accumulation window
         use_scaler = self.precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
 
@@ -140,6 +148,12 @@ class Trainer:
                 return totals, index
         return totals, None
 
+    def _window(self, index: int, n_batches: int) -> int:
+        """Micro-batches in the accumulation window holding batch `index`: grad_accum, or fewer for the
+        epoch's last window when n_batches is not a multiple of it."""
+        window_start = index - index % self.grad_accum
+        return min(self.grad_accum, n_batches - window_start)
+
     def _train_batch(self, images, labels, epoch, index, n_batches, totals, on_boundary) -> bool:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
@@ -148,7 +162,10 @@ class Trainer:
         targets = labels
         if self.mixer is not None and self.mixer.enabled:
             images, targets = self.mixer(images, labels, batch_generator(self.seed, epoch, index))
+        window = self._window(index, n_batches)
         boundary = (index + 1) % self.grad_accum == 0 or index + 1 == n_batches
+        if index % self.grad_accum == 0:
+            self._window_skipped = 0
 
         # DDP all-reduces gradients only on the micro-batch that ends an accumulation window.
         with maybe_no_sync(self.model, not boundary), autocast(self.device, self.precision):
@@ -161,43 +178,72 @@ class Trainer:
             # the default `warn` mode never does). Under DDP all ranks must agree: a rank that skipped its
             # backward would leave the others waiting for its gradients.
             bad = _any_rank(~torch.isfinite(loss.detach()))
-        if bad:
-            self.optimizer.zero_grad(set_to_none=True)
+        if bad:  # no backward: the window's other gradients stay, the step averages over the good ones
             self.skipped_nonfinite += 1
+            self._window_skipped += 1
         else:
             backward_started = time.perf_counter()
-            self.scaler.scale(loss / self.grad_accum).backward()
+            # Each micro-batch weighs 1/(its window's size): the mean over the window, also a short last one.
+            self.scaler.scale(loss / window).backward()
             # Under DDP the backward of the last micro-batch ends waiting for the slowest rank's gradients;
             # the watch subtracts this from the step time to find which rank is the straggler.
             if self.ddp and boundary:
                 sync_wait = time.perf_counter() - backward_started
 
         self.batches_seen += 1
-        correct = _correct_top1(logits.detach(), targets)
-        totals.add(loss, correct, labels.shape[0])
+        if not bad:  # a skipped batch's loss is not part of the epoch's figures
+            totals.add(loss, _correct_top1(logits.detach(), targets), labels.shape[0])
         if self.on_batch is not None:
             self.on_batch(epoch, index)
-        stop = False
+        grad_norm = None
         if bad and self.on_nonfinite == "stop":
             self.nonfinite_stop = (epoch, index)
-            stop = True
         elif boundary:
-            if not bad:
-                self._optimizer_step()
-            if on_boundary is not None:
-                hook_started = time.perf_counter()
-                stop = bool(on_boundary(epoch, index + 1))
-                if self.ddp:  # the hook's collectives (the stop-flag all-reduce) wait for the slowest rank
-                    sync_wait = (sync_wait or 0.0) + time.perf_counter() - hook_started
-        if self.watcher is not None:
+            good = window - self._window_skipped
+            if good > 0:
+                if self._window_skipped:
+                    self._rescale_partial_window(window, good, last_was_skipped=bad)
+                grad_norm = self._optimizer_step()
+            else:  # every micro-batch of the window was skipped: nothing to step with
+                self.optimizer.zero_grad(set_to_none=True)
+        if self.watcher is not None:  # before the boundary hook: a checkpoint it writes holds this step
             self.watcher.step(loss=loss.detach(), batch_size=labels.shape[0], lr=self.optimizer.param_groups[0]["lr"],
-                              sync_wait_s=sync_wait)
-        return stop
+                              sync_wait_s=sync_wait, grad_norm=grad_norm)
+        if self.nonfinite_stop is not None:
+            return True
+        if boundary and on_boundary is not None:
+            # Checkpoint writes and the stop agreement are host work outside the step's compute: the watch
+            # counts them as `other`, and as time waiting for peers in the straggler check.
+            if self.watcher is not None:
+                with self.watcher.outside_compute(waiting_for_peers=self.ddp):
+                    return bool(on_boundary(epoch, index + 1))
+            return bool(on_boundary(epoch, index + 1))
+        return False
 
-    def _optimizer_step(self) -> None:
-        if self.clip_grad:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+    def _rescale_partial_window(self, window: int, good: int, last_was_skipped: bool) -> None:
+        """Gradients were scaled by 1/window per micro-batch; with skipped ones, make them the mean over the
+        `good` micro-batches. Under DDP, when the window's last micro-batch was skipped its backward (which
+        carries the all-reduce) never ran, so average the gradients over ranks here."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.ddp and last_was_skipped and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            for p in params:
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(world)
+        if params:
+            torch._foreach_mul_([p.grad for p in params], window / good)
+
+    def _optimizer_step(self) -> Optional[torch.Tensor]:
+        """One optimizer step. Returns the total gradient norm (a device tensor, never read here) when it is
+        free (clipping computes it) or the watch will log it in this window; else None."""
+        grad_norm = None
+        want_norm = self.watcher is not None and self.watcher.wants_grad_norm(self.grad_accum)
+        if self.clip_grad or want_norm:
+            self.scaler.unscale_(self.optimizer)  # norms of unscaled gradients, as the user thinks of them
+            if self.clip_grad:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+            else:
+                grad_norm = total_grad_norm(self.model.parameters())
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -205,9 +251,19 @@ class Trainer:
         self.global_step += 1
         if self.ema is not None:
             self.ema.update(self.model, self.global_step)
+        return grad_norm
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+
+def total_grad_norm(parameters) -> Optional[torch.Tensor]:
+    """The L2 norm over all gradients, as a device tensor (no sync)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return None
+    norms = torch._foreach_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
 
 
 def _any_rank(flag: torch.Tensor) -> bool:
@@ -233,13 +289,17 @@ def evaluate(
     channels_last: bool = False,
     tta: str = "none",
     ctx: Optional[DistContext] = None,
-    should_stop: Optional[Callable[[], bool]] = None,
+    should_stop: Optional[Callable[[int], bool]] = None,
 ) -> Optional[dict]:
-    """Loss, top-1 and top-5 over the whole val split (all ranks' shards summed). None if stopped early."""
+    """Loss, top-1 and top-5 over the whole val split (all ranks' shards summed). None if stopped early.
+
+    `should_stop(index)` is asked before each batch. The device sums are read once, at the end; ranks may
+    have different numbers of batches (their shards differ by up to one image each)."""
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss_sum, correct1, correct5, count
-    for images, labels in loader.batches(0):
-        if should_stop is not None and should_stop():
+    sums = torch.zeros(3, dtype=bookkeeping_dtype(device), device=device)  # loss_sum, correct1, correct5
+    count = 0  # images: known on the host, no device tensor needed
+    for index, (images, labels) in enumerate(loader.batches(0)):
+        if should_stop is not None and should_stop(index):
             return None
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -255,16 +315,13 @@ def evaluate(
         top = logits.topk(k, dim=1).indices
         hits = top == labels[:, None]
         sums += torch.stack(
-            [
-                F.cross_entropy(logits, labels, reduction="sum").double(),
-                hits[:, 0].sum().double(),
-                hits.any(dim=1).sum().double(),
-                torch.tensor(labels.shape[0], dtype=torch.float64, device=device),
-            ]
-        )
+            [F.cross_entropy(logits, labels, reduction="sum"), hits[:, 0].sum(), hits.any(dim=1).sum()]
+        ).to(sums.dtype)
+        count += labels.shape[0]
+    packed = torch.cat([sums, torch.tensor([count], dtype=sums.dtype, device=device)])
     if ctx is not None:
-        all_reduce_sum(sums, ctx)
-    loss_sum, c1, c5, count = sums.tolist()
+        all_reduce_sum(packed, ctx)
+    loss_sum, c1, c5, count = packed.tolist()
     count = max(count, 1.0)
     return {"val_loss": loss_sum / count, "val_acc1": 100.0 * c1 / count, "val_acc5": 100.0 * c5 / count,
             "val_samples": int(count)}  # fmt: skip

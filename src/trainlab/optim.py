@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -141,41 +141,64 @@ def _main_curve(
     )
 
 
+def schedule_plan(epochs: int, steps_per_epoch: int) -> list[dict]:
+    """A schedule's segments: one for a fresh run. A resume with `sched.extend=restart` appends one more."""
+    return [{"start": 0, "epochs": int(epochs), "steps_per_epoch": int(steps_per_epoch)}]
+
+
+def multiplier_fn(sched_cfg: Any, base_lr: float, segments: list[dict]) -> Callable[[int], float]:
+    """The LR multiplier at optimizer step k over a plan of segments.
+
+    Each segment is a whole schedule (warmup, then the configured curve) starting at its `start` step and
+    sized by its own epochs and steps per epoch; past a segment's end its LR stays at its final value until
+    the next segment starts. sched.total_steps, when set by hand, sizes the first segment only."""
+    curves = []
+    for i, seg in enumerate(segments):
+        spe = int(seg["steps_per_epoch"])
+        if spe < 1 or int(seg["epochs"]) < 1:
+            raise ConfigError(
+                f"schedule needs epochs >= 1 and steps per epoch >= 1 (got {seg['epochs']}, {spe})"
+            )
+        warm = warmup_steps(sched_cfg, spe)
+        if seg.get("steps"):  # a restart segment spans exactly the steps left when it was added
+            total = int(seg["steps"])
+        else:
+            total = schedule_steps(sched_cfg, int(seg["epochs"]), spe) if i == 0 else int(seg["epochs"]) * spe
+        curve = _main_curve(sched_cfg, base_lr, spe, warm, max(1, total - warm))
+
+        def with_warmup(k: int, curve: Callable[[int], float] = curve, warm: int = warm) -> float:
+            ramp = (k + 1) / (warm + 1) if k < warm else 1.0
+            return ramp * curve(k)
+
+        curves.append((int(seg["start"]), with_warmup))
+
+    def multiplier(k: int) -> float:
+        start, curve = next((c for c in reversed(curves) if c[0] <= k), curves[0])
+        return curve(k - start)
+
+    return multiplier
+
+
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, sched_cfg: Any, optim_cfg: Any, epochs: int, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, sched_cfg: Any, optim_cfg: Any, epochs: int, steps_per_epoch: int,
+    segments: Optional[list[dict]] = None,
 ) -> LambdaLR:
     """A LambdaLR to step after every optimizer step. steps_per_epoch counts optimizer steps.
 
     Warmup (sched.warmup_steps, or warmup_epochs converted to steps) ramps linearly from
     1/(W+1) of the LR to the full LR over W steps, for every schedule. Cosine and OneCycle then
     anneal over the remaining steps; step and multistep count epochs from the start of the run.
-    Past the end of the schedule the LR stays at its final value.
+    Past the end of the schedule the LR stays at its final value. `segments` (see `multiplier_fn`)
+    replaces the one-segment plan of (epochs, steps_per_epoch) when a resumed run was extended.
     """
-    if steps_per_epoch < 1 or epochs < 1:
-        raise ConfigError(
-            f"schedule needs epochs >= 1 and steps per epoch >= 1 (got {epochs}, {steps_per_epoch})"
-        )
-    warm = warmup_steps(sched_cfg, steps_per_epoch)
-    total = schedule_steps(sched_cfg, epochs, steps_per_epoch)
+    segments = segments or schedule_plan(epochs, steps_per_epoch)
     if sched_cfg.name == "onecycle":
         # the optimizer's LR becomes the peak; the curve is relative to it (as torch's OneCycleLR does)
         peak = float(sched_cfg.max_lr) if sched_cfg.max_lr else optimizer.param_groups[0]["lr"]
         for group in optimizer.param_groups:
             group["lr"] = peak
             group.pop("initial_lr", None)
-    span = max(1, total - warm)
-    curves = [
-        _main_curve(sched_cfg, group["lr"], steps_per_epoch, warm, span) for group in optimizer.param_groups
-    ]
-
-    def make(curve: Callable[[int], float]) -> Callable[[int], float]:
-        def multiplier(k: int) -> float:
-            ramp = (k + 1) / (warm + 1) if k < warm else 1.0
-            return ramp * curve(k)
-
-        return multiplier
-
-    return LambdaLR(optimizer, [make(c) for c in curves])
+    return LambdaLR(optimizer, [multiplier_fn(sched_cfg, group["lr"], segments) for group in optimizer.param_groups])
 
 
 def check_schedule(sched_cfg: Any, epochs: int, steps_per_epoch: int) -> list[str]:

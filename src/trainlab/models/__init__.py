@@ -75,9 +75,14 @@ def _remove_batchnorm(module: nn.Module) -> int:
     return count
 
 
-def _build(name: str, num_classes: int) -> nn.Module:
+def _build(name: str, num_classes: int, drop_rate: float = 0.0) -> nn.Module:
     if name in CIFAR_RESNET_BLOCKS:
-        return cifar_resnet(name, num_classes)
+        return cifar_resnet(name, num_classes, drop_rate)
+    if drop_rate:
+        raise ConfigError(
+            f"model.drop_rate={drop_rate} is supported for the CIFAR ResNets (resnet8 ... resnet110); "
+            f"{name} has its own dropout settings: leave model.drop_rate at 0"
+        )
     kwargs: dict = {"weights": None, "num_classes": num_classes}
     if name in ("inception_v3", "googlenet"):
         kwargs["init_weights"] = True  # silences torchvision's warning about its future default
@@ -93,6 +98,7 @@ def create(
     norm: str = "batch",
     pretrained: str | None = None,
     freeze_backbone: bool = False,
+    drop_rate: float = 0.0,
 ) -> nn.Module:
     """Build a model by name. `cifar_stem` is ignored for the CIFAR ResNets (they already are).
 
@@ -106,7 +112,7 @@ def create(
         raise ConfigError(f"model.num_classes={num_classes} must be positive")
     if norm not in ("batch", "none"):
         raise ConfigError(f"model.norm={norm!r} is not valid; choose batch or none")
-    model = _build(key, num_classes)
+    model = _build(key, num_classes, drop_rate)
     if cifar_stem and key not in CIFAR_RESNET_BLOCKS:
         _apply_cifar_stem(model, key)
     if norm == "none" and _remove_batchnorm(model) == 0:

@@ -54,7 +54,7 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, blocks_per_stage: int, num_classes: int = 10) -> None:
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10, drop_rate: float = 0.0) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -69,6 +69,7 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()  # before the head, as in timm
         self.fc = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -83,8 +84,8 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
 
 
-def cifar_resnet(name: str, num_classes: int) -> CifarResNet:
-    return CifarResNet(CIFAR_RESNET_BLOCKS[name], num_classes)
+def cifar_resnet(name: str, num_classes: int, drop_rate: float = 0.0) -> CifarResNet:
+    return CifarResNet(CIFAR_RESNET_BLOCKS[name], num_classes, drop_rate)

@@ -17,6 +17,7 @@ every `print_every` steps; CUDA events are read once the device has passed them.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import time
 import weakref
@@ -160,17 +161,24 @@ class Watcher:
         self._wait_since_step = 0.0
         self._epoch_data_s = 0.0
         self._epoch_compute_host_s = 0.0
+        self._epoch_excluded_s = 0.0  # host work inside the loop that is not the step (outside_compute)
         self._epoch_steps = 0
         self._epoch_images = 0
         self._epoch_losses: list[float] = []
         self._epoch_nonfinite = 0
         self._epoch_first_event = len(self.events)
+        resumed, self._resumed_epoch = getattr(self, "_resumed_epoch", None), None
+        if resumed is not None and resumed["epoch"] == self.epoch:  # continuing an epoch cut by a stop
+            self._epoch_steps, self._epoch_images = resumed["steps"], resumed["images"]
+            self._epoch_losses, self._epoch_nonfinite = list(resumed["losses"]), resumed["nonfinite"]
+            self._epoch_first_event = resumed["first_event"]
         self._batch_size: Optional[int] = None
         self._rss_start = self._sample_memory()
         self._gpu_start = torch.cuda.memory_allocated(self.device) / MB if self.on_cuda else None
         if self._timer is not None:
             self._timer.epoch_reset()
-        self._reset_chunk()
+        if resumed is None or resumed["epoch"] != self.epoch:
+            self._reset_chunk()
 
     def watch(self, iterable: Iterable) -> Iterator:
         """Yield from `iterable`, timing how long the loop is blocked waiting for each batch."""
@@ -217,8 +225,12 @@ class Watcher:
     # ------------------------------------------------------------------ steps
 
     def step(self, loss: Any = None, batch_size: Optional[int] = None, lr: Optional[float] = None,
-             sync_wait_s: Optional[float] = None) -> None:
+             sync_wait_s: Optional[float] = None, grad_norm: Any = None) -> None:
         """Mark the end of an optimizer step. `loss`: a float or a tensor (kept on its device).
+
+        `grad_norm`: the step's total gradient norm (a float or a device tensor, read at the next logging
+        step with the losses). Without it the watch reads the gradients still on the model at logging steps,
+        which works in loops that call step() before zero_grad().
 
         `sync_wait_s`: host time of this step spent in calls that wait for the other ranks (under DDP, the
         backward pass that ends in the gradient all-reduce). DDP makes every rank's step equally long, so
@@ -245,6 +257,8 @@ class Watcher:
             self._record_loss(loss)
         else:
             self._chunk_sources.append(0)
+        if grad_norm is not None:
+            self._record_grad_norm(grad_norm)
         self._chunk_wall_s += wall
         self._chunk_wait_s += wait
         self._chunk_sync_s += sync_wait_s or 0.0
@@ -258,6 +272,34 @@ class Watcher:
             self._reduce(log=True)
         self._overhead_s += time.perf_counter() - t
 
+    def wants_grad_norm(self, steps_ahead: int = 1) -> bool:
+        """Whether a logging step falls within the next `steps_ahead` calls of step() (this one included):
+        a loop computes the gradient norm only then (it costs a reduction over all gradients)."""
+        if not self.enabled:
+            return False
+        return any((self.step_count + j) % self.reduce_every == 0 for j in range(1, max(1, steps_ahead) + 1))
+
+    @contextlib.contextmanager
+    def outside_compute(self, waiting_for_peers: bool = False) -> Iterator[None]:
+        """Host work inside the loop that is not the training step (checkpoint writes, stop agreement):
+        counted as `other` time, never as compute; with `waiting_for_peers`, also as time spent waiting for
+        other ranks, which the straggler check subtracts."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - started
+            self._epoch_excluded_s += spent
+            if waiting_for_peers:
+                self._chunk_sync_s += spent
+
+    def _record_grad_norm(self, grad_norm: Any) -> None:
+        if isinstance(grad_norm, torch.Tensor) and self._buf is not None and self._buf.device == grad_norm.device:
+            self._norm_slot.copy_(grad_norm.detach().float().reshape(()))  # read with the losses: no extra sync
+            self._chunk_grad_norm: Any = "buffer"
+        else:
+            self._chunk_grad_norm = float(grad_norm)
+
     def _record_loss(self, loss: Any) -> None:
         index = len(self._chunk_sources)
         if isinstance(loss, torch.Tensor):
@@ -266,8 +308,10 @@ class Watcher:
                 value = value.reshape(()) if value.numel() == 1 else value.float().mean()
             if self._buf is None or self._buf.device != value.device:
                 self._flush_device_losses()
-                self._buf = torch.zeros(self.reduce_every, dtype=torch.float32, device=value.device)
+                # One slot per step of the interval, plus one for the latest gradient norm.
+                self._buf = torch.zeros(self.reduce_every + 1, dtype=torch.float32, device=value.device)
                 self._slots = list(self._buf.unbind(0))  # views made once: no indexing cost per step
+                self._norm_slot = self._slots[-1]
             self._slots[index].copy_(value)  # an async device copy, no sync
             self._chunk_sources.append(1)
         else:
@@ -275,13 +319,15 @@ class Watcher:
             self._chunk_sources.append(2)
 
     def _flush_device_losses(self) -> None:
-        """Read the device buffer before it is replaced (a loss moved to another device mid-chunk)."""
-        if self._buf is not None and 1 in self._chunk_sources:
-            values = self._buf[: len(self._chunk_sources)].tolist()
+        """Read the device buffer into host values (before it is replaced, or to save the interval)."""
+        if self._buf is not None and (1 in self._chunk_sources or self._chunk_grad_norm == "buffer"):
+            values = self._buf.tolist()
             for i, src in enumerate(self._chunk_sources):
                 if src == 1:
                     self._host_losses[i] = values[i]
                     self._chunk_sources[i] = 2
+            if self._chunk_grad_norm == "buffer":
+                self._chunk_grad_norm = values[-1]
 
     def _reset_chunk(self) -> None:
         self._chunk_sources: list[int] = []  # per step: 0 no loss, 1 in the device buffer, 2 in _host_losses
@@ -290,6 +336,7 @@ class Watcher:
         self._chunk_wait_s = 0.0
         self._chunk_sync_s = 0.0
         self._chunk_images = 0
+        self._chunk_grad_norm = None  # None, a float, or "buffer" (in the device buffer's last slot)
 
     # ------------------------------------------------------------------ reductions
 
@@ -299,7 +346,8 @@ class Watcher:
         if n == 0:
             return
         first_step = self.step_count - n + 1
-        device_values = self._buf[:n].tolist() if 1 in self._chunk_sources else []  # the one sync
+        in_buffer = 1 in self._chunk_sources or self._chunk_grad_norm == "buffer"
+        device_values = self._buf.tolist() if in_buffer else []  # the one sync of the interval
         steps_losses = []
         for i, src in enumerate(self._chunk_sources):
             if src:
@@ -310,7 +358,8 @@ class Watcher:
         self._epoch_nonfinite += len(bad)
         self.nonfinite_steps = (self.nonfinite_steps + bad)[-_NONFINITE_STEPS_KEPT:]
         events = self._loss_detectors.feed(steps_losses, self.epoch)
-        grad_norm = self._grad_norm() if log else None
+        given = device_values[-1] if self._chunk_grad_norm == "buffer" else self._chunk_grad_norm
+        grad_norm = (given if given is not None else self._grad_norm()) if log else None
         if grad_norm is not None:
             events += self._grad_events(grad_norm)
         if self.settings.warn_on_leak:
@@ -458,12 +507,12 @@ class Watcher:
         loop_end = self._t_loop_end if self._watching and self._t_loop_end is not None else t_end
         epoch_time = max(loop_end - self._t_epoch_start, 0.0)
         data = min(self._epoch_data_s, epoch_time)
-        if self._timer is not None:
+        if self._timer is not None:  # the device events never span outside_compute() work
             device_time = self._timer.epoch_reset()  # waits for the epoch's last step: once per epoch
             compute = min(device_time, epoch_time - data)
         else:
             device_time = None
-            compute = min(self._epoch_compute_host_s, epoch_time - data)
+            compute = min(max(self._epoch_compute_host_s - self._epoch_excluded_s, 0.0), epoch_time - data)
         other = max(epoch_time - data - compute, 0.0)
         rss = self._sample_memory()
         self._peak_rss_mb = max(self._peak_rss_mb, self.sampler.peak_rss_mb)
@@ -489,6 +538,7 @@ class Watcher:
             "compute_time_s": compute,
             "train_time_s": compute,  # the run-dir name of the same figure
             "other_time_s": other,
+            "excluded_time_s": self._epoch_excluded_s,
             "epoch_time_s": epoch_time,
             "after_loop_s": max(t_end - loop_end, 0.0),
             "device_time_s": device_time,
@@ -572,7 +622,23 @@ class Watcher:
             "leaks": {k: d.state_dict() for k, d in self._leaks.items()},
             "totals": dict(self._totals),
             "overhead_s": self._overhead_s,
+            "interval": self._interval_state(),
+            "open_epoch": self._open_epoch_state(),
         }
+
+    def _interval_state(self) -> dict[str, Any]:
+        """The logging interval in progress (losses since the last logged step), so a resumed run logs the
+        same averages at the same steps. Reads the device buffer: one sync, at checkpoint time only."""
+        self._flush_device_losses()
+        return {"sources": list(self._chunk_sources), "losses": {str(k): v for k, v in self._host_losses.items()},
+                "images": self._chunk_images, "grad_norm": self._chunk_grad_norm}  # fmt: skip
+
+    def _open_epoch_state(self) -> Optional[dict[str, Any]]:
+        if not self._epoch_open:
+            return None
+        return {"epoch": self.epoch, "steps": self._epoch_steps, "images": self._epoch_images,
+                "losses": list(self._epoch_losses), "nonfinite": self._epoch_nonfinite,
+                "first_event": self._epoch_first_event}  # fmt: skip
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.step_count = d["step_count"]
@@ -588,6 +654,14 @@ class Watcher:
         self._totals = Counter(d.get("totals", {}))
         self._overhead_s = d.get("overhead_s", 0.0)
         self._epoch_open = False
+        self._reset_chunk()
+        interval = d.get("interval")
+        if interval:
+            self._chunk_sources = list(interval["sources"])
+            self._host_losses = {int(k): v for k, v in interval["losses"].items()}
+            self._chunk_images = interval["images"]
+            self._chunk_grad_norm = interval["grad_norm"]
+        self._resumed_epoch = d.get("open_epoch")
 
     def close(self) -> None:
         self.sampler.stop()

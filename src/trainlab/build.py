@@ -1,0 +1,161 @@
+"""What a run is made of: data, model (wrapped for DDP and compile), optimizer, schedule, EMA, mixer, Trainer.
+
+`build_parts(cfg, ctx, ...)` builds them in the order their memory is allocated, with the run's seeds:
+the same seed on every rank for the model's initial weights, then each rank's own stream for training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from trainlab import config as config_mod
+from trainlab import distributed
+from trainlab.engine import Trainer
+from trainlab.errors import ConfigError, DataError
+from trainlab.runtime import (
+    channels_last_default,
+    configure_backends,
+    rank_seed,
+    resolve_precision,
+    seed_everything,
+)
+
+
+@dataclass
+class Parts:
+    cfg: Any  # with data.batch_size resolved when it was `auto`
+    data: Any  # trainlab.data.DataBundle
+    raw_model: torch.nn.Module  # the unwrapped model: checkpoints hold its state
+    trainer: Trainer
+    num_classes: int
+    params: int
+    precision: str
+    channels_last: bool
+    global_batch: int
+    steps_per_epoch: int  # optimizer steps
+    schedule: dict  # trainlab.resume.plan_schedule's result, saved in checkpoints
+    schedule_warnings: list[str]
+    batch_note: Optional[str]  # how data.batch_size=auto was resolved
+
+
+def resolve_auto_batch(cfg: Any, ctx: distributed.DistContext, state: Optional[dict]) -> tuple[Any, Optional[str]]:
+    """cfg with data.batch_size=auto replaced by a number: the checkpoint's on a resume (so the math stays the
+    same), else the largest batch every rank's device trains, agreed as the minimum over ranks."""
+    if cfg.data.batch_size != "auto":
+        return cfg, None
+    from trainlab.resume import resume_batch_size
+
+    if state is not None:
+        batch = resume_batch_size(cfg, state, ctx.world_size)
+        note = f"data.batch_size=auto: {batch} per process, as when the run started (resumed)"
+    else:
+        from trainlab import drills
+        from trainlab.batch_finder import find_max_batch
+
+        if ctx.device.type != "cuda" and drills.planted_max_batch(ctx.rank) is None:
+            raise ConfigError("data.batch_size=auto needs a GPU; give a number, e.g. data.batch_size=128")
+        mine = find_max_batch(cfg, ctx.device, reserve_bytes=_resident_bytes(cfg), rank=ctx.rank)
+        batch = mine
+        if ctx.enabled:  # ranks may have different GPUs (or free memory): all take the smallest answer
+            found = distributed.all_gather_floats([float(mine)], ctx)
+            batch = int(min(v[0] for v in found))
+        note = f"data.batch_size=auto: {batch} per process fits" + (
+            f" (smallest of the ranks' {mine if not ctx.enabled else ', '.join(str(int(v[0])) for v in found)})"
+            if ctx.enabled else "")
+    return config_mod.replace(cfg, **{"data.batch_size": batch}), note
+
+
+def _resident_bytes(cfg: Any) -> int:
+    """What the run will hold on the device beside the search's trial model: the EMA copy of the weights
+    (estimated from a CPU build of the model) and, for the tensor loader, the training images."""
+    reserve = 0
+    if cfg.train.ema_decay:
+        from trainlab import models
+        from trainlab.batch_finder import num_classes_hint
+
+        model = models.create(cfg.model.name, num_classes_hint(cfg), cifar_stem=cfg.model.cifar_stem,
+                              norm=cfg.model.norm)  # fmt: skip
+        reserve += sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if cfg.data.name == "shapes" and cfg.data.loader in ("auto", "tensor"):
+        reserve += int(cfg.data.train_size) * 3 * int(cfg.data.img_size) ** 2
+    return reserve
+
+
+def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], say: Callable[[str], None],
+                on_batch: Optional[Callable[[int, int], None]] = None) -> Parts:  # fmt: skip
+    from trainlab import models, optim
+    from trainlab.data import build_data
+    from trainlab.resume import plan_schedule
+
+    device = ctx.device
+    seed_everything(cfg.train.seed)  # every rank builds the same initial weights
+    configure_backends(cfg, device)
+    precision = resolve_precision(cfg, device)
+    cfg, batch_note = resolve_auto_batch(cfg, ctx, state)
+    batch_size = int(cfg.data.batch_size)
+
+    data = build_data(cfg, device, ctx.rank, ctx.world_size)
+    num_classes = cfg.model.num_classes or data.num_classes
+    if data.num_classes > num_classes:
+        raise DataError(
+            f"the dataset has {data.num_classes} classes but model.num_classes={num_classes}; "
+            "raise model.num_classes or drop it to use the dataset's count"
+        )
+    model = models.create(
+        cfg.model.name, num_classes, cifar_stem=cfg.model.cifar_stem, norm=cfg.model.norm,
+        pretrained=cfg.model.pretrained, freeze_backbone=cfg.model.freeze_backbone, drop_rate=cfg.model.drop_rate,
+    )  # fmt: skip
+    params = sum(p.numel() for p in model.parameters())
+    channels_last = channels_last_default(cfg, model, device)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    raw_model = model  # DDP and compile share its parameters
+    wrapped = distributed.wrap_model(model, ctx, sync_bn=cfg.model.sync_bn)
+    if ctx.enabled and cfg.model.sync_bn:
+        raw_model = distributed.unwrap(wrapped)
+    if cfg.train.compile != "none":
+        wrapped = torch.compile(wrapped, mode=cfg.train.compile)
+
+    global_batch = batch_size * ctx.world_size * cfg.train.grad_accum
+    optimizer = optim.build_optimizer(raw_model, cfg.optim, global_batch)
+    batches = len(data.train)
+    if cfg.train.max_steps_per_epoch:
+        batches = min(batches, cfg.train.max_steps_per_epoch)
+    steps_per_epoch = -(-batches // cfg.train.grad_accum)  # optimizer steps
+    base_lr = float(cfg.sched.max_lr) if cfg.sched.name == "onecycle" and cfg.sched.max_lr else (
+        optimizer.param_groups[0]["lr"])  # fmt: skip
+    schedule = plan_schedule(cfg, state, steps_per_epoch, base_lr, say)
+    scheduler = optim.build_scheduler(optimizer, cfg.sched, cfg.optim, cfg.train.epochs, steps_per_epoch,
+                                      segments=schedule["plan"])  # fmt: skip
+    schedule_warnings = optim.check_schedule(cfg.sched, cfg.train.epochs, steps_per_epoch)
+
+    ema = None
+    if cfg.train.ema_decay:
+        from trainlab.ema import ModelEMA
+
+        ema = ModelEMA(raw_model, cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
+    mixer = None
+    if cfg.aug.mixup_alpha > 0 or cfg.aug.cutmix_alpha > 0:
+        from trainlab.mix import BatchMixer
+
+        mixer = BatchMixer(
+            cfg.aug.mixup_alpha, cfg.aug.cutmix_alpha, cfg.aug.mix_prob, cfg.aug.switch_prob,
+            num_classes, label_smoothing=cfg.train.label_smoothing,
+        )  # fmt: skip
+    # From here on each rank draws from its own streams (dropout masks, stochastic depth, mixup): the same
+    # masks on every rank would make N ranks no better than one for the regularisation they bring.
+    train_seed = rank_seed(cfg.train.seed, ctx.rank)
+    seed_everything(train_seed)
+    trainer = Trainer(
+        model=wrapped, optimizer=optimizer, scheduler=scheduler, device=device, precision=precision,
+        channels_last=channels_last, grad_accum=cfg.train.grad_accum, clip_grad=cfg.train.clip_grad,
+        label_smoothing=cfg.train.label_smoothing, mixer=mixer, ema=ema, on_nonfinite=cfg.watch.on_nonfinite,
+        seed=train_seed, max_batches=cfg.train.max_steps_per_epoch, on_batch=on_batch,
+    )  # fmt: skip
+    return Parts(cfg=cfg, data=data, raw_model=raw_model, trainer=trainer, num_classes=num_classes, params=params,
+                 precision=precision, channels_last=channels_last, global_batch=global_batch,
+                 steps_per_epoch=steps_per_epoch, schedule=schedule, schedule_warnings=schedule_warnings,
+                 batch_note=batch_note)  # fmt: skip

@@ -9,6 +9,7 @@ import torch
 
 from trainlab.batch_finder import search_max_batch, with_margin
 from trainlab.cli import main
+from trainlab.errors import ConfigError
 
 TINY = ["data.name=shapes", "data.train_size=192", "data.val_size=32", "data.img_size=16", "data.batch_size=32",
         "train.device=cpu"]  # fmt: skip
@@ -68,11 +69,35 @@ def test_search_max_batch_finds_the_limit(limit):
     assert with_margin(found) <= 0.9 * found or found < 2
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_find_max_batch_on_gpu_trains_at_the_found_batch():
+def test_find_max_batch_obeys_a_planted_memory_limit(monkeypatch):
+    """The search through its real entry point, on the CPU: a planted limit of 300 images per batch
+    (TRAINLAB_DRILL_MAX_BATCH) is found to within the bisection's resolution, less the 10% margin."""
     from trainlab.batch_finder import find_max_batch
     from trainlab.config import load_config
 
+    cfg = load_config(None, ["train.device=cpu"])
+    monkeypatch.setenv("TRAINLAB_DRILL_MAX_BATCH", "300")
+    assert find_max_batch(cfg, torch.device("cpu")) == 264  # largest found 296..300 -> x0.9 -> multiple of 8
+    monkeypatch.setenv("TRAINLAB_DRILL_MAX_BATCH", "0:300,1:40")
+    assert find_max_batch(cfg, torch.device("cpu"), rank=1) == 32
+    monkeypatch.delenv("TRAINLAB_DRILL_MAX_BATCH")
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        find_max_batch(cfg, torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_find_max_batch_on_gpu_trains_at_the_found_batch():
+    """On a GPU the answer is real: a training step at the found batch runs without running out of memory,
+    and after the search the peak-memory counter no longer shows the search's near-OOM peak."""
+    from trainlab import optim
+    from trainlab.batch_finder import _fits, find_max_batch, model_setup
+    from trainlab.config import load_config
+
+    cuda = torch.device("cuda")
     cfg = load_config(None, ["model.name=resnet18", "model.cifar_stem=true", "data.img_size=32"])
-    batch = find_max_batch(cfg, torch.device("cuda"))
+    batch = find_max_batch(cfg, cuda)
     assert batch >= 64
+    assert torch.cuda.max_memory_allocated(cuda) < 0.5 * torch.cuda.get_device_properties(cuda).total_memory
+    model, precision, channels_last = model_setup(cfg, cuda, 10)
+    opt = optim.build_optimizer(model, cfg.optim, 256)
+    assert _fits(model, opt, batch, 32, 10, cuda, precision, channels_last)

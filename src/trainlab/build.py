@@ -154,6 +154,7 @@ def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], s
         channels_last=channels_last, grad_accum=cfg.train.grad_accum, clip_grad=cfg.train.clip_grad,
         label_smoothing=cfg.train.label_smoothing, mixer=mixer, ema=ema, on_nonfinite=cfg.watch.on_nonfinite,
         seed=train_seed, max_batches=cfg.train.max_steps_per_epoch, on_batch=on_batch,
+        compile_mode=cfg.train.compile,
     )  # fmt: skip
     return Parts(cfg=cfg, data=data, raw_model=raw_model, trainer=trainer, num_classes=num_classes, params=params,
                  precision=precision, channels_last=channels_last, global_batch=global_batch,

@@ -14,6 +14,8 @@ so the run's own code shows one call per hook (`after_batch`, `check`) and nothi
 - `TRAINLAB_COUNT_COLLECTIVES=DIR`: every rank counts the bookkeeping collectives it issues (all_reduce,
   broadcast, all_gather, barrier from Python; DDP's gradient buckets are not counted) and writes
   `DIR/rank{R}.json` with the count and the number of optimizer steps.
+- `TRAINLAB_COUNT_SYNCS=DIR`: on CUDA, `torch.cuda.set_sync_debug_mode("warn")` for the whole run; every
+  host-device sync is counted by phase (and the top places it came from) into `DIR/rank{R}.json`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import json
 import os
 import signal
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -151,4 +155,40 @@ class CollectiveCounter:
             Path(self.out_dir).mkdir(parents=True, exist_ok=True)
             record = {"counts": self.counts, "total": sum(self.counts.values()), "by_phase": self.by_phase,
                       "optimizer_steps": optimizer_steps, **(phase_counts or {})}  # fmt: skip
+            (Path(self.out_dir) / f"rank{self.rank}.json").write_text(json.dumps(record))
+
+
+class SyncCounter:
+    """`TRAINLAB_COUNT_SYNCS=DIR`: counts host-device synchronisations (CUDA only) by phase of the run.
+
+    torch's sync debug mode warns at every synchronising call; each warning is counted instead of shown."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.out_dir = os.environ.get("TRAINLAB_COUNT_SYNCS") or None
+        self.phase = "setup"
+        self.by_phase: Counter = Counter()
+        self.places: Counter = Counter()
+        self.active = bool(self.out_dir) and torch.cuda.is_available()
+        if self.active:
+            self._show = warnings.showwarning
+            warnings.simplefilter("always", UserWarning)  # every sync, not the first per call site
+            warnings.showwarning = self._count
+            torch.cuda.set_sync_debug_mode("warn")
+
+    def _count(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if "synchroniz" in str(message):
+            self.by_phase[self.phase] += 1
+            self.places[f"{Path(filename).name}:{lineno}"] += 1
+        else:
+            self._show(message, category, filename, lineno, file, line)
+
+    def write(self, optimizer_steps: int, micro_batches: int) -> None:
+        if self.active:
+            torch.cuda.set_sync_debug_mode(0)
+            warnings.showwarning = self._show
+        if self.out_dir:
+            Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+            record = {"cuda": self.active, "by_phase": dict(self.by_phase), "optimizer_steps": optimizer_steps,
+                      "micro_batches": micro_batches, "top_places": self.places.most_common(20)}  # fmt: skip
             (Path(self.out_dir) / f"rank{self.rank}.json").write_text(json.dumps(record))

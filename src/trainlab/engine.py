@@ -106,10 +106,17 @@ class Trainer:
     skipped_nonfinite: int = 0
     nonfinite_stop: Optional[tuple[int, int]] = field(default=None)  # (epoch, batch) that stopped the run
     on_batch: Optional[Callable[[int, int], None]] = None  # (epoch, batch index): progress bar, drills
+    compile_mode: str = "none"  # train.compile: the CUDA-graph modes need care under accumulation
 
     def __post_init__(self) -> None:
         self.ddp = find_ddp(self.model) is not None
         self._window_skipped = 0  # micro-batches skipped (non-finite loss) in the current accumulation window
+        # reduce-overhead and max-autotune replay CUDA graphs whose outputs live in static buffers. Under
+        # accumulation, autograd would adopt the first micro-batch's gradient buffer as p.grad and the next
+        # replay would overwrite it. Keeping p.grad allocated (zeroed, never None) makes every micro-batch
+        # add into memory the graph does not own; marking each step tells the graphs a new step began.
+        self.cudagraphs = self.device.type == "cuda" and self.compile_mode in ("reduce-overhead", "max-autotune")
+        self.keep_grads = self.cudagraphs and self.grad_accum > 1
         use_scaler = self.precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
 
@@ -133,6 +140,10 @@ class Trainer:
         """Train from batch `start` to the end of the epoch. Returns the totals and, if a hook stopped the epoch
         early, the number of batches done."""
         self.model.train()
+        if self.keep_grads:
+            for p in self.model.parameters():
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
         totals = totals or EpochTotals.zeros(self.device)
         n_batches = self.batches_per_epoch(loader)
         batches: Iterable = loader.batches(epoch, start)
@@ -167,6 +178,8 @@ class Trainer:
         if index % self.grad_accum == 0:
             self._window_skipped = 0
 
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         # DDP all-reduces gradients only on the micro-batch that ends an accumulation window.
         with maybe_no_sync(self.model, not boundary), autocast(self.device, self.precision):
             logits = self.model(images)
@@ -205,7 +218,7 @@ class Trainer:
                     self._rescale_partial_window(window, good, last_was_skipped=bad)
                 grad_norm = self._optimizer_step()
             else:  # every micro-batch of the window was skipped: nothing to step with
-                self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad(set_to_none=not self.keep_grads)
         if self.watcher is not None:  # before the boundary hook: a checkpoint it writes holds this step
             self.watcher.step(loss=loss.detach(), batch_size=labels.shape[0], lr=self.optimizer.param_groups[0]["lr"],
                               sync_wait_s=sync_wait, grad_norm=grad_norm)
@@ -246,7 +259,7 @@ class Trainer:
                 grad_norm = total_grad_norm(self.model.parameters())
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self.keep_grads)
         self.scheduler.step()
         self.global_step += 1
         if self.ema is not None:

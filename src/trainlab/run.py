@@ -47,6 +47,7 @@ class Run:
         self.drill = drills.SelfSignal()
         self.rank_drills = drills.RankDrills(ctx.rank)
         self.collectives = drills.CollectiveCounter(ctx.rank)
+        self.syncs = drills.SyncCounter(ctx.rank)
         # Stop flags travel on the host: a gloo group beside nccl, so agreeing never waits for the device.
         self.control_group = distributed.control_group(ctx)
         self.boundaries = 0  # optimizer-step boundaries seen by this process (paces the stop agreement)
@@ -272,6 +273,7 @@ class Run:
         self.rank_drills.write_weights_hash(self.raw_model)
         self.collectives.write(self.trainer.global_step, {"boundaries": self.boundaries,
                                                           "micro_batches": self.trainer.batches_seen})
+        self.syncs.write(self.trainer.global_step, self.trainer.batches_seen)
         for line in farewell_lines(final, self.run_dir):
             self.console.info(line)
         return final
@@ -306,12 +308,12 @@ class Run:
             if self.phase == "train":
                 self.watcher.start_epoch(self.epoch)
                 self.console.start_epoch(self.epoch, cfg.train.epochs, n_batches, self.step_in_epoch)
-                self.collectives.phase = "train"
+                self.collectives.phase = self.syncs.phase = "train"
                 _, stopped_at = t.train_epoch(
                     self.data.train, self.epoch, start=self.step_in_epoch, totals=totals,
                     on_boundary=lambda epoch, done, totals=totals: self._at_boundary(epoch, done, totals),
                 )  # fmt: skip
-                self.collectives.phase = "epoch"
+                self.collectives.phase = self.syncs.phase = "epoch"
                 self.console.end_epoch()
                 if t.nonfinite_stop is not None:
                     self.step_in_epoch = t.nonfinite_stop[1] + 1

@@ -141,9 +141,10 @@ def test_linear_lr_scaling_uses_the_global_batch(ddp):
 
 @pytest.fixture(scope="module")
 def interrupted(ddp, tmp_path_factory) -> dict:
-    """The ddp job stopped by a real SIGTERM in both ranks after batch 3 (the SelfSignal drill)."""
+    """The ddp job stopped by a real SIGTERM in both ranks after batch 3 (the SelfSignal drill). Ranks agree
+    on stops every dist.stop_check_every=2 steps, so the job stops after batch index 3, at 4 batches done."""
     root = tmp_path_factory.mktemp("interrupted")
-    proc = _trainlab(ddp["args"], root, TRAINLAB_SELF_SIGNAL="train:1:3")
+    proc = _trainlab([*ddp["args"], "dist.stop_check_every=2"], root, TRAINLAB_SELF_SIGNAL="train:1:3")
     if (root / "run").is_dir():  # kept as it was, for the one-process resume
         shutil.copytree(root / "run", root / "snapshot")
     return {"proc": proc, "root": root}

@@ -21,7 +21,7 @@ import torch
 
 from trainlab import checkpoint as ckpt
 from trainlab import config as config_mod
-from trainlab import distributed
+from trainlab import distributed, trackers
 from trainlab.console import Console
 from trainlab.engine import EpochTotals, Trainer, evaluate
 from trainlab.errors import ConfigError, DataError, NonFiniteLoss, Preempted
@@ -32,6 +32,7 @@ RESUMABLE_CHANGES = (
     "train.epochs", "train.device", "train.nproc", "train.threads", "train.max_steps_per_epoch",
     "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.root", "data.download",
     "data.skip_bad_images", "data.val_batch_size", "eval.every", "eval.tta", "run.", "watch.", "dist.",
+    "log.",  # trackers: where the numbers are copied to, not the numbers
 )  # fmt: skip
 
 
@@ -333,6 +334,7 @@ class Run:
         model = models.create(
             cfg.model.name, num_classes, cifar_stem=cfg.model.cifar_stem, norm=cfg.model.norm,
             pretrained=cfg.model.pretrained, freeze_backbone=cfg.model.freeze_backbone,
+            drop_rate=cfg.model.drop_rate, drop_path_rate=cfg.model.drop_path_rate,  # timm/ models
         )  # fmt: skip
         self.params = sum(p.numel() for p in model.parameters())
         channels_last = cfg.train.channels_last
@@ -431,6 +433,7 @@ class Run:
             "class_names": list(self.data.class_names),
             "wall_time_s": self.wall_time(),
             "world_size": self.ctx.world_size,
+            "trackers": self.logger.tracker_ids(),  # trainlab.trackers: {name: run id} for the resume
         }
 
     def _load_state(self, state: dict) -> None:
@@ -521,9 +524,11 @@ class Run:
 
         self._build()
         if ctx.is_main:
+            # trainlab.trackers hook: a resume continues the tracker runs whose ids the checkpoint kept
+            tracker_set = trackers.open_trackers(self.cfg, self.run_dir, (state or {}).get("trackers"))
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(config_mod.to_yaml(self.cfg))
-            self.logger = RunLogger(self.run_dir, tensorboard=cfg.run.tensorboard)
+            self.logger = RunLogger(self.run_dir, trackers=tracker_set)
         self.manager = ckpt.CheckpointManager(
             self.run_dir / "checkpoints", save_top_k=cfg.run.save_top_k, keep_periodic=cfg.run.keep_periodic
         )

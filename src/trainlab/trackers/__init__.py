@@ -71,7 +71,7 @@ class TrackerSet:
                 getattr(tracker, method)(*args)
             except Exception as exc:  # noqa: BLE001 — any tracker fault must not stop training
                 self.trackers.remove(tracker)
-                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                first_line = _root_cause(exc)
                 message = (f"tracker {tracker.name} failed in {method} ({type(exc).__name__}: {first_line}); "
                            "training goes on without it, the run dir keeps everything")  # fmt: skip
                 if self.on_failure is not None:
@@ -100,7 +100,9 @@ class TrackerSet:
 
     def finish(self, status: str, summary: dict) -> None:
         """Ends each tracker's run (status finished / stopped / failed) after uploading the files."""
-        if any(t.uploads for t in self.trackers) and Path(summary.get("run_dir", "")).is_dir():
+        # The report is drawn when the run ends for good (a stop is followed by a resume that draws it).
+        uploading = any(t.uploads for t in self.trackers) and status != "stopped"
+        if uploading and Path(summary.get("run_dir", "")).is_dir():
             try:  # the report is one of the uploaded files; without it the others still go
                 write_report(Path(summary["run_dir"]))
             except Exception as exc:  # noqa: BLE001
@@ -112,6 +114,19 @@ class TrackerSet:
     def ids(self) -> dict:
         """What a checkpoint keeps so that a resume continues the same tracker runs: {name: run id}."""
         return {t.name: t.run_id for t in self.opened if getattr(t, "run_id", None)}
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error's first line: a store's wrapper exceptions (SQLAlchemy notes, HTTP retries) say
+    less than what they wrap (e.g. 'database or disk is full')."""
+    seen = [exc]
+    while (inner := seen[-1].__cause__ or seen[-1].__context__) is not None and inner not in seen:
+        seen.append(inner)
+    for error in reversed(seen):
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        if lines:
+            return lines[0][:300]
+    return type(exc).__name__
 
 
 def open_trackers(cfg: Any, run_dir: Path, resume_ids: Optional[dict] = None,

@@ -128,7 +128,7 @@ def chart(name: str, title: str, spec: list[tuple[str, str, str]], runs: list[Ru
         return TOP + (y_hi - y) / (y_hi - y_lo) * (H - TOP - BOTTOM)
 
     parts = [f'<svg class="ichart" id="chart-{name}" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
-             f'xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{_esc(title)}">',
+             f'role="img" aria-label="{_esc(title)}">',
              f'<text x="{W / 2}" y="16" text-anchor="middle" font-weight="600">{_esc(title)}</text>']  # fmt: skip
     for y in _ticks(y_lo, y_hi):
         parts.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>'

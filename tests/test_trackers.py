@@ -196,3 +196,19 @@ def test_an_unknown_tracker_is_a_one_line_config_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "'mlfow'" in err and "mlflow" in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_log_trackers_and_the_older_run_tensorboard_switch_agree():
+    """`log.trackers` picks the trackers; `run.tensorboard=false` (configs from before it existed) still
+    turns TensorBoard off, and a config that says neither keeps TensorBoard on, as before."""
+    from trainlab.config import load_config
+    from trainlab.trackers import chosen
+
+    def pick(*overrides: str) -> list[str]:
+        return chosen(load_config(None, list(overrides)))
+
+    assert pick() == ["tensorboard"]
+    assert pick("run.tensorboard=false") == []
+    assert pick("log.trackers=[mlflow]") == ["mlflow"]
+    assert pick("log.trackers=[tensorboard,wandb]", "run.tensorboard=false") == ["wandb"]
+    assert pick("log.trackers=[]") == []

@@ -212,3 +212,30 @@ def test_log_trackers_and_the_older_run_tensorboard_switch_agree():
     assert pick("log.trackers=[mlflow]") == ["mlflow"]
     assert pick("log.trackers=[tensorboard,wandb]", "run.tensorboard=false") == ["wandb"]
     assert pick("log.trackers=[]") == []
+
+
+def test_tensorboard_tracker_gets_the_rows_steps_and_events_the_files_get(tmp_path):
+    """TensorBoard behind the same logger calls as before its move into trainlab.trackers: epoch scalars
+    equal to metrics.csv, step scalars at their steps, events as text."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainlab.logs import RunLogger
+    from trainlab.trackers import TrackerSet
+    from trainlab.trackers.tensorboard import TensorBoardTracker
+
+    logger = RunLogger(tmp_path, trackers=TrackerSet([TensorBoardTracker(tmp_path)]))
+    logger.log_step({"step": 5, "epoch": 1, "loss": 2.25, "lr": 0.1})
+    logger.log_event({"kind": "loss_spike", "severity": "warning", "step": 5, "epoch": 1, "message": "spike"})
+    for epoch in (1, 2):
+        logger.append_metrics({"epoch": epoch, "step": 10 * epoch, "train_loss": 2.0 / epoch + 1e-7,
+                               "val_acc1": 10.0 * epoch, "val_loss": None, "time": 1.7e9})  # fmt: skip
+    logger.close()
+    logger.write_summary({"status": "finished"})
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    rows = read_metrics(tmp_path)
+    assert [(e.step, e.value) for e in acc.Scalars("epoch/train_loss")] == [
+        (int(r["epoch"]), pytest.approx(float(r["train_loss"]))) for r in rows]  # fmt: skip
+    assert "epoch/val_loss" not in acc.Tags()["scalars"]  # an empty cell is not a zero
+    assert [(e.step, e.value) for e in acc.Scalars("step/loss")] == [(5, 2.25)]
+    assert "events/loss_spike/text_summary" in acc.Tags()["tensors"]

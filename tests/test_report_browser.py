@@ -6,6 +6,7 @@ on an uncaught error; --dump-dom reads the title back, --enable-logging shows co
 
 from __future__ import annotations
 
+import html
 import io
 import re
 import shutil
@@ -70,3 +71,67 @@ def test_browser_check_catches_broken_images_and_console_errors(tmp_path):
     assert title == "ok:4/6"
     assert any("planted failure" in line for line in console)
     assert Image.open(io.BytesIO((tmp_path / "shot.png").read_bytes())).size == WINDOW
+
+
+# The page's interactive curves, driven in the browser: the script below is appended to a copy of the page.
+# It finds a point by its data, checks the browser's own hit test puts that point under the mouse, sends the
+# mouse there (the page's listeners show the tooltip), then unticks a run's checkbox with a real click and
+# checks that run's lines and points are no longer drawn or hit, while the other run's still are.
+PROBE = """
+<script>
+window.addEventListener('load', function () {
+  var out = {};
+  function centre(el) { var r = el.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2, r.width]; }
+  function hover(el) {
+    el.scrollIntoView({block: 'center'});
+    var c = centre(el), hit = document.elementFromPoint(c[0], c[1]);
+    hit.dispatchEvent(new MouseEvent('mouseover', {bubbles: true, clientX: c[0], clientY: c[1]}));
+    var tip = document.getElementById('tip');
+    return {hit: hit === el, tip: getComputedStyle(tip).display === 'none' ? '' : tip.textContent};
+  }
+  var pts = document.querySelectorAll('#chart-accuracy .series[data-run="1"][data-metric="val_acc1"] .pt');
+  out.b_point = hover(pts[2]);
+  var ev = document.querySelector('#chart-loss .event[data-run="1"]');  // drawn over run a's same event
+  out.event = hover(ev);
+  var step12 = Array.prototype.filter.call(document.querySelectorAll('#chart-loss .series[data-run="1"] .pt'),
+    function (p) { return / · step 12: /.test(p.getAttribute('data-tip')); })[0];
+  out.event_at_its_step = Math.abs(ev.x1.baseVal.value - step12.cx.baseVal.value) < 0.5;
+  var a = document.querySelector('#chart-loss .series[data-run="0"][data-metric="train_loss"] .pt');
+  var bPoint = pts[2], bLine = bPoint.parentNode.querySelector('polyline');
+  document.querySelector('input.run-toggle[data-run="1"]').click();
+  out.after = {
+    b_line_width: bLine.getBoundingClientRect().width, b_point_width: centre(bPoint)[2],
+    b_marks_drawn: Array.prototype.filter.call(document.querySelectorAll('.ichart [data-run="1"]'),
+      function (el) { return el.getClientRects().length > 0; }).length,
+    a_still: hover(a)
+  };
+  document.querySelector('input.run-toggle[data-run="1"]').click();
+  out.back = centre(bPoint)[2] > 0;
+  document.title = 'probe:' + JSON.stringify(out);
+});
+</script>
+"""
+
+
+def test_interactive_curves_hover_shows_values_and_runs_toggle(tmp_path):
+    import json
+
+    runs = [make_run(tmp_path / "runs" / "a", lr=0.1), make_run(tmp_path / "runs" / "b", lr=0.05, seed=1)]
+    page = write_report(runs, tmp_path / "report.html")
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    title, console = render(probed, tmp_path / "shot.png", tmp_path / "profile")
+    assert console == [], console
+    assert title.startswith("probe:"), f"the probe did not finish: {title!r}"
+    out = json.loads(html.unescape(title[len("probe:"):]))
+    from tests.conftest import read_metrics
+
+    val_acc1_b_epoch3 = read_metrics(runs[1])[2]["val_acc1"]  # as the file holds it
+    assert out["b_point"]["hit"], "the point is not what the mouse finds there"
+    assert out["b_point"]["tip"] == f"b · val_acc1 · epoch 3: {float(val_acc1_b_epoch3):g}"
+    assert out["event"]["hit"] and out["event"]["tip"].startswith("b · event data_bottleneck · step 12: ")
+    assert out["event_at_its_step"], "the event mark is not at the step loss point of its step"
+    after = out["after"]
+    assert after["b_line_width"] == 0 and after["b_point_width"] == 0 and after["b_marks_drawn"] == 0
+    assert after["a_still"]["hit"] and after["a_still"]["tip"].startswith("a · train_loss · epoch 1: ")
+    assert out["back"], "ticking the run again shows it again"

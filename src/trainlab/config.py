@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from trainlab.errors import ConfigError, UsageError
+from trainlab.trackers import validate_names
 from trainlab.watch.settings import WatchSettings
 
 
@@ -58,7 +59,9 @@ class ModelConfig:
     pretrained: Optional[str] = None  # a local checkpoint path or a torchvision weights name
     freeze_backbone: bool = False
     sync_bn: bool = False
-    drop_rate: float = 0.0  # dropout before the head (CIFAR ResNets): a model that draws random numbers
+    # Dropout before the classifier: CIFAR ResNets (null: none) and timm/ models (null: timm's default).
+    drop_rate: Optional[float] = None
+    drop_path_rate: Optional[float] = None  # timm/ models: stochastic depth (null: timm's default)
 
 
 @dataclass
@@ -133,6 +136,16 @@ class RunConfig:
 
 
 @dataclass
+class LogConfig:
+    # Experiment trackers fed by the run's logger (trainlab.trackers): tensorboard | mlflow | wandb.
+    # TensorBoard also needs run.tensorboard=true (the older switch still turns it off).
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    mlflow_uri: Optional[str] = None  # null: embedded SQLite store beside the run dir (RUN_DIR/../mlflow.db)
+    experiment: str = "trainlab"  # MLflow experiment / wandb project
+    upload_checkpoints: bool = False  # also keep the best checkpoint(s) as tracker artifacts
+
+
+@dataclass
 class DistConfig:
     backend: str = "auto"  # auto | nccl | gloo
     timeout_s: float = 300.0
@@ -152,6 +165,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     watch: WatchSettings = field(default_factory=WatchSettings)
+    log: LogConfig = field(default_factory=LogConfig)
     dist: DistConfig = field(default_factory=DistConfig)
 
 
@@ -334,6 +348,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"data.name={cfg.data.name} needs data.root=PATH (the dataset folder)")
     if cfg.model.num_classes is not None and cfg.model.num_classes < 1:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} must be positive")
+    validate_names(cfg.log.trackers)
 
 
 def to_yaml(cfg: Any) -> str:

@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -52,20 +53,27 @@ def _clean(value: Any) -> Any:
 class RunLogger:
     """Appends to the run's log files. Only rank 0 makes one; other ranks get `NullLogger`."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, trackers: Any = None):
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.csv"
         self.steps_path = self.run_dir / "steps.jsonl"
         self.events_path = self.run_dir / "events.jsonl"
         self.summary_path = self.run_dir / "summary.json"
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        # The experiment trackers (trainlab.trackers.TrackerSet: TensorBoard, MLflow, wandb) get a copy of
+        # every row, step and event after it is on disk; a tracker's failure never reaches the files here.
+        self.trackers = trackers
+        if trackers is not None:
+            trackers.on_failure = self._tracker_failed
+            trackers.start()
 
-                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
-            except Exception:  # tensorboard missing or broken: the CSV/JSONL logs still hold everything
-                self._tb = None
+    def _tracker_failed(self, name: str, message: str) -> None:
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+        self._write_event({"kind": "tracker_failed", "severity": "warning", "step": None, "epoch": None,
+                           "message": message, "data": {"tracker": name}})  # fmt: skip
+
+    def tracker_ids(self) -> dict:
+        """{tracker: run id}, kept in the checkpoint so a resume continues the same tracker runs."""
+        return self.trackers.ids() if self.trackers else {}
 
     # -- rows ---------------------------------------------------------------
     def rewrite_metrics(self, rows: list[dict]) -> None:
@@ -84,14 +92,10 @@ class RunLogger:
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerow(_csv_row(row))
-        if self._tb is not None:
-            epoch = int(row["epoch"])
-            for key in (k for k in METRIC_COLUMNS[2:] if k != "time"):
-                value = row.get(key)
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(f"epoch/{key}", value, epoch)
-            self._tb.flush()
+            csv_row = _csv_row(row)
+            writer.writerow(csv_row)
+        if self.trackers:  # the numbers exactly as metrics.csv holds them, so the two always agree
+            self.trackers.log_epoch({k: float(v) for k, v in csv_row.items() if v != ""})
 
     def truncate_jsonl(self, max_step: int) -> None:
         """After a resume, drop step lines written after the checkpoint so no step appears twice."""
@@ -113,25 +117,31 @@ class RunLogger:
         record = {**record, "time": record.get("time", time.time())}
         with open(self.steps_path, "a") as f:
             f.write(json.dumps(_clean(record), default=_jsonable) + "\n")
-        if self._tb is not None and "step" in record:
-            for key, value in record.items():
-                if key not in ("step", "epoch", "time") and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(f"step/{key}", value, record["step"])
+        if self.trackers:
+            self.trackers.log_step(record)
 
     def log_event(self, event: dict) -> None:
+        event = self._write_event(event)
+        if self.trackers:
+            self.trackers.log_event(event)
+
+    def _write_event(self, event: dict) -> dict:
         event = {**event, "time": event.get("time", time.time())}
         with open(self.events_path, "a") as f:
             f.write(json.dumps(_clean(event), default=_jsonable) + "\n")
-        if self._tb is not None:
-            self._tb.add_text(f"events/{event.get('kind', 'event')}", str(event.get("message", "")), event.get("step") or 0)
+        return event
 
     def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.summary_path, _clean(summary))
+        # The run's last word (finished, stopped by a signal, failed) ends the tracker runs, after the file
+        # they upload is complete. A resume reopens the same runs from the ids in the checkpoint.
+        if self.trackers and summary.get("status") in ("finished", "stopped", "failed"):
+            self.trackers.finish(summary["status"], summary)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        """Flush the trackers. They end with the final summary (which run.py writes after close())."""
+        if self.trackers:
+            self.trackers.flush()
 
 
 class NullLogger:

@@ -18,7 +18,7 @@ import torch
 
 from trainlab import checkpoint as ckpt
 from trainlab import config as config_mod
-from trainlab import distributed, drills, resume
+from trainlab import distributed, drills, resume, trackers
 from trainlab.build import build_parts
 from trainlab.console import Console, epoch_block, farewell_lines
 from trainlab.engine import EpochTotals, evaluate
@@ -118,6 +118,7 @@ class Run:
             "class_names": list(self.data.class_names),
             "wall_time_s": self.wall_time(),
             "world_size": self.ctx.world_size,
+            "trackers": self.logger.tracker_ids(),
         }
 
     def _load_state(self, state: dict) -> None:
@@ -232,9 +233,10 @@ class Run:
         self._build(state)
         cfg = self.cfg
         if ctx.is_main:
+            tracker_set = trackers.open_trackers(cfg, self.run_dir, (state or {}).get("trackers"))
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
-            self.logger = RunLogger(self.run_dir, tensorboard=cfg.run.tensorboard)
+            self.logger = RunLogger(self.run_dir, trackers=tracker_set)
         self.manager = ckpt.CheckpointManager(
             self.run_dir / "checkpoints", save_top_k=cfg.run.save_top_k, keep_periodic=cfg.run.keep_periodic
         )

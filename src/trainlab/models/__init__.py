@@ -1,7 +1,8 @@
 """Model registry: name -> nn.Module, with the CIFAR stem, the norm switch and starting weights.
 
 Every torchvision classification model is available by its torchvision name (random init), plus the
-CIFAR ResNets of He et al. 2016 (resnet8/14/20/32/44/56/110, see cifar_resnet.py).
+CIFAR ResNets of He et al. 2016 (resnet8/14/20/32/44/56/110, see cifar_resnet.py), and, when timm is
+installed, every timm model as `timm/<name>` (see timm_family.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torchvision
 from torch import nn
 
 from trainlab.errors import ConfigError
+from trainlab.models import timm_family
 from trainlab.models.cifar_resnet import CIFAR_RESNET_BLOCKS, cifar_resnet
 from trainlab.models.pretrained import freeze_all_but_head, head_prefixes, load_pretrained
 
@@ -98,27 +100,38 @@ def create(
     norm: str = "batch",
     pretrained: str | None = None,
     freeze_backbone: bool = False,
-    drop_rate: float = 0.0,
+    drop_rate: float | None = None,
+    drop_path_rate: float | None = None,
 ) -> nn.Module:
     """Build a model by name. `cifar_stem` is ignored for the CIFAR ResNets (they already are).
 
     norm="none" replaces BatchNorm with Identity; convolutions keep bias=False, as built.
     The pretrained report (what was loaded, which keys got a new init) is kept on `model.pretrained_report`.
+    drop_rate / drop_path_rate go to timm models (None: the architecture's default).
     """
-    key = name.strip().lower()
-    if key not in available():
+    timm_model = timm_family.is_timm_name(name)
+    key = name.strip() if timm_model else name.strip().lower()
+    if not timm_model and key not in available():
         raise _unknown(name)
     if num_classes < 1:
         raise ConfigError(f"model.num_classes={num_classes} must be positive")
     if norm not in ("batch", "none"):
         raise ConfigError(f"model.norm={norm!r} is not valid; choose batch or none")
-    model = _build(key, num_classes, drop_rate)
+    if timm_model:
+        model = timm_family.build(key, num_classes, drop_rate, drop_path_rate)
+    else:
+        if drop_path_rate is not None:
+            raise ConfigError(f"model.drop_path_rate applies to timm/ models, not {name}; leave it null")
+        model = _build(key, num_classes, drop_rate or 0.0)
     if cifar_stem and key not in CIFAR_RESNET_BLOCKS:
         _apply_cifar_stem(model, key)
     if norm == "none" and _remove_batchnorm(model) == 0:
         log.warning("model.norm=none: %s has no BatchNorm layers; nothing removed", key)
     if pretrained:
-        report = load_pretrained(model, key, pretrained)
+        if timm_model:
+            report = timm_family.load_local_pretrained(model, key, pretrained)
+        else:
+            report = load_pretrained(model, key, pretrained)
         model.pretrained_report = report
         log.info(
             "pretrained %s: %d tensors loaded, new head: %s", pretrained, report["loaded"], report["new_head"]

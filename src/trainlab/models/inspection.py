@@ -84,7 +84,9 @@ def _run(args: argparse.Namespace) -> int:
     from trainlab.models import available
 
     if args.list:
-        print("\n".join(available()))
+        from trainlab.models.timm_family import PREFIX, timm_names
+
+        print("\n".join([*available(), *(PREFIX + n for n in timm_names())]))
         return 0
     if not args.model:
         from trainlab.errors import UsageError
@@ -124,7 +126,7 @@ def register_cli(subparsers: Any) -> None:
         description="Build MODEL, run one forward and backward pass, and report conv layers, parameters, "
         "parameters that receive gradients, the input width of the last linear layer and FLOPs per image.",
     )
-    parser.add_argument("model", nargs="?", help="model name, e.g. resnet18, densenet121, resnet20")
+    parser.add_argument("model", nargs="?", help="model name, e.g. resnet18, densenet121, resnet20, timm/convnext_atto")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
     parser.add_argument("--cifar-stem", action="store_true", help="3x3 stride-1 stem, no max-pool")
     parser.add_argument(

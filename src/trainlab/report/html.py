@@ -1,4 +1,5 @@
-"""One self-contained HTML page: inline CSS, plots embedded as base64 PNG data URIs, nothing fetched.
+"""One self-contained HTML page: inline CSS, interactive inline-SVG curves (interactive.py), plots embedded as
+base64 PNG data URIs, nothing fetched.
 
 A few lines of inline script set `document.title` to "ok:<loaded>/<total>" once the images decoded at
 their declared pixel size (or "error:<message>" on a script error); the browser test reads it from the DOM.
@@ -12,7 +13,7 @@ import time
 
 import yaml
 
-from trainlab.report import compare
+from trainlab.report import compare, interactive
 from trainlab.report.plots import HEIGHT, WIDTH, Plot
 from trainlab.report.read import Run
 
@@ -123,6 +124,7 @@ def render(runs: list[Run], plots: list[Plot], title: str = "trainlab report") -
         body.append("<h2>Comparison</h2>" + _table(headers, rows, 1 + len(compare.varied_keys(runs))))
     else:
         body.append(_run_section(runs[0], headers, rows[0]))
+    body.append(interactive.section(runs))
     body.append("<h2>Curves</h2><div class='plots'>")
     for plot in plots:
         data = base64.b64encode(plot.png).decode("ascii")
@@ -135,6 +137,7 @@ def render(runs: list[Run], plots: list[Plot], title: str = "trainlab report") -
         body.extend(_run_section(run, headers, row) for run, row in zip(runs, rows))
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{_esc(title)}</title><style>{CSS}</style><script>{SCRIPT}</script></head>"
+        f"<title>{_esc(title)}</title><style>{CSS}{interactive.CSS}</style><script>{SCRIPT}</script>"
+        f"<script>{interactive.SCRIPT}</script></head>"
         f"<body>{''.join(body)}</body></html>\n"
     )

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from trainlab.errors import ConfigError, TrainlabError
 
@@ -60,8 +60,32 @@ def check_output_dir(path: str | os.PathLike, what: str, error: type[TrainlabErr
 
 
 def check_run_dir(path: str | os.PathLike) -> Path:
-    """run.dir (chosen or default) must be a folder we can write before the run builds anything."""
-    return check_output_dir(path, "run.dir")
+    """run.dir (chosen or default) must be a folder we can write before the run builds anything. Returns its
+    nearest existing folder (itself when it exists): what `discard_new_run_dir` may not remove."""
+    check_output_dir(path, "run.dir")
+    return _nearest_existing(Path(path))
+
+
+@contextmanager
+def discard_new_run_dir(run: Any) -> Iterator[None]:
+    """A run that fails on bad input (exit 2, e.g. an unreadable image found in the first batch) before its
+    first checkpoint leaves nothing behind: the run dir it created, and the parents it created (runs/), are
+    removed. A run dir that existed before (a resume, a folder the user made) is never touched.
+    `run` is a Run: its `run_dir` and `run_dir_existing` (set by execute from check_run_dir) are read only
+    after a failure."""
+    try:
+        yield
+    except TrainlabError as exc:
+        run_dir = getattr(run, "run_dir", None)
+        existing = getattr(run, "run_dir_existing", None)
+        keep = exc.exit_code != 2 or run_dir is None or existing is None or Path(existing) == Path(run_dir)
+        if not keep and run.ctx.is_main and not any(Path(run_dir).glob("checkpoints/*.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            parent = Path(run_dir).parent
+            while parent != Path(existing) and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+        raise
 
 
 def check_input_dir(path: str | os.PathLike, what: str, fix: str, error: type[TrainlabError]) -> Path:

@@ -26,7 +26,7 @@ from trainlab.console import Console
 from trainlab.engine import EpochTotals, Trainer, evaluate
 from trainlab.errors import ConfigError, DataError, NonFiniteLoss, Preempted
 from trainlab.logs import NullLogger, RunLogger
-from trainlab.paths import check_run_dir
+from trainlab.paths import check_run_dir, discard_new_run_dir
 
 # Keys that may change between a run and its resume without changing the math.
 RESUMABLE_CHANGES = (
@@ -508,7 +508,7 @@ class Run:
         self.run_dir = Path(self._choose_run_dir())
         if ctx.enabled:  # every rank uses rank 0's choice (its timestamp)
             self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), ctx))
-        check_run_dir(self.run_dir)  # issue 17: a bad run.dir fails here, one line, before anything is built
+        self.run_dir_existing = check_run_dir(self.run_dir)  # issue 17: a bad run.dir fails here, one line
         state = self._resume_state(self.run_dir)
         distributed.barrier(ctx)  # every rank has looked at the run dir before rank 0 writes into it
         if state is not None:
@@ -799,7 +799,9 @@ def train(cfg: Any) -> dict:
     """Run `cfg` to the end (or a stop signal). Returns the run's summary."""
     ctx = distributed.setup(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
     try:
-        summary = Run(cfg, ctx).execute()
+        run = Run(cfg, ctx)
+        with discard_new_run_dir(run):  # issue 17: a new run dir that failed on bad input is removed
+            summary = run.execute()
         distributed.barrier(ctx)  # no rank tears the process group down while a peer still uses it
         return summary
     finally:

@@ -113,13 +113,24 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _FULL
 
 
-def disk_full(path: str | os.PathLike, needed: Optional[int], what: str = "") -> DiskFullError:
+def disk_full(path: str | os.PathLike, needed: Optional[int], what: str = "", note: str = "") -> DiskFullError:
     """The one-line error: what was being written, where, how much it needs and how much is free."""
     free = free_bytes(Path(path).parent)
     need = f"it needs {_mb(needed)}" if needed else "it needs more space"
     have = f", {_mb(free)} free there" if free is not None else ""
     label = f"{what} " if what else ""
-    return DiskFullError(f"disk full writing {label}{path}: {need}{have}; free some space or write elsewhere")
+    tail = f" ({note})" if note else ""
+    return DiskFullError(
+        f"disk full writing {label}{path}: {need}{have}{tail}; free some space or write elsewhere"
+    )
+
+
+def require_space(path: str | os.PathLike, needed: int, what: str = "") -> None:
+    """Fail before writing when the file system holding `path` has less than `needed` bytes free. For writes
+    through a memory map, where a full disk is a SIGBUS, not an error a program can catch."""
+    free = free_bytes(path)
+    if free is not None and free < needed:
+        raise disk_full(path, needed, what)
 
 
 @contextmanager

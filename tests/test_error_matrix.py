@@ -87,6 +87,37 @@ def test_config_key(tmp_path, key, value):
     assert_bad_input(result, before, tree(tmp_path), says=key)
 
 
+# ------------------------------------------------------------------ typed options, from the CLI parser
+
+
+def option_cases() -> list:
+    """Every option with a type (int, a positive int...) gets a word, and 0 when the type is a positive int;
+    every option with choices, a non-choice."""
+    cases = []
+
+    def walk(parser: argparse.ArgumentParser, words: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    walk(sub, [*words, sub_name])
+            elif action.option_strings and action.nargs != 0 and (action.type or action.choices):
+                option = action.option_strings[-1]
+                bad = "many" if action.type else "no-such-choice"
+                cases.append(pytest.param([*words, option, bad], option, id=f"{' '.join(words)} {option}"))
+                if getattr(action.type, "__name__", "").lstrip("_") == "positive_int":  # a bounded type
+                    cases.append(pytest.param([*words, option, "0"], option, id=f"{' '.join(words)} {option} 0"))
+
+    walk(cli.build_parser(), [])
+    return cases
+
+
+@pytest.mark.parametrize("argv,option", option_cases())
+def test_typed_option(tmp_path, argv, option):
+    before = tree(tmp_path)
+    result = run_in_process(argv, tmp_path)
+    assert_bad_input(result, before, tree(tmp_path), says=f"argument {option}")
+
+
 # ------------------------------------------------------------------ paths, from the CLI parser
 
 

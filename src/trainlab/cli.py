@@ -32,6 +32,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: a whole number of 1 or more (argparse says which argument)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
 def split_config_and_overrides(items: Sequence[str]) -> tuple[Optional[str], list[str]]:
     config, overrides = None, []
     for i, item in enumerate(items):
@@ -81,7 +92,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model: trainlab train [CONFIG] [key=value ...]")
     p.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="a YAML config, then overrides")
-    p.add_argument("--nnodes", type=int, default=1, help="with train.nproc>1: number of machines (torchrun --nnodes)")
+    p.add_argument("--nnodes", type=positive_int, default=1, help="with train.nproc>1: number of machines (torchrun --nnodes)")
     p.add_argument("--rdzv-endpoint", default=None, help="with train.nproc>1 on several machines: HOST:PORT")
     p.set_defaults(func=cmd_train)
 

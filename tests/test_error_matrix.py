@@ -313,7 +313,7 @@ def test_path(tmp_path, command, dest, case):
 # One path case per command family in a real process (train's is in test_bad_input.py): the console entry
 # point, exit status and stderr as a shell sees them. Each costs a Python start and, for most, a torch import.
 REPRESENTATIVE = [
-    ("train", "data.root=folder", "a-file"), ("eval", "checkpoint", "random-bytes"),
+    ("eval", "checkpoint", "random-bytes"),
     ("data pack", "dst", "under-a-file"),
     ("sweep", "dir", "a-file"), ("report", "run_dirs", "missing"),
 ]  # fmt: skip

@@ -314,7 +314,6 @@ def test_path(tmp_path, command, dest, case):
 # point, exit status and stderr as a shell sees them. Each costs a Python start and, for most, a torch import.
 REPRESENTATIVE = [
     ("eval", "checkpoint", "random-bytes"),
-    ("data pack", "dst", "under-a-file"),
     ("sweep", "dir", "a-file"), ("report", "run_dirs", "missing"),
 ]  # fmt: skip
 

@@ -21,6 +21,7 @@ from trainlab.checkpoint import (
     restore_rng,
     save_atomic,
 )
+from trainlab.paths import DiskFullError
 
 
 def make_state(global_step: int = 10, seed: int = 0) -> dict:
@@ -81,9 +82,9 @@ def test_disk_full_midway_keeps_previous_checkpoint(tmp_path, monkeypatch):
         return real_write(self, data)
 
     monkeypatch.setattr(ckpt._HashingWriter, "write", failing_write)
-    with pytest.raises(OSError) as info:
+    with pytest.raises(DiskFullError) as info:  # one line naming the file and its size (issue 17)
         save_atomic(make_state(global_step=99, seed=1), path)
-    assert info.value.errno == errno.ENOSPC
+    assert f"disk full writing checkpoint {path}: it needs" in str(info.value)
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert load_checked(path)["global_step"] == 5

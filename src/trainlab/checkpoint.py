@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from trainlab.errors import TrainlabError
+from trainlab.paths import disk_full, is_disk_full
 
 _ZIP_END_SIGNATURE = b"PK\x05\x06"
 _ZIP_END_LEN = 22  # end-of-central-directory record without comment; its last 2 bytes = comment length
@@ -98,7 +99,8 @@ def save_atomic(state: dict, path: str | Path) -> None:
     """Write ``state`` to ``path`` so that a reader sees either the old file or the complete new one.
 
     On any failure (ENOSPC, a KeyboardInterrupt) the temporary file is removed, the previous file at
-    ``path`` is untouched, and the exception is re-raised.
+    ``path`` is untouched, and the exception is re-raised; a full disk (ENOSPC, EDQUOT) as a one-line
+    DiskFullError naming the file and the space it needs.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,11 +132,35 @@ def save_atomic(state: dict, path: str | Path) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if is_disk_full(exc):
+            kept = f"the previous {path.name} is unchanged" if path.exists() else ""
+            raise disk_full(path, serialized_size(state), "checkpoint", kept) from None
         raise
     _fsync_directory(path.parent)
+
+
+class _CountingSink:
+    """A file-like object that only counts what torch.save writes to it."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def serialized_size(state: dict) -> int:
+    """Bytes `save_atomic` writes for `state` (torch.save's archive plus our trailer), without a disk."""
+    sink = _CountingSink()
+    torch.save(state, sink)
+    return sink.size + _TRAILER_LEN
 
 
 def _corrupt(path: Path, reason: str) -> CheckpointError:

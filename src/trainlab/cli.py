@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from trainlab.argtypes import positive_int
 from trainlab.errors import TrainlabError, UsageError
 
 # Subcommands other modules register through their `register_cli(subparsers)`. Only the module of the
@@ -69,7 +70,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model: trainlab train [CONFIG] [key=value ...]")
     p.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="a YAML config, then overrides")
-    p.add_argument("--nnodes", type=int, default=1, help="with train.nproc>1: number of machines (torchrun --nnodes)")
+    p.add_argument("--nnodes", type=positive_int, default=1, help="with train.nproc>1: number of machines (torchrun --nnodes)")
     p.add_argument("--rdzv-endpoint", default=None, help="with train.nproc>1 on several machines: HOST:PORT")
     p.set_defaults(func=cmd_train)
 

@@ -1,10 +1,12 @@
 """Writers for the run directory: metrics.csv, steps.jsonl, events.jsonl, summary.json, TensorBoard.
 
-The format is documented in docs/run-dir.md; report and sweep read only these files.
+The format is documented in docs/run-dir.md; report and sweep read only these files. A full disk while
+writing any of them is a one-line DiskFullError naming the file (trainlab.paths.writing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -13,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from trainlab.paths import writing
 
 METRIC_COLUMNS = [
     "epoch", "step", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "lr",
@@ -24,11 +28,17 @@ METRIC_COLUMNS = [
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON so a reader never sees half a file: temp file, fsync, rename."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=_jsonable)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = json.dumps(payload, indent=2, default=_jsonable)
+    try:
+        with writing(path, len(text.encode())), open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk must not also leave the temp file behind
+            tmp.unlink()
+        raise
 
 
 def _jsonable(value: Any) -> Any:
@@ -79,16 +89,21 @@ class RunLogger:
     def rewrite_metrics(self, rows: list[dict]) -> None:
         """On resume: the CSV holds exactly the rows of the epochs the checkpoint has seen, no more, no less."""
         tmp = self.metrics_path.with_name(".metrics.csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(_csv_row(row))
-        os.replace(tmp, self.metrics_path)
+        try:
+            with writing(self.metrics_path), open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow(_csv_row(row))
+            os.replace(tmp, self.metrics_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     def append_metrics(self, row: dict) -> None:
         new = not self.metrics_path.exists()
-        with open(self.metrics_path, "a", newline="") as f:
+        with writing(self.metrics_path), open(self.metrics_path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
             if new:
                 writer.writeheader()
@@ -111,12 +126,14 @@ class RunLogger:
                 step = record.get("step")
                 if step is None or step <= max_step or record.get("kind") in ("preempted", "resumed"):
                     kept.append(line)
-            path.write_text("".join(k + "\n" for k in kept))
+            with writing(path):
+                path.write_text("".join(k + "\n" for k in kept))
 
     def log_step(self, record: dict) -> None:
         record = {**record, "time": record.get("time", time.time())}
-        with open(self.steps_path, "a") as f:
-            f.write(json.dumps(_clean(record), default=_jsonable) + "\n")
+        line = json.dumps(_clean(record), default=_jsonable) + "\n"
+        with writing(self.steps_path, len(line)), open(self.steps_path, "a") as f:
+            f.write(line)
         if self.trackers:
             self.trackers.log_step(record)
 
@@ -127,8 +144,9 @@ class RunLogger:
 
     def _write_event(self, event: dict) -> dict:
         event = {**event, "time": event.get("time", time.time())}
-        with open(self.events_path, "a") as f:
-            f.write(json.dumps(_clean(event), default=_jsonable) + "\n")
+        line = json.dumps(_clean(event), default=_jsonable) + "\n"
+        with writing(self.events_path, len(line)), open(self.events_path, "a") as f:
+            f.write(line)
         return event
 
     def write_summary(self, summary: dict) -> None:

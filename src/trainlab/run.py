@@ -24,6 +24,7 @@ from trainlab.console import Console, epoch_block, farewell_lines
 from trainlab.engine import EpochTotals, evaluate
 from trainlab.errors import NonFiniteLoss, Preempted
 from trainlab.logs import NullLogger, RunLogger
+from trainlab.paths import check_run_dir, discard_new_run_dir
 
 
 class Run:
@@ -218,6 +219,7 @@ class Run:
         self.run_dir = Path(resume.choose_run_dir(cfg, self.console.info))
         if ctx.enabled:  # every rank uses rank 0's choice (its timestamp)
             self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), ctx))
+        self.run_dir_existing = check_run_dir(self.run_dir)  # a bad run.dir fails here, in one line
         state = resume.load_resume_state(cfg, self.run_dir, self.console.info, self.console.warn)
         distributed.barrier(ctx)  # every rank has looked at the run dir before rank 0 writes into it
         if state is not None:
@@ -487,7 +489,9 @@ def train(cfg: Any) -> dict:
     """Run `cfg` to the end (or a stop signal). Returns the run's summary."""
     ctx = distributed.setup(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
     try:
-        summary = Run(cfg, ctx).execute()
+        run = Run(cfg, ctx)
+        with discard_new_run_dir(run):  # a new run dir that failed on bad input is removed
+            summary = run.execute()
         distributed.barrier(ctx)  # no rank tears the process group down while a peer still uses it
         return summary
     finally:

@@ -128,6 +128,8 @@ def split_items(items: list[str], grid_items: list[str]) -> tuple[Optional[str],
     grid_entries: list[str] = []
     for item in [*items, *grid_items]:
         if "=" not in item:
+            if item in grid_items and not _looks_like_config(item):
+                raise UsageError(f"--grid '{item}' has no values; write --grid {item}=v1,v2 (values separated by commas)")
             if config is not None:
                 raise UsageError(f"two configs given ('{config}', '{item}'); give one CONFIG, then key=value")
             config = item
@@ -140,15 +142,41 @@ def split_items(items: list[str], grid_items: list[str]) -> tuple[Optional[str],
     return config, parse_grid(grid_entries), overrides
 
 
+def _looks_like_config(item: str) -> bool:
+    """A word without '=' after --grid is a CONFIG only if it names a file or a YAML name; else it is a grid
+    key whose values were forgotten (`--grid optim.lr`), and saying 'config file not found' would mislead."""
+    return Path(item).is_file() or item.endswith((".yaml", ".yml"))
+
+
+def validate_runs(config: Optional[str], overrides: list[str], planned: list[PlannedRun], sweep_dir: Path) -> None:
+    """Load every run's config as its `trainlab train` would, before anything is launched or written: a bad
+    key or value stops the sweep with that run's one-line error instead of failing each run in its log."""
+    from trainlab.config import load_config
+    from trainlab.errors import TrainlabError
+    from trainlab.paths import check_output_dir
+
+    check_output_dir(sweep_dir, "--dir", UsageError)
+    for p in planned:
+        try:
+            load_config(config, train_overrides(overrides, p, sweep_dir / p.name))
+        except TrainlabError as exc:
+            raise type(exc)(f"sweep run {p.name}: {exc} (no run was started)") from None
+
+
 # ------------------------------------------------------------------ running
+
+
+def train_overrides(overrides: list[str], run: PlannedRun, run_dir: Path) -> list[str]:
+    """Every key=value one run's `trainlab train` gets: fixed ones, its grid values, name and dir."""
+    extra = [] if any(o.startswith("run.name=") for o in overrides) else [f"run.name={run.name}"]
+    return [*overrides, *run.overrides(), *extra, f"run.dir={run_dir}"]
 
 
 def train_command(config: Optional[str], overrides: list[str], run: PlannedRun, run_dir: Path) -> list[str]:
     cmd = [sys.executable, "-m", "trainlab", "train"]
     if config:
         cmd.append(config)
-    extra = [] if any(o.startswith("run.name=") for o in overrides) else [f"run.name={run.name}"]
-    return [*cmd, *overrides, *run.overrides(), *extra, f"run.dir={run_dir}"]
+    return [*cmd, *train_overrides(overrides, run, run_dir)]
 
 
 def _tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
@@ -253,8 +281,9 @@ def run_sweep(
     if parallel < 1:
         raise UsageError(f"--parallel {parallel}: give 1 or more")
     sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     planned = run_names(grid)
+    validate_runs(config, overrides, planned, sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     write_spec(sweep_dir, config, grid, overrides, planned)
     todo = []
     for p in planned:

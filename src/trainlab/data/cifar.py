@@ -140,6 +140,8 @@ def load_cifar(root: str | Path | None, name: str, download: bool = False) -> Ci
     """Train and test arrays of CIFAR-10 (`name="cifar10"`) or CIFAR-100 (fine labels)."""
     layout = LAYOUTS[name]
     root_path = Path(root if root else "data").expanduser()
+    if root_path.is_file():
+        raise DataError(f"data.root {root_path} is a file, not a folder; point it at the folder that holds {layout.folder}")
     batches = find_batches_dir(root_path, name)
     if batches is None and download:
         _download(name, root_path)

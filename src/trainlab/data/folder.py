@@ -16,6 +16,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from trainlab.data.pack import IMAGE_EXTENSIONS, image_files, list_classes
 from trainlab.errors import DataError
+from trainlab.paths import check_input_dir
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec (not a dependency); they still are the
 # fastest decoders installed, so silence only that notice.
@@ -128,11 +129,7 @@ def load_folder(
     root: str | Path, skip_bad_images: bool = False
 ) -> tuple[FolderDataset, FolderDataset, list[str]]:
     """(train, val, class names) of an ImageNet-style folder."""
-    root_path = Path(root).expanduser()
-    if not root_path.is_dir():
-        raise DataError(
-            f"data.root {root_path} does not exist; point data.root at a folder with train/ and val/ inside"
-        )
+    root_path = check_input_dir(root, "data.root", "point data.root at a folder with train/ and val/ inside", DataError)
     train_files, train_labels, classes = scan_split(root_path, "train")
     val_files, val_labels, _ = scan_split(root_path, "val", classes)
     if skip_bad_images:

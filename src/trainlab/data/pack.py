@@ -36,6 +36,7 @@ from numpy.lib.format import open_memmap
 from PIL import Image
 
 from trainlab.errors import DataError, UsageError
+from trainlab.paths import check_output_dir, require_space, writing
 
 PACKED_FORMAT = "trainlab-packed-v1"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -289,7 +290,10 @@ def _replace_dir(tmp: Path, dst: Path) -> None:
 
 
 def check_destination(src: Path, dst: Path, force: bool) -> None:
-    """Refuse to overwrite DST without --force, and never let DST be (or contain) SRC."""
+    """Refuse to overwrite DST without --force, never let DST be (or contain) SRC, and make sure DST can be
+    created (a file in its path, /proc, a read-only mount) before any work is done."""
+    if not (dst.exists() or dst.is_symlink()):
+        check_output_dir(dst, "DST", UsageError)
     if dst.exists() or dst.is_symlink():
         if not force:
             raise UsageError(f"{dst} already exists; pass --force to replace it, or choose another DST")
@@ -338,8 +342,11 @@ def pack_folder(
         raise DataError(f"{train.root} has no images ({'/'.join(IMAGE_EXTENSIONS)}); {FOLDER_LAYOUT_HINT}")
     val = list_split(src_path, "val", classes=train.classes)
     check_destination(src_path, dst_path, force)
+    # The arrays are written through memory maps, where a full disk is a SIGBUS: check the space first.
+    needed = (len(train.files) + len(val.files)) * (img_size * img_size * 3 + 8) + 64 * 1024
+    require_space(dst_path, needed, "packed dataset")
 
-    with building_dir(dst_path) as tmp:
+    with writing(dst_path, needed, "packed dataset"), building_dir(dst_path) as tmp:
         counts: dict[str, int] = {}
         skipped: dict[str, list[dict]] = {}
         for listing in (train, val):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from trainlab.errors import DataError
+from trainlab.paths import check_input_dir
 
 _PACK_HINT = "write it with `trainlab data pack SRC DST --img-size S`"
 
@@ -79,9 +80,7 @@ def _load_split(root: Path, split: str, meta: dict) -> tuple[np.ndarray, np.ndar
 
 
 def load_packed(root: str | Path) -> PackedArrays:
-    root_path = Path(root).expanduser()
-    if not root_path.is_dir():
-        raise DataError(f"data.root {root_path} does not exist; {_PACK_HINT} and point data.root at DST")
+    root_path = check_input_dir(root, "data.root", f"{_PACK_HINT} and point data.root at DST", DataError)
     meta = _read_meta(root_path)
     train_images, train_labels = _load_split(root_path, "train", meta)
     val_images, val_labels = _load_split(root_path, "val", meta)

@@ -10,6 +10,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from trainlab.argtypes import positive_int
+from trainlab.errors import ConfigError
+
 
 def _first_tensor_outputs(out: Any) -> list[torch.Tensor]:
     """Logits and any auxiliary outputs (inception, googlenet return named tuples in train mode)."""
@@ -48,8 +51,13 @@ def inspect_model(
     conv_layers = sum(1 for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd))
 
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.randn(1, 3, img_size, img_size))
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.randn(1, 3, img_size, img_size))
+    except RuntimeError as exc:  # a fresh model on random input fails only on its shape
+        raise ConfigError(
+            f"--img-size {img_size} does not fit {name} ({str(exc).splitlines()[0]}); give a larger --img-size"
+        ) from None
     flops = counter.get_total_flops()
 
     model.train()
@@ -127,10 +135,10 @@ def register_cli(subparsers: Any) -> None:
         "parameters that receive gradients, the input width of the last linear layer and FLOPs per image.",
     )
     parser.add_argument("model", nargs="?", help="model name, e.g. resnet18, densenet121, resnet20, timm/convnext_atto")
-    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    parser.add_argument("--num-classes", type=positive_int, default=1000, help="classifier outputs (default 1000)")
     parser.add_argument("--cifar-stem", action="store_true", help="3x3 stride-1 stem, no max-pool")
     parser.add_argument(
-        "--img-size", type=int, default=None, help="input size (default 32 for CIFAR models, else 224)"
+        "--img-size", type=positive_int, default=None, help="input size (default 32 for CIFAR models, else 224)"
     )
     parser.add_argument("--norm", choices=("batch", "none"), default="batch")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")

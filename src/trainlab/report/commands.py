@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from trainlab.errors import UsageError
+from trainlab.paths import check_output_dir
 from trainlab.report import html, plots, text
 from trainlab.report.read import Run, find_runs, is_sweep_dir, load_run, load_runs, parse_time
 
@@ -22,6 +24,7 @@ def write_report(paths: list[str | Path], output: Optional[str | Path] = None) -
     """Write the HTML page and, beside it in `<stem>_files/`, a PNG of each plot. Returns the page's path."""
     runs = load_runs(list(paths))
     out = Path(output) if output else default_output(paths, runs)
+    check_report_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     drawn = plots.make_plots(runs)
     files_dir = out.parent / f"{out.stem}_files"
@@ -33,6 +36,16 @@ def write_report(paths: list[str | Path], output: Optional[str | Path] = None) -
     tmp.write_text(html.render(runs, drawn, title), encoding="utf-8")
     tmp.replace(out)  # a browser reloading the page never sees half of it
     return out
+
+
+def check_report_output(out: Path) -> None:
+    """The page and its `<stem>_files/` folder can be written: checked before anything is."""
+    if out.is_dir():
+        raise UsageError(f"--output {out} is a folder; give an HTML file name, e.g. {out / 'report.html'}")
+    check_output_dir(out.parent, f"--output's folder for {out}", UsageError)
+    files_dir = out.parent / f"{out.stem}_files"
+    if files_dir.exists() and not files_dir.is_dir():
+        raise UsageError(f"{files_dir} (for the report's plots) is a file; move it or choose another --output")
 
 
 def report_text(paths: list[str | Path], width: int = 64) -> str:

@@ -186,7 +186,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -194,7 +194,7 @@ def read_json(path: Path) -> dict[str, Any]:
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: bytes that are not UTF-8
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -272,7 +272,13 @@ def load_runs(paths: list[str | Path]) -> list[Run]:
                 raise UsageError(f"sweep {path} has no runs yet; start it with `trainlab sweep --dir {path} ...`")
             runs.extend(sweep_runs)
         elif is_run_dir(path):
-            runs.append(load_run(path))
+            run = load_run(path)
+            if not (run.config or run.metrics or run.summary or run.error):
+                raise UsageError(
+                    f"{path} has run files but none is readable (config.yaml, summary.json, metrics.csv); "
+                    "point at a trainlab run directory"
+                )
+            runs.append(run)
         else:
             raise UsageError(
                 f"{path} is not a run directory (no config.yaml or summary.json) nor a sweep (no sweep.json); "

@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any
 
+from trainlab.argtypes import positive_int
 from trainlab.data.pack import (
     default_workers,
     pack_folder,
@@ -188,20 +189,10 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
-    return value
-
-
 def _add_workers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=default_workers(),
         help="decode processes (default: CPU count, at most 8; 1 decodes in this process)",
     )
@@ -228,7 +219,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     pack.add_argument("src", metavar="SRC", help="folder with train/<class>/* and val/<class>/*")
     pack.add_argument("dst", metavar="DST", help="packed dir to create")
     pack.add_argument(
-        "--img-size", type=_positive_int, required=True, metavar="S", help="side of the square images"
+        "--img-size", type=positive_int, required=True, metavar="S", help="side of the square images"
     )
     _add_workers(pack)
     pack.add_argument(
@@ -248,7 +239,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     subset.add_argument("src", metavar="SRC")
     subset.add_argument("dst", metavar="DST")
     subset.add_argument(
-        "--classes", type=_positive_int, metavar="K", help="number of classes, chosen by --seed"
+        "--classes", type=positive_int, metavar="K", help="number of classes, chosen by --seed"
     )
     subset.add_argument(
         "--class-names", metavar="A,B,...", help="comma-separated classes to take instead of a draw"
@@ -296,7 +287,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "config overrides. With --img-size, images are first resized and centre-cropped as in data pack.",
     )
     stats.add_argument("root", metavar="ROOT")
-    stats.add_argument("--img-size", type=_positive_int, metavar="S", help="resize+centre-crop to S first")
+    stats.add_argument("--img-size", type=positive_int, metavar="S", help="resize+centre-crop to S first")
     _add_workers(stats)
     stats.add_argument(
         "--skip-bad", action="store_true", help="leave unreadable images out instead of failing"

@@ -37,7 +37,9 @@ def test_drop_rates_reach_the_timm_model():
     assert not [m for m in plain.modules() if type(m).__name__ == "DropPath"]
     assert dropped.head_drop.p == pytest.approx(0.3) and plain.head_drop.p == 0.0
     with pytest.raises(ConfigError, match="timm/"):
-        models.create("resnet8", 10, drop_rate=0.1)
+        models.create("resnet8", 10, drop_path_rate=0.1)
+    with pytest.raises(ConfigError, match="CIFAR ResNets"):  # they take model.drop_rate; torchvision's don't
+        models.create("resnet18", 10, drop_rate=0.1)
 
 
 def test_pretrained_from_a_local_file_with_a_new_head(tmp_path):

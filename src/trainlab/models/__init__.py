@@ -82,8 +82,8 @@ def _build(name: str, num_classes: int, drop_rate: float = 0.0) -> nn.Module:
         return cifar_resnet(name, num_classes, drop_rate)
     if drop_rate:
         raise ConfigError(
-            f"model.drop_rate={drop_rate} is supported for the CIFAR ResNets (resnet8 ... resnet110); "
-            f"{name} has its own dropout settings: leave model.drop_rate at 0"
+            f"model.drop_rate={drop_rate} applies to the CIFAR ResNets (resnet8 ... resnet110) and timm/ models; "
+            f"{name} has its own dropout settings: leave model.drop_rate null"
         )
     kwargs: dict = {"weights": None, "num_classes": num_classes}
     if name in ("inception_v3", "googlenet"):

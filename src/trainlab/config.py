@@ -29,7 +29,10 @@ class DataConfig:
     num_workers: int = 0
     pin_memory: bool = True
     persistent_workers: bool = False
-    loader: str = "auto"  # auto | tensor | torch
+    loader: str = "auto"  # auto | tensor | torch | stream (stream: packed data only, read in chunks, never copied whole)
+    # data.loader=auto copies a dataset into host/device memory only when it fits this many GB (and the
+    # free host and device memory); null: half of the free memory. Larger packed sets stream instead.
+    memory_budget_gb: Optional[float] = None
     train_size: int = 4000  # shapes only
     val_size: int = 1000  # shapes only
     download: bool = False  # cifar only: use torchvision's download when a network exists
@@ -41,6 +44,12 @@ class DataConfig:
 @dataclass
 class AugConfig:
     policy: str = "flip-crop"  # none | flip-crop | randaugment | trivialaugment | autoaugment
+    # Geometry (data/augment.py). auto: pad-crop when the stored images are about data.img_size, a random
+    # resized crop otherwise; aug.policy=none keeps meaning "no crop, no flip" unless crop/hflip are given.
+    crop: str = "auto"  # auto | resized | pad | none
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # resized crop: area fraction range
+    ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])  # resized crop: aspect range
+    hflip: Optional[float] = None  # horizontal flip probability; 0 turns it off; null: 0.5 (0 with policy=none)
     random_erasing: float = 0.0  # probability
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
@@ -149,7 +158,8 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("shapes", "cifar10", "cifar100", "folder", "packed"),
-    "data.loader": ("auto", "tensor", "torch"),
+    "data.loader": ("auto", "tensor", "torch", "stream"),
+    "aug.crop": ("auto", "resized", "pad", "none"),
     "aug.policy": ("none", "flip-crop", "randaugment", "trivialaugment", "autoaugment"),
     "model.norm": ("batch", "none"),
     "optim.name": ("sgd", "adam", "adamw", "adagrad", "adadelta", "rmsprop"),
@@ -308,8 +318,22 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"train.device={dev!r} is not valid; choose auto, cpu, cuda, cuda:N or mps")
     if cfg.data.name in ("folder", "packed") and not cfg.data.root:
         raise ConfigError(f"data.name={cfg.data.name} needs data.root=PATH (the dataset folder)")
+    _validate_aug(cfg)
+    if cfg.data.memory_budget_gb is not None and cfg.data.memory_budget_gb <= 0:
+        raise ConfigError(f"data.memory_budget_gb={cfg.data.memory_budget_gb} must be positive (or null)")
     if cfg.model.num_classes is not None and cfg.model.num_classes < 1:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} must be positive")
+
+
+def _validate_aug(cfg: Any) -> None:
+    a = cfg.aug
+    scale, ratio = list(a.scale), list(a.ratio)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"aug.scale={scale} must be [min, max] with 0 < min <= max <= 1, e.g. [0.35, 1]")
+    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        raise ConfigError(f"aug.ratio={ratio} must be [min, max] with 0 < min <= max, e.g. [0.75, 1.3333]")
+    if a.hflip is not None and not 0.0 <= a.hflip <= 1.0:
+        raise ConfigError(f"aug.hflip={a.hflip} must be a probability in [0, 1] (0 turns flips off)")
 
 
 def to_yaml(cfg: Any) -> str:

@@ -171,7 +171,11 @@ class BatchAugmenter:
             if self.plan.crop == "pad" and self.plan.pad > 0:
                 out = _pad_crop(out, params.y, params.x, self.plan.pad)
         if self.plan.hflip > 0:
-            out = torch.where(params.flip.view(-1, 1, 1, 1), out.flip(3), out)
+            if self.device.type == "cpu":  # only the flipped ones are touched; nonzero() is free on the CPU
+                which = params.flip.nonzero().squeeze(1)
+                out.index_copy_(0, which, out.index_select(0, which).flip(3))
+            else:  # no host sync on a GPU
+                out = torch.where(params.flip.view(-1, 1, 1, 1), out.flip(3), out)
         return self._normalise(out)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from trainlab.data.augment import AugPlan, BatchAugmenter, draw_params
+from trainlab.data.tensor_loader import _single_threaded
 from trainlab.data.torch_loader import stream_seed
 from trainlab.errors import DataError
 
@@ -197,7 +198,8 @@ class StreamLoader:
                 part = slice(b * bs, b * bs + count)
                 x = buf[:count].permute(0, 3, 1, 2).to(self.device, non_blocking=True)
                 labels = self._labels[indices[part]].to(self.device, non_blocking=True)
-                out = self._augmenter(x, params[part].to(self.device) if params is not None else None)
+                with _single_threaded(not pin):
+                    out = self._augmenter(x, params[part].to(self.device) if params is not None else None)
                 if pin:  # the buffer is reused once its copy has finished
                     event = torch.cuda.Event()
                     event.record()

@@ -166,17 +166,3 @@ def test_stopping_early_ends_the_reader_thread(packed_file):
     it.close()
     assert not any(t.name == "trainlab-stream" for t in threading.enumerate())
 
-
-def test_training_run_streams_a_packed_set_over_the_budget_and_says_why(tmp_path):
-    from tests.conftest import TINY, read_metrics, run_trainlab
-    from trainlab.data.shapes import generate_shapes
-
-    images, labels = generate_shapes(320, 16, 0, "train")
-    root = write_packed(tmp_path / "packed", images, labels, val=64)
-    args = [a for a in TINY if not a.startswith(("data.name", "data.train_size", "data.val_size"))]
-    proc = run_trainlab("train", *args, "data.name=packed", f"data.root={root}", "data.memory_budget_gb=0.0001",
-                        "train.epochs=1", f"run.dir={tmp_path / 'run'}", check=True)  # fmt: skip
-    out = proc.stdout + proc.stderr
-    assert "data: stream loader (a 0.00" in out and "exceed data.memory_budget_gb=0.0001" in out, out
-    assert "aug: pad-crop 4 px to 16 px, hflip 0.5 (auto: images are 16 px" in out
-    assert len(read_metrics(tmp_path / "run")) == 1

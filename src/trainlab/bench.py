@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from trainlab.config import img_size_schedule
 from trainlab.errors import ConfigError, UsageError
 
 WARMUP_BATCHES = 3
@@ -311,7 +312,8 @@ def find_max_batch(cfg: Any, device: torch.device) -> int:
     model, precision, channels_last = _model_setup(cfg, device, num_classes)
     model.train()
     optimizer = optim.build_optimizer(model, cfg.optim, 256)
-    size = 32 if cfg.data.name in ("cifar10", "cifar100") else int(cfg.data.img_size)
+    # the largest size of a progressive-resizing schedule: the batch must fit at every size
+    size = 32 if cfg.data.name in ("cifar10", "cifar100") else max(s for _, s in img_size_schedule(cfg.data.img_size))
 
     def fits(batch: int) -> bool:
         return _fits(model, optimizer, batch, size, num_classes, device, precision, channels_last)

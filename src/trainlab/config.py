@@ -23,7 +23,10 @@ from trainlab.watch.settings import WatchSettings
 class DataConfig:
     name: str = "shapes"  # shapes | cifar10 | cifar100 | folder | packed
     root: Optional[str] = None
-    img_size: int = 32
+    # An int, or a progressive-resizing schedule [[fraction of training, size], ...] starting at 0, e.g.
+    # [[0, 160], [0.75, 192]]: epoch e trains at the size whose fraction <= (e - 1) / train.epochs;
+    # evaluation uses the last size (img_size_schedule / final_img_size below).
+    img_size: Any = 32
     batch_size: Any = 64  # per process: an int, or "auto" (largest that fits, GPU only)
     val_batch_size: Optional[int] = None  # defaults to batch_size
     num_workers: int = 0
@@ -293,8 +296,8 @@ def validate(cfg: Any) -> None:
             cfg.data.batch_size = int(bs)
         else:
             raise ConfigError(f"data.batch_size={bs!r} is not valid; give a positive int or 'auto'")
+    img_size_schedule(cfg.data.img_size)  # raises ConfigError when malformed
     positive = {
-        "data.img_size": cfg.data.img_size,
         "train.epochs": cfg.train.epochs,
         "train.grad_accum": cfg.train.grad_accum,
         "train.nproc": cfg.train.nproc,
@@ -323,6 +326,33 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"data.memory_budget_gb={cfg.data.memory_budget_gb} must be positive (or null)")
     if cfg.model.num_classes is not None and cfg.model.num_classes < 1:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} must be positive")
+
+
+def img_size_schedule(value: Any) -> list[tuple[float, int]]:
+    """data.img_size as [(fraction of training, size), ...]: an int is [(0, int)]."""
+    fix = "give an int, or [[0, SIZE], [FRACTION, SIZE], ...] with fractions rising from 0 below 1"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise ConfigError(f"data.img_size={value} must be positive")
+        return [(0.0, value)]
+    try:
+        steps = [(float(f), int(s)) for f, s in value]
+    except (TypeError, ValueError):
+        raise ConfigError(f"data.img_size={value!r} is not valid; {fix}") from None
+    fractions = [f for f, _ in steps]
+    if (
+        not steps or fractions[0] != 0 or any(b <= a for a, b in zip(fractions, fractions[1:]))
+        or fractions[-1] >= 1 or any(s <= 0 for _, s in steps)
+    ):  # fmt: skip
+        raise ConfigError(f"data.img_size={[list(s) for s in steps]} is not valid; {fix}")
+    return steps
+
+
+def final_img_size(value: Any) -> int:
+    """The size evaluation and anything that needs one size use: the schedule's last."""
+    return img_size_schedule(value)[-1][1]
 
 
 def _validate_aug(cfg: Any) -> None:

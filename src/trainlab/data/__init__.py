@@ -14,6 +14,7 @@ A Loader has `batch_size`, `num_samples` (per rank per epoch), `__len__` (batche
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,11 +22,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from trainlab.config import final_img_size, img_size_schedule
 from trainlab.data import transforms as T
-from trainlab.data.augment import resolve_plan, stored_size_hint
+from trainlab.data.augment import SizeSchedule, resolve_plan, stored_size_hint
 from trainlab.data.memory import IN_MEMORY_KINDS, choose_loader, memory_limit
 from trainlab.data.stream import BLOCK_BYTES
-from trainlab.data.torch_loader import TorchLoader
+from trainlab.data.torch_loader import EpochTransforms, TorchLoader
 from trainlab.errors import ConfigError, DataError
 
 TENSOR_POLICIES = ("none", "flip-crop")
@@ -98,9 +100,10 @@ def load_raw(cfg: Any) -> RawData:
         from trainlab.data.shapes import CLASS_NAMES, MEAN, STD, generate_shapes
 
         seed = int(cfg.train.seed)
-        train = ArraySource(*generate_shapes(int(d.train_size), int(d.img_size), seed, "train"))
-        val = ArraySource(*generate_shapes(int(d.val_size), int(d.img_size), seed, "val"))
-        return RawData(train, val, list(CLASS_NAMES), MEAN, STD, "small", int(d.img_size), 4)
+        size = final_img_size(d.img_size)
+        train = ArraySource(*generate_shapes(int(d.train_size), size, seed, "train"))
+        val = ArraySource(*generate_shapes(int(d.val_size), size, seed, "val"))
+        return RawData(train, val, list(CLASS_NAMES), MEAN, STD, "small", size, 4)
     if name in ("cifar10", "cifar100"):
         from trainlab.data.cifar import load_cifar
 
@@ -124,7 +127,7 @@ def load_raw(cfg: Any) -> RawData:
         packed = load_packed(d.root)
         # 32 is the schema default, not a choice: train at the packed size. Another data.img_size is
         # honoured by the crop (a random resized crop of larger stored images, or a resize; see augment.py).
-        out_size = packed.img_size if int(d.img_size) == 32 else int(d.img_size)
+        out_size = packed.img_size if d.img_size == 32 else final_img_size(d.img_size)
         return RawData(
             ArraySource(packed.train_images, packed.train_labels),
             ArraySource(packed.val_images, packed.val_labels),
@@ -141,7 +144,7 @@ def load_raw(cfg: Any) -> RawData:
         if not d.root:
             raise ConfigError("data.name=folder needs data.root=PATH (the folder with train/ and val/)")
         train, val, classes = load_folder(d.root, bool(d.skip_bad_images))
-        return RawData(train, val, classes, T.IMAGENET_MEAN, T.IMAGENET_STD, "folder", int(d.img_size), 0)
+        return RawData(train, val, classes, T.IMAGENET_MEAN, T.IMAGENET_STD, "folder", final_img_size(d.img_size), 0)
     raise ConfigError(
         f"data.name={name!r} is not valid; choose one of: shapes, cifar10, cifar100, folder, packed"
     )
@@ -183,6 +186,13 @@ def _batch_sizes(cfg: Any) -> tuple[int, int]:
     return bs, val_bs
 
 
+def _schedule_note(size_at: Any) -> str:
+    if size_at is None:
+        return ""
+    steps = ", ".join(f"{size} px from {frac:g}" for frac, size in size_at.steps)
+    return f"; progressive sizes {steps} of training (eval at {size_at.steps[-1][1]} px)"
+
+
 def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1) -> DataBundle:
     raw = load_raw(cfg)
     num_classes = len(raw.classes)
@@ -201,6 +211,10 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
     plan = resolve_plan(
         cfg.aug, stored_size_hint(raw.train), raw.img_size, raw.crop_pad or max(4, raw.img_size // 8)
     )
+    schedule = img_size_schedule(cfg.data.img_size)
+    # Progressive resizing: the training size is a pure function of the epoch (so resume needs nothing);
+    # validation and the crop plan use the final size.
+    size_at = SizeSchedule(tuple(schedule), int(cfg.train.epochs)) if len(schedule) > 1 else None
     arrays = (raw.train.images, raw.val.images) if raw.in_memory else (None, None)
     kind, why = choose_loader(cfg, *arrays, plan.pad if plan.crop == "pad" else 0, device)
     if kind == "stream":
@@ -211,10 +225,10 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
         block_bytes = int(min(BLOCK_BYTES, limit / (8 * WINDOW_BLOCKS)))
         common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
         train = StreamLoader(
-            raw.train.images, raw.train.labels, bs, train=True, block_bytes=block_bytes, **common
+            raw.train.images, raw.train.labels, bs, train=True, block_bytes=block_bytes, size_at=size_at, **common
         )
         val = StreamLoader(raw.val.images, raw.val.labels, val_bs, train=False, block_bytes=block_bytes, **common)
-        summary = f"data: stream loader ({why}); {plan.describe()}"
+        summary = f"data: stream loader ({why}); {plan.describe()}{_schedule_note(size_at)}"
         return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), kind, summary)
     if kind == "tensor":
         from trainlab.data.tensor_loader import TensorLoader  # lazy: the torch path must not need it
@@ -223,7 +237,7 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
         for split, source in (("train", raw.train), ("val", raw.val)):
             tensors[split] = source.tensors()
         common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
-        train = TensorLoader(*tensors["train"], batch_size=bs, train=True, **common)
+        train = TensorLoader(*tensors["train"], batch_size=bs, train=True, size_at=size_at, **common)
         val = TensorLoader(*tensors["val"], batch_size=val_bs, train=False, **common)
     else:
         on_cuda = device.type == "cuda"
@@ -239,9 +253,18 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
             raw.geometry, raw.img_size, policy, float(cfg.aug.random_erasing), mean, std, raw.crop_pad, plan
         )
         val_tf = T.build_val_transform(raw.geometry, raw.img_size, mean, std)
+        if size_at is not None:  # one transform per scheduled size, picked by the epoch of each sample key
+            by_size = {
+                size: T.build_train_transform(
+                    raw.geometry, size, policy, float(cfg.aug.random_erasing), mean, std, raw.crop_pad,
+                    dataclasses.replace(plan, size=size),
+                )
+                for _, size in schedule
+            }  # fmt: skip
+            train_tf = EpochTransforms(by_size, size_at)
         train = TorchLoader(raw.train, train_tf, bs, train=True, **common)
         val = TorchLoader(raw.val, val_tf, val_bs, train=False, **common)
-    summary = f"data: {kind} loader ({why}); {plan.describe()}"
+    summary = f"data: {kind} loader ({why}); {plan.describe()}{_schedule_note(size_at)}"
     return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), kind, summary)
 
 

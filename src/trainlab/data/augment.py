@@ -74,6 +74,21 @@ def resolve_plan(aug: Any, stored_size: Optional[int], out_size: int, pad: int) 
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class SizeSchedule:
+    """Progressive resizing: epoch (1-based) -> training size, from [(fraction of training, size), ...]."""
+
+    steps: tuple[tuple[float, int], ...]
+    epochs: int
+
+    def __call__(self, epoch: int) -> int:
+        size = self.steps[0][1]
+        for fraction, step_size in self.steps:
+            if epoch - 1 >= fraction * self.epochs - 1e-9:  # done/total >= fraction, without float drift
+                size = step_size
+        return size
+
+
 @dataclass
 class CropParams:
     """Per-sample parameters for a run of samples (CPU int64/bool tensors, one entry per sample).
@@ -158,8 +173,9 @@ class BatchAugmenter:
         self._shift = -mean_t / std_t
         self._memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
 
-    def __call__(self, x: torch.Tensor, params: Optional[CropParams]) -> torch.Tensor:
-        size = self.plan.size
+    def __call__(self, x: torch.Tensor, params: Optional[CropParams], size: Optional[int] = None) -> torch.Tensor:
+        """`size` overrides plan.size (progressive resizing); the parameters do not depend on it."""
+        size = size or self.plan.size
         n, _, height, width = x.shape
         if not self.train or params is None:  # evaluation: the whole image at the output size
             out = x.float() if (height, width) == (size, size) else _resize(x.float(), size)

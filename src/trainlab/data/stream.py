@@ -28,7 +28,7 @@ import math
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Optional
 
 import numpy as np
@@ -114,6 +114,7 @@ class StreamLoader:
         block_bytes: int = BLOCK_BYTES,
         window_blocks: int = WINDOW_BLOCKS,
         prefetch: int = 3,
+        size_at: Optional[Callable[[int], int]] = None,
     ):
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 NHWC, got {images.dtype} of shape {tuple(images.shape)}")
@@ -126,6 +127,7 @@ class StreamLoader:
         self.rank, self.world_size = int(rank), int(world_size)
         self.drop_last = bool(drop_last) and self.train
         self.plan = plan
+        self.size_at = size_at if self.train else None  # progressive resizing: epoch -> size
         self.dataset_size = len(images)
         self._reader = _BlockReader(images)
         self._labels = torch.from_numpy(np.asarray(labels, dtype=np.int64).copy())
@@ -174,6 +176,7 @@ class StreamLoader:
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices, params = self._epoch(epoch)
         start, n_batches, bs = max(0, int(start)), len(self), self.batch_size
+        size = self.size_at(epoch) if self.size_at is not None else None
         if start >= n_batches:
             return
         pin = self.device.type == "cuda"
@@ -199,7 +202,7 @@ class StreamLoader:
                 x = buf[:count].permute(0, 3, 1, 2).to(self.device, non_blocking=True)
                 labels = self._labels[indices[part]].to(self.device, non_blocking=True)
                 with _single_threaded(not pin):
-                    out = self._augmenter(x, params[part].to(self.device) if params is not None else None)
+                    out = self._augmenter(x, params[part].to(self.device) if params is not None else None, size)
                 if pin:  # the buffer is reused once its copy has finished
                     event = torch.cuda.Event()
                     event.record()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Optional
 
 import torch
@@ -45,6 +45,7 @@ class TensorLoader:
         world_size: int = 1,
         drop_last: bool = False,
         plan: Optional[AugPlan] = None,
+        size_at: Optional[Callable[[int], int]] = None,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 NHWC, got {images.dtype} of shape {tuple(images.shape)}")
@@ -67,7 +68,11 @@ class TensorLoader:
         self.plan = plan
         # Pad-crops at the stored size take the fast row-gather below; anything that resamples (resized
         # crops, another output size) goes through the batch augmenter's roi_align.
-        self._resample = plan.size != self.height or plan.size != self.width or (train and plan.crop == "resized")
+        self.size_at = size_at if self.train else None  # progressive resizing: epoch -> size
+        self._resample = (
+            plan.size != self.height or plan.size != self.width or (train and plan.crop == "resized")
+            or self.size_at is not None
+        )  # fmt: skip
         self.pad = plan.pad if self.train and plan.crop == "pad" and not self._resample else 0
         self.flip = plan.hflip > 0 and self.train
         self._augmenter = BatchAugmenter(plan, mean, std, self.device, self.train) if self._resample else None
@@ -140,13 +145,14 @@ class TensorLoader:
         indices, params = indices.to(self.device), params.to(self.device)
         on_cpu = self.device.type == "cpu"
         bs = self.batch_size
+        size = self.size_at(epoch) if self.size_at is not None else None
         for b in range(max(0, int(start)), len(self)):
             part = slice(b * bs, (b + 1) * bs)
             idx = indices[part]
             p = params[part]
             with _single_threaded(on_cpu):
                 if self._augmenter is not None:
-                    images = self._augmenter(self._data[idx], p if self.train else None)
+                    images = self._augmenter(self._data[idx], p if self.train else None, size)
                 else:
                     images = self._images(idx, p.y, p.x, p.flip, on_cpu)
             yield images, self._labels[idx]

@@ -175,12 +175,35 @@ class StreamLoader:
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices, params = self._epoch(epoch)
-        start, n_batches, bs = max(0, int(start)), len(self), self.batch_size
         size = self.size_at(epoch) if self.size_at is not None else None
+        on_cuda = self.device.type == "cuda"
+        bs = self.batch_size
+        fences: list = []  # CUDA events of copies still reading a host buffer
+        for b, buf in self._host_batches(indices, start, fences):
+            part = slice(b * bs, b * bs + len(buf))
+            x = buf.permute(0, 3, 1, 2).to(self.device, non_blocking=True)
+            labels = self._labels[indices[part]].to(self.device, non_blocking=True)
+            if on_cuda:  # the buffer is reused only once this copy has finished
+                fences.append(torch.cuda.Event())
+                fences[-1].record()
+            with _single_threaded(not on_cuda):
+                out = self._augmenter(x, params[part].to(self.device) if params is not None else None, size)
+            yield out, labels
+
+    def host_batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """The uint8 NHWC host batches of `epoch` in order (each valid until the next is asked for): the
+        host's whole share of the work when the device is a GPU. For benchmarks and checks."""
+        for _, buf in self._host_batches(self._epoch(epoch)[0], start, []):
+            yield buf
+
+    def _host_batches(self, indices: torch.Tensor, start: int, fences: list) -> Iterator[tuple[int, torch.Tensor]]:
+        """(batch index, uint8 NHWC host buffer) from the reader thread; a buffer goes back to the thread
+        when the next one is asked for, after the device copies recorded in `fences` are done."""
+        start, n_batches = max(0, int(start)), len(self)
         if start >= n_batches:
             return
         pin = self.device.type == "cuda"
-        shape = (bs, *self._reader.shape[1:])
+        shape = (self.batch_size, *self._reader.shape[1:])
         free: queue.Queue = queue.Queue()
         for _ in range(self.prefetch + 2):
             free.put(torch.empty(shape, dtype=torch.uint8, pin_memory=pin))
@@ -191,28 +214,19 @@ class StreamLoader:
             name="trainlab-stream", daemon=True,
         )  # fmt: skip
         worker.start()
-        in_flight: Optional[tuple[torch.cuda.Event, torch.Tensor]] = None
+        lent: Optional[torch.Tensor] = None
         try:
             for b in range(start, n_batches):
                 item = ready.get()
                 if isinstance(item, BaseException):
                     raise item
                 buf, count = item
-                part = slice(b * bs, b * bs + count)
-                x = buf[:count].permute(0, 3, 1, 2).to(self.device, non_blocking=True)
-                labels = self._labels[indices[part]].to(self.device, non_blocking=True)
-                with _single_threaded(not pin):
-                    out = self._augmenter(x, params[part].to(self.device) if params is not None else None, size)
-                if pin:  # the buffer is reused once its copy has finished
-                    event = torch.cuda.Event()
-                    event.record()
-                    if in_flight is not None:
-                        in_flight[0].synchronize()
-                        free.put(in_flight[1])
-                    in_flight = (event, buf)
-                else:  # on the CPU the augmenter's float copy is made: the buffer is free now
-                    free.put(buf)
-                yield out, labels
+                if lent is not None:
+                    while fences:
+                        fences.pop(0).synchronize()
+                    free.put(lent)
+                lent = buf
+                yield b, buf[:count]
         finally:
             stop.set()
             worker.join()

@@ -239,7 +239,18 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
         common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
         train = TensorLoader(*tensors["train"], batch_size=bs, train=True, size_at=size_at, **common)
         val = TensorLoader(*tensors["val"], batch_size=val_bs, train=False, **common)
-    else:
+    elif not raw.in_memory and cfg.data.loader == "auto":  # a folder: JPEG decode on the GPU when it can
+        from trainlab.data.gpu_decode import GpuJpegLoader, choose_gpu_decode
+
+        use, gpu_why = choose_gpu_decode(cfg, raw.train.files + raw.val.files, device)
+        if use:
+            common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
+            train = GpuJpegLoader(raw.train, bs, train=True, size_at=size_at, **common)
+            val = GpuJpegLoader(raw.val, val_bs, train=False, **common)
+            summary = f"data: gpu-decode loader ({gpu_why}); {plan.describe()}{_schedule_note(size_at)}"
+            return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), "gpu-decode", summary)
+        why += f"; GPU JPEG decode not used: {gpu_why}"
+    if kind == "torch":
         on_cuda = device.type == "cuda"
         common = dict(
             seed=seed,

@@ -181,11 +181,21 @@ class BatchAugmenter:
             out = x.float() if (height, width) == (size, size) else _resize(x.float(), size)
             return self._normalise(out)
         if self.plan.crop == "resized" or (self.plan.crop == "none" and (height, width) != (size, size)):
-            out = _boxes_to_size(x.float(), params, size)
-        else:
-            out = x.float() if (height, width) == (size, size) else _resize(x.float(), size)
-            if self.plan.crop == "pad" and self.plan.pad > 0:
-                out = _pad_crop(out, params.y, params.x, self.plan.pad)
+            return self.finish(_boxes_to_size(x.float(), params, size), params, pad=False)
+        out = x.float() if (height, width) == (size, size) else _resize(x.float(), size)
+        return self.finish(out, params)
+
+    @staticmethod
+    def resample(x: torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
+        """float32 crops of the boxes in `params` at size x size (one roi_align)."""
+        return _boxes_to_size(x.float(), params, size)
+
+    def finish(self, out: torch.Tensor, params: Optional[CropParams], pad: bool = True) -> torch.Tensor:
+        """A float batch already at the output size: pad-crop (plan.crop=pad), flip, normalise."""
+        if params is None:
+            return self._normalise(out)
+        if pad and self.plan.crop == "pad" and self.plan.pad > 0:
+            out = _pad_crop(out, params.y, params.x, self.plan.pad)
         if self.plan.hflip > 0:
             if self.device.type == "cpu":  # only the flipped ones are touched; nonzero() is free on the CPU
                 which = params.flip.nonzero().squeeze(1)

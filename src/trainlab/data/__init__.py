@@ -223,9 +223,13 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
         limit, _ = memory_limit(cfg, device)
         # Blocks small enough that the ~2 resident windows stay within a quarter of the memory limit.
         block_bytes = int(min(BLOCK_BYTES, limit / (8 * WINDOW_BLOCKS)))
+        # Batch buffers (prefetch + 2 of them) within another quarter, down to one batch read ahead.
+        batch_bytes = bs * int(np.prod(raw.train.images.shape[1:]))
+        prefetch = int(max(1, min(3, limit / 4 // batch_bytes - 2)))
         common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
         train = StreamLoader(
-            raw.train.images, raw.train.labels, bs, train=True, block_bytes=block_bytes, size_at=size_at, **common
+            raw.train.images, raw.train.labels, bs, train=True, block_bytes=block_bytes, size_at=size_at,
+            prefetch=prefetch, **common
         )
         val = StreamLoader(raw.val.images, raw.val.labels, val_bs, train=False, block_bytes=block_bytes, **common)
         summary = f"data: stream loader ({why}); {plan.describe()}{_schedule_note(size_at)}"

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from trainlab import drills
+from trainlab.config import img_size_schedule
 from trainlab.engine import autocast
 from trainlab.errors import ConfigError
 from trainlab.runtime import channels_last_default, configure_backends, resolve_precision
@@ -112,7 +113,8 @@ def find_max_batch(cfg: Any, device: torch.device, reserve_bytes: int = 0, rank:
         raise ConfigError(
             f"finding the largest batch needs a GPU; train.device={cfg.train.device} resolved to {device}"
         )
-    size = 32 if cfg.data.name in ("cifar10", "cifar100") else int(cfg.data.img_size)
+    # The largest size a progressive-resizing schedule reaches: the batch must fit there too.
+    size = 32 if cfg.data.name in ("cifar10", "cifar100") else max(s for _, s in img_size_schedule(cfg.data.img_size))
     if device.type != "cuda":  # the planted limit alone decides (a drill for CPU tests)
         largest = search_max_batch(lambda batch: batch <= planted)
     else:

@@ -14,6 +14,7 @@ import torch
 
 from trainlab import config as config_mod
 from trainlab import distributed
+from trainlab.config import final_img_size
 from trainlab.engine import Trainer
 from trainlab.errors import ConfigError, DataError
 from trainlab.runtime import (
@@ -81,7 +82,7 @@ def _resident_bytes(cfg: Any) -> int:
                               norm=cfg.model.norm)  # fmt: skip
         reserve += sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if cfg.data.name == "shapes" and cfg.data.loader in ("auto", "tensor"):
-        reserve += int(cfg.data.train_size) * 3 * int(cfg.data.img_size) ** 2
+        reserve += int(cfg.data.train_size) * 3 * final_img_size(cfg.data.img_size) ** 2
     return reserve
 
 

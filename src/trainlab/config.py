@@ -27,13 +27,19 @@ from trainlab.watch.settings import WatchSettings
 class DataConfig:
     name: str = "shapes"  # shapes | cifar10 | cifar100 | folder | packed
     root: Optional[str] = None
-    img_size: int = 32
+    # An int, or a progressive-resizing schedule [[fraction of training, size], ...] starting at 0, e.g.
+    # [[0, 160], [0.75, 192]]: epoch e trains at the size whose fraction <= (e - 1) / train.epochs;
+    # evaluation uses the last size (img_size_schedule / final_img_size below).
+    img_size: Any = 32
     batch_size: Any = 64  # per process: an int, or "auto" (largest that fits, GPU only)
     val_batch_size: Optional[int] = None  # defaults to batch_size
     num_workers: int = 0
     pin_memory: bool = True
     persistent_workers: bool = False
-    loader: str = "auto"  # auto | tensor | torch
+    loader: str = "auto"  # auto | tensor | torch | stream (stream: packed data only, read in chunks, never copied whole)
+    # data.loader=auto copies a dataset into host/device memory only when it fits this many GB (and the
+    # free host and device memory); null: half of the free memory. Larger packed sets stream instead.
+    memory_budget_gb: Optional[float] = None
     train_size: int = 4000  # shapes only
     val_size: int = 1000  # shapes only
     download: bool = False  # cifar only: use torchvision's download when a network exists
@@ -45,6 +51,12 @@ class DataConfig:
 @dataclass
 class AugConfig:
     policy: str = "flip-crop"  # none | flip-crop | randaugment | trivialaugment | autoaugment
+    # Geometry (data/augment.py). auto: pad-crop when the stored images are about data.img_size, a random
+    # resized crop otherwise; aug.policy=none keeps meaning "no crop, no flip" unless crop/hflip are given.
+    crop: str = "auto"  # auto | resized | pad | none
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # resized crop: area fraction range
+    ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])  # resized crop: aspect range
+    hflip: Optional[float] = None  # horizontal flip probability; 0 turns it off; null: 0.5 (0 with policy=none)
     random_erasing: float = 0.0  # probability
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
@@ -173,7 +185,8 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("shapes", "cifar10", "cifar100", "folder", "packed"),
-    "data.loader": ("auto", "tensor", "torch"),
+    "data.loader": ("auto", "tensor", "torch", "stream"),
+    "aug.crop": ("auto", "resized", "pad", "none"),
     "aug.policy": ("none", "flip-crop", "randaugment", "trivialaugment", "autoaugment"),
     "model.norm": ("batch", "none"),
     "optim.name": ("sgd", "adam", "adamw", "adagrad", "adadelta", "rmsprop"),
@@ -218,7 +231,7 @@ PROBABILITY = Range(0, 1)
 # The numeric keys' valid ranges (a null, where the key allows one, is always fine). validate() checks them
 # and the bad-input test matrix (tests/test_error_matrix.py) feeds each key a value outside its range.
 RANGES: dict[str, Range] = {
-    "data.img_size": POSITIVE, "data.val_batch_size": POSITIVE, "data.num_workers": NON_NEGATIVE,
+    "data.val_batch_size": POSITIVE, "data.num_workers": NON_NEGATIVE,
     "data.train_size": POSITIVE, "data.val_size": POSITIVE,
     "aug.random_erasing": PROBABILITY, "aug.mixup_alpha": NON_NEGATIVE, "aug.cutmix_alpha": NON_NEGATIVE,
     "aug.mix_prob": PROBABILITY, "aug.switch_prob": PROBABILITY,
@@ -383,6 +396,7 @@ def validate(cfg: Any) -> None:
             cfg.data.batch_size = int(bs)
         else:
             raise ConfigError(f"data.batch_size={bs!r} is not valid; give a positive int or 'auto'")
+    img_size_schedule(cfg.data.img_size)  # raises ConfigError when malformed
     for dotted, allowed in RANGES.items():
         section, key = dotted.split(".")
         value = cfg[section][key]
@@ -394,6 +408,47 @@ def validate(cfg: Any) -> None:
     if cfg.data.name in ("folder", "packed") and not cfg.data.root:
         raise ConfigError(f"data.name={cfg.data.name} needs data.root=PATH (the dataset folder)")
     validate_names(cfg.log.trackers)
+    _validate_aug(cfg)
+    if cfg.data.memory_budget_gb is not None and cfg.data.memory_budget_gb <= 0:
+        raise ConfigError(f"data.memory_budget_gb={cfg.data.memory_budget_gb} must be positive (or null)")
+
+
+def img_size_schedule(value: Any) -> list[tuple[float, int]]:
+    """data.img_size as [(fraction of training, size), ...]: an int is [(0, int)]."""
+    fix = "give an int, or [[0, SIZE], [FRACTION, SIZE], ...] with fractions rising from 0 below 1"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise ConfigError(f"data.img_size={value} must be positive")
+        return [(0.0, value)]
+    try:
+        steps = [(float(f), int(s)) for f, s in value]
+    except (TypeError, ValueError):
+        raise ConfigError(f"data.img_size={value!r} is not valid; {fix}") from None
+    fractions = [f for f, _ in steps]
+    if (
+        not steps or fractions[0] != 0 or any(b <= a for a, b in zip(fractions, fractions[1:]))
+        or fractions[-1] >= 1 or any(s <= 0 for _, s in steps)
+    ):  # fmt: skip
+        raise ConfigError(f"data.img_size={[list(s) for s in steps]} is not valid; {fix}")
+    return steps
+
+
+def final_img_size(value: Any) -> int:
+    """The size evaluation and anything that needs one size use: the schedule's last."""
+    return img_size_schedule(value)[-1][1]
+
+
+def _validate_aug(cfg: Any) -> None:
+    a = cfg.aug
+    scale, ratio = list(a.scale), list(a.ratio)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"aug.scale={scale} must be [min, max] with 0 < min <= max <= 1, e.g. [0.35, 1]")
+    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        raise ConfigError(f"aug.ratio={ratio} must be [min, max] with 0 < min <= max, e.g. [0.75, 1.3333]")
+    if a.hflip is not None and not 0.0 <= a.hflip <= 1.0:
+        raise ConfigError(f"aug.hflip={a.hflip} must be a probability in [0, 1] (0 turns flips off)")
 
 
 def to_yaml(cfg: Any) -> str:

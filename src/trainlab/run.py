@@ -292,6 +292,7 @@ class Run:
             f"precision {self.precision}, batch {cfg.data.batch_size} x {self.ctx.world_size} proc x "
             f"{cfg.train.grad_accum} accum = {self.global_batch} global"
         )
+        self.console.info(self.data.summary)  # issue 12: which loader and crop/flip, and why
         if cfg.optim.lr_scale == "linear":
             from trainlab.optim import REFERENCE_BATCH, effective_lr
 

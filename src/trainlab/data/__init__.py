@@ -3,7 +3,9 @@
 Dataset kinds (one module each): shapes (synthetic), cifar10/cifar100 (pickle folders), folder
 (ImageNet layout, decoded per sample), packed (memory-mapped arrays from `trainlab data pack`).
 In-memory kinds go to the tensor loader (tensor_loader.py: whole-batch augmentation, no workers) when
-the augmentation allows it, everything else to the classic DataLoader path (torch_loader.py).
+the augmentation allows it and the copy fits in memory (memory.py), to the streaming loader (stream.py:
+chunked reads, augmentation on the device) when it does not, everything else to the classic DataLoader
+path (torch_loader.py). Crop and flip follow one AugPlan on every loader (augment.py).
 
 A Loader has `batch_size`, `num_samples` (per rank per epoch), `__len__` (batches per epoch) and
 `batches(epoch, start=0)` yielding (float32 NCHW normalised images, int64 labels), a pure function of
@@ -12,7 +14,7 @@ A Loader has `batch_size`, `num_samples` (per rank per epoch), `__len__` (batche
 
 from __future__ import annotations
 
-import warnings
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,11 +22,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from trainlab.config import final_img_size, img_size_schedule
 from trainlab.data import transforms as T
-from trainlab.data.torch_loader import TorchLoader
+from trainlab.data.augment import SizeSchedule, resolve_plan, stored_size_hint
+from trainlab.data.memory import IN_MEMORY_KINDS, choose_loader, memory_limit
+from trainlab.data.stream import BLOCK_BYTES
+from trainlab.data.torch_loader import EpochTransforms, TorchLoader
 from trainlab.errors import ConfigError, DataError
 
-IN_MEMORY_KINDS = ("shapes", "cifar10", "cifar100", "packed")
 TENSOR_POLICIES = ("none", "flip-crop")
 
 
@@ -44,7 +49,8 @@ class DataBundle:
     class_names: list[str]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    loader_kind: str  # "tensor" or "torch"
+    loader_kind: str  # "tensor", "torch" or "stream"
+    summary: str = ""  # how the data is loaded and augmented, and why (the run prints it at start)
 
 
 class ArraySource:
@@ -94,9 +100,10 @@ def load_raw(cfg: Any) -> RawData:
         from trainlab.data.shapes import CLASS_NAMES, MEAN, STD, generate_shapes
 
         seed = int(cfg.train.seed)
-        train = ArraySource(*generate_shapes(int(d.train_size), int(d.img_size), seed, "train"))
-        val = ArraySource(*generate_shapes(int(d.val_size), int(d.img_size), seed, "val"))
-        return RawData(train, val, list(CLASS_NAMES), MEAN, STD, "small", int(d.img_size), 4)
+        size = final_img_size(d.img_size)
+        train = ArraySource(*generate_shapes(int(d.train_size), size, seed, "train"))
+        val = ArraySource(*generate_shapes(int(d.val_size), size, seed, "val"))
+        return RawData(train, val, list(CLASS_NAMES), MEAN, STD, "small", size, 4)
     if name in ("cifar10", "cifar100"):
         from trainlab.data.cifar import load_cifar
 
@@ -118,12 +125,9 @@ def load_raw(cfg: Any) -> RawData:
         from trainlab.data.packed import load_packed
 
         packed = load_packed(d.root)
-        if int(d.img_size) not in (32, packed.img_size):  # 32 is the schema default: not a choice
-            warnings.warn(
-                f"data.img_size={d.img_size} but {d.root} is packed at {packed.img_size} px; "
-                f"training at {packed.img_size} px (repack to change it)",
-                stacklevel=2,
-            )
+        # 32 is the schema default, not a choice: train at the packed size. Another data.img_size is
+        # honoured by the crop (a random resized crop of larger stored images, or a resize; see augment.py).
+        out_size = packed.img_size if d.img_size == 32 else final_img_size(d.img_size)
         return RawData(
             ArraySource(packed.train_images, packed.train_labels),
             ArraySource(packed.val_images, packed.val_labels),
@@ -131,8 +135,8 @@ def load_raw(cfg: Any) -> RawData:
             T.IMAGENET_MEAN,
             T.IMAGENET_STD,
             "small",
-            packed.img_size,
-            max(4, packed.img_size // 8),  # 4 px at 32, 28 px at 224: the same relative shift
+            out_size,
+            max(4, out_size // 8),  # 4 px at 32, 28 px at 224: the same relative shift
         )
     if name == "folder":
         from trainlab.data.folder import load_folder
@@ -140,7 +144,7 @@ def load_raw(cfg: Any) -> RawData:
         if not d.root:
             raise ConfigError("data.name=folder needs data.root=PATH (the folder with train/ and val/)")
         train, val, classes = load_folder(d.root, bool(d.skip_bad_images))
-        return RawData(train, val, classes, T.IMAGENET_MEAN, T.IMAGENET_STD, "folder", int(d.img_size), 0)
+        return RawData(train, val, classes, T.IMAGENET_MEAN, T.IMAGENET_STD, "folder", final_img_size(d.img_size), 0)
     raise ConfigError(
         f"data.name={name!r} is not valid; choose one of: shapes, cifar10, cifar100, folder, packed"
     )
@@ -163,29 +167,10 @@ def _norm_stats(cfg: Any, default_mean: tuple, default_std: tuple) -> tuple[tupl
 
 
 def choose_loader_kind(cfg: Any, raw_in_memory: bool) -> str:
-    """'tensor' or 'torch' from data.loader, the dataset kind and the augmentation policy."""
-    want, policy, erasing = cfg.data.loader, cfg.aug.policy, float(cfg.aug.random_erasing)
-    tensor_ok = policy in TENSOR_POLICIES and erasing == 0
-    if want == "torch":
-        return "torch"
-    if want == "tensor":
-        if not raw_in_memory:
-            raise ConfigError(
-                f"data.loader=tensor needs an in-memory dataset ({', '.join(IN_MEMORY_KINDS)}); "
-                f"data.name={cfg.data.name} decodes files per sample: pack it (`trainlab data pack`) or use data.loader=torch"
-            )
-        if policy not in TENSOR_POLICIES:
-            raise ConfigError(
-                f"aug.policy={policy} is not supported with the tensor loader; use data.loader=torch"
-            )
-        if erasing > 0:
-            raise ConfigError(
-                f"aug.random_erasing={erasing} is not supported with the tensor loader; use data.loader=torch"
-            )
-        return "tensor"
-    if want == "auto":
-        return "tensor" if raw_in_memory and tensor_ok else "torch"
-    raise ConfigError(f"data.loader={want!r} is not valid; choose one of: auto, tensor, torch")
+    """'tensor', 'torch' or 'stream' from data.loader, the dataset kind and the augmentation policy,
+    for a dataset small enough to copy (build_data also weighs its size: memory.choose_loader)."""
+    empty = np.empty((0, 1, 1, 3), dtype=np.uint8) if raw_in_memory else None
+    return choose_loader(cfg, empty, empty, 0, torch.device("cpu"))[0]
 
 
 def _batch_sizes(cfg: Any) -> tuple[int, int]:
@@ -201,6 +186,13 @@ def _batch_sizes(cfg: Any) -> tuple[int, int]:
     return bs, val_bs
 
 
+def _schedule_note(size_at: Any) -> str:
+    if size_at is None:
+        return ""
+    steps = ", ".join(f"{size} px from {frac:g}" for frac, size in size_at.steps)
+    return f"; progressive sizes {steps} of training (eval at {size_at.steps[-1][1]} px)"
+
+
 def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1) -> DataBundle:
     raw = load_raw(cfg)
     num_classes = len(raw.classes)
@@ -212,24 +204,57 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
             f"set model.num_classes={num_classes} (or leave it unset)"
         )
     mean, std = _norm_stats(cfg, raw.mean, raw.std)
-    kind = choose_loader_kind(cfg, raw.in_memory)
     device = torch.device(device)
     bs, val_bs = _batch_sizes(cfg)
     seed = int(cfg.train.seed)
     policy = cfg.aug.policy
+    plan = resolve_plan(
+        cfg.aug, stored_size_hint(raw.train), raw.img_size, raw.crop_pad or max(4, raw.img_size // 8)
+    )
+    schedule = img_size_schedule(cfg.data.img_size)
+    # Progressive resizing: the training size is a pure function of the epoch (so resume needs nothing);
+    # validation and the crop plan use the final size.
+    size_at = SizeSchedule(tuple(schedule), int(cfg.train.epochs)) if len(schedule) > 1 else None
+    arrays = (raw.train.images, raw.val.images) if raw.in_memory else (None, None)
+    kind, why = choose_loader(cfg, *arrays, plan.pad if plan.crop == "pad" else 0, device)
+    if kind == "stream":
+        from trainlab.data.stream import WINDOW_BLOCKS, StreamLoader
+
+        limit, _ = memory_limit(cfg, device)
+        # Blocks small enough that the ~2 resident windows stay within a quarter of the memory limit.
+        block_bytes = int(min(BLOCK_BYTES, limit / (8 * WINDOW_BLOCKS)))
+        # Batch buffers (prefetch + 2 of them) within another quarter, down to one batch read ahead.
+        batch_bytes = bs * int(np.prod(raw.train.images.shape[1:]))
+        prefetch = int(max(1, min(3, limit / 4 // batch_bytes - 2)))
+        common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
+        train = StreamLoader(
+            raw.train.images, raw.train.labels, bs, train=True, block_bytes=block_bytes, size_at=size_at,
+            prefetch=prefetch, **common
+        )
+        val = StreamLoader(raw.val.images, raw.val.labels, val_bs, train=False, block_bytes=block_bytes, **common)
+        summary = f"data: stream loader ({why}); {plan.describe()}{_schedule_note(size_at)}"
+        return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), kind, summary)
     if kind == "tensor":
         from trainlab.data.tensor_loader import TensorLoader  # lazy: the torch path must not need it
 
-        crop = policy == "flip-crop"
         tensors = {}
         for split, source in (("train", raw.train), ("val", raw.val)):
             tensors[split] = source.tensors()
-        common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size)
-        train = TensorLoader(
-            *tensors["train"], batch_size=bs, train=True, pad=raw.crop_pad if crop else 0, flip=crop, **common
-        )
-        val = TensorLoader(*tensors["val"], batch_size=val_bs, train=False, pad=0, flip=False, **common)
-    else:
+        common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
+        train = TensorLoader(*tensors["train"], batch_size=bs, train=True, size_at=size_at, **common)
+        val = TensorLoader(*tensors["val"], batch_size=val_bs, train=False, **common)
+    elif not raw.in_memory and cfg.data.loader == "auto":  # a folder: JPEG decode on the GPU when it can
+        from trainlab.data.gpu_decode import GpuJpegLoader, choose_gpu_decode
+
+        use, gpu_why = choose_gpu_decode(cfg, raw.train.files + raw.val.files, device)
+        if use:
+            common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
+            train = GpuJpegLoader(raw.train, bs, train=True, size_at=size_at, **common)
+            val = GpuJpegLoader(raw.val, val_bs, train=False, **common)
+            summary = f"data: gpu-decode loader ({gpu_why}); {plan.describe()}{_schedule_note(size_at)}"
+            return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), "gpu-decode", summary)
+        why += f"; GPU JPEG decode not used: {gpu_why}"
+    if kind == "torch":
         on_cuda = device.type == "cuda"
         common = dict(
             seed=seed,
@@ -240,12 +265,22 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
             world_size=world_size,
         )
         train_tf = T.build_train_transform(
-            raw.geometry, raw.img_size, policy, float(cfg.aug.random_erasing), mean, std, raw.crop_pad
+            raw.geometry, raw.img_size, policy, float(cfg.aug.random_erasing), mean, std, raw.crop_pad, plan
         )
         val_tf = T.build_val_transform(raw.geometry, raw.img_size, mean, std)
+        if size_at is not None:  # one transform per scheduled size, picked by the epoch of each sample key
+            by_size = {
+                size: T.build_train_transform(
+                    raw.geometry, size, policy, float(cfg.aug.random_erasing), mean, std, raw.crop_pad,
+                    dataclasses.replace(plan, size=size),
+                )
+                for _, size in schedule
+            }  # fmt: skip
+            train_tf = EpochTransforms(by_size, size_at)
         train = TorchLoader(raw.train, train_tf, bs, train=True, **common)
         val = TorchLoader(raw.val, val_tf, val_bs, train=False, **common)
-    return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), kind)
+    summary = f"data: {kind} loader ({why}); {plan.describe()}{_schedule_note(size_at)}"
+    return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), kind, summary)
 
 
-__all__ = ["DataBundle", "Loader", "RawData", "ArraySource", "build_data", "load_raw", "choose_loader_kind"]
+__all__ = ["IN_MEMORY_KINDS", "DataBundle", "Loader", "RawData", "ArraySource", "build_data", "load_raw", "choose_loader_kind"]

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from trainlab.data.augment import AugPlan, BatchAugmenter, CropParams, draw_params
 from trainlab.data.torch_loader import stream_seed
 
 _AUGMENT_TAG = 0x54454E53  # keeps this loader's stream apart from the torch loader's ones
@@ -42,6 +44,8 @@ class TensorLoader:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        plan: Optional[AugPlan] = None,
+        size_at: Optional[Callable[[int], int]] = None,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 NHWC, got {images.dtype} of shape {tuple(images.shape)}")
@@ -57,10 +61,21 @@ class TensorLoader:
         self.seed = int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
         self.drop_last = bool(drop_last) and self.train  # evaluation always sees every sample
-        self.pad = int(pad) if self.train else 0
-        self.flip = bool(flip) and self.train
         self.dataset_size = len(images)
         _, self.height, self.width, self.channels = images.shape
+        if plan is None:  # the pad/flip arguments: pad-crop and a fair coin flip at the stored size
+            plan = AugPlan("pad" if pad > 0 else "none", self.height, 0.5 if flip else 0.0, pad=int(pad))
+        self.plan = plan
+        # Pad-crops at the stored size take the fast row-gather below; anything that resamples (resized
+        # crops, another output size) goes through the batch augmenter's roi_align.
+        self.size_at = size_at if self.train else None  # progressive resizing: epoch -> size
+        self._resample = (
+            plan.size != self.height or plan.size != self.width or (train and plan.crop == "resized")
+            or self.size_at is not None
+        )  # fmt: skip
+        self.pad = plan.pad if self.train and plan.crop == "pad" and not self._resample else 0
+        self.flip = plan.hflip > 0 and self.train
+        self._augmenter = BatchAugmenter(plan, mean, std, self.device, self.train) if self._resample else None
 
         # NCHW uint8 on the device; moved before permuting so a GPU does the layout work.
         data = images.to(self.device).permute(0, 3, 1, 2).contiguous()
@@ -98,11 +113,17 @@ class TensorLoader:
 
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(indices, crop y, crop x, flip) for this rank's samples in `epoch`, in order, on the CPU."""
+        indices, params = self.epoch_params(epoch)
+        return indices, params.y, params.x, params.flip
+
+    def epoch_params(self, epoch: int) -> tuple[torch.Tensor, CropParams]:
+        """This rank's dataset indices in `epoch` and their crop/flip parameters, in order, on the CPU."""
         n, ws = self.dataset_size, self.world_size
         if not self.train:
             indices = torch.arange(self.rank, n, ws)
             zeros = torch.zeros(len(indices), dtype=torch.int64)
-            return indices, zeros, zeros, torch.zeros(len(indices), dtype=torch.bool)
+            full_h, full_w = torch.full_like(zeros, self.height), torch.full_like(zeros, self.width)
+            return indices, CropParams(zeros, zeros, full_h, full_w, torch.zeros(len(indices), dtype=torch.bool))
         generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, _AUGMENT_TAG))
         order = torch.randperm(n, generator=generator)
         total = self.num_samples * ws
@@ -111,21 +132,29 @@ class TensorLoader:
         # Draw for every global position even when unused, so the streams do not depend on pad/flip flags.
         crop_y = torch.randint(0, 2 * self.pad + 1, (total,), generator=generator)
         crop_x = torch.randint(0, 2 * self.pad + 1, (total,), generator=generator)
-        flips = torch.rand(total, generator=generator) < 0.5
-        if not self.flip:
-            flips = torch.zeros_like(flips)
+        flips = torch.rand(total, generator=generator) < (self.plan.hflip if self.flip else 0.0)
+        size = torch.full((total,), self.height, dtype=torch.int64)
+        params = CropParams(crop_y, crop_x, size, size.clone(), flips)
+        if self._resample:  # drawn after the fast path's draws, which stay as they were
+            params = draw_params(generator, total, self.plan, self.height, self.width)
         mine = slice(self.rank, total, ws)
-        return order[mine], crop_y[mine], crop_x[mine], flips[mine]
+        return order[mine], params[mine]
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        indices, crop_y, crop_x, flips = (t.to(self.device) for t in self.epoch_plan(epoch))
+        indices, params = self.epoch_params(epoch)
+        indices, params = indices.to(self.device), params.to(self.device)
         on_cpu = self.device.type == "cpu"
         bs = self.batch_size
+        size = self.size_at(epoch) if self.size_at is not None else None
         for b in range(max(0, int(start)), len(self)):
             part = slice(b * bs, (b + 1) * bs)
             idx = indices[part]
+            p = params[part]
             with _single_threaded(on_cpu):
-                images = self._images(idx, crop_y[part], crop_x[part], flips[part], on_cpu)
+                if self._augmenter is not None:
+                    images = self._augmenter(self._data[idx], p if self.train else None, size)
+                else:
+                    images = self._images(idx, p.y, p.x, p.flip, on_cpu)
             yield images, self._labels[idx]
 
     def _images(

@@ -56,6 +56,17 @@ class SampleSource(Protocol):
     def load(self, index: int) -> tuple[torch.Tensor, int]: ...
 
 
+class EpochTransforms:
+    """Progressive resizing on the DataLoader path: the transform for a sample key's epoch.
+    Picklable (a dict and a SizeSchedule), so worker processes pick by the key's epoch themselves."""
+
+    def __init__(self, by_size: dict[int, Callable[[torch.Tensor], torch.Tensor]], size_at: Callable[[int], int]):
+        self.by_size, self.size_at = by_size, size_at
+
+    def for_epoch(self, epoch: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self.by_size[self.size_at(epoch)]
+
+
 class _TransformedDataset(Dataset):
     """Keys are (epoch, index); random transforms are seeded per key, restoring the caller's RNG after."""
 
@@ -70,8 +81,9 @@ class _TransformedDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = key
         image, label = self.source.load(index)
+        transform = self.transform.for_epoch(epoch) if isinstance(self.transform, EpochTransforms) else self.transform
         if not self.random:
-            return self.transform(image), label
+            return transform(image), label
         # Only the CPU default generator (v2 transforms draw from it): torch.manual_seed would also reseed
         # the accelerators and costs ~0.7 ms. With num_workers=0 this runs in the training process,
         # whose RNG must not move, so the state is restored afterwards.
@@ -79,7 +91,7 @@ class _TransformedDataset(Dataset):
         saved = generator.get_state()
         generator.manual_seed(stream_seed(self.seed, epoch, index, _SAMPLE_TAG))
         try:
-            return self.transform(image), label
+            return transform(image), label
         finally:
             generator.set_state(saved)
 

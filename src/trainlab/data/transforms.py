@@ -5,6 +5,7 @@ Two geometries:
   horizontal flip (the CIFAR standard), val = nothing but normalisation.
 - "folder" (images of any size, decoded from files): train = RandomResizedCrop + flip, val = Resize to
   img_size*256/224 + CenterCrop (the ImageNet standard).
+`aug.crop`/`aug.scale`/`aug.ratio`/`aug.hflip` replace these defaults (an AugPlan, see augment.py).
 `aug.policy` adds RandAugment / TrivialAugmentWide / AutoAugment after the geometry, `aug.random_erasing`
 adds RandomErasing after normalisation. All randomness comes from torch's global generator, which the
 loader seeds per sample (see torch_loader.py), so a transform here never needs its own seed.
@@ -13,10 +14,12 @@ loader seeds per sample (see torch_loader.py), so a transform here never needs i
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torchvision.transforms import v2
 
+from trainlab.data.augment import AugPlan
 from trainlab.errors import ConfigError
 
 POLICIES = ("none", "flip-crop", "randaugment", "trivialaugment", "autoaugment")
@@ -55,21 +58,28 @@ def build_train_transform(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     crop_pad: int = 4,
+    plan: Optional[AugPlan] = None,
 ) -> Transform:
-    """uint8 CHW tensor -> float32 CHW normalised, with random augmentation."""
-    steps: list[v2.Transform] = []
-    if geometry == "small":
-        if policy != "none":
-            if crop_pad > 0:
-                steps.append(v2.RandomCrop(img_size, padding=crop_pad))
-            steps.append(v2.RandomHorizontalFlip())
-    elif geometry == "folder":
-        if policy == "none":  # still needs a fixed size to batch: the val geometry
-            steps += _folder_val_geometry(img_size)
-        else:
-            steps += [v2.RandomResizedCrop(img_size, antialias=True), v2.RandomHorizontalFlip()]
-    else:
+    """uint8 CHW tensor -> float32 CHW normalised, with random augmentation.
+
+    `plan` (data/augment.py) sets crop and flip; without one, the geometry's classic default for `policy`
+    (the behaviour before aug.crop/aug.hflip existed)."""
+    if geometry not in ("small", "folder"):
         raise ValueError(f"unknown geometry {geometry!r}")
+    if plan is None:
+        crop = "none" if policy == "none" else ("pad" if geometry == "small" else "resized")
+        plan = AugPlan(crop, img_size, 0.0 if policy == "none" else 0.5, pad=crop_pad)
+    steps: list[v2.Transform] = []
+    if plan.crop == "resized":
+        steps.append(v2.RandomResizedCrop(plan.size, scale=plan.scale, ratio=plan.ratio, antialias=True))
+    elif geometry == "folder" and plan.crop == "none":  # still needs a fixed size to batch: the val geometry
+        steps += _folder_val_geometry(plan.size)
+    else:  # pad or none, on images that may not have the training size yet (Resize is a no-op if they do)
+        steps += [v2.Resize(plan.size, antialias=True), v2.CenterCrop(plan.size)]
+        if plan.crop == "pad" and plan.pad > 0:
+            steps.append(v2.RandomCrop(plan.size, padding=plan.pad))
+    if plan.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=plan.hflip))
     steps += _policy_transform(policy)
     steps += _finish(mean, std)
     if random_erasing > 0:
@@ -85,5 +95,8 @@ def build_val_transform(
     geometry: str, img_size: int, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> Transform:
     """uint8 CHW tensor -> float32 CHW normalised, deterministic."""
-    steps = _folder_val_geometry(img_size) if geometry == "folder" else []
+    if geometry == "folder":
+        steps = _folder_val_geometry(img_size)
+    else:  # arrays stored at another size than the training size (a no-op when they have it)
+        steps = [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size)]
     return v2.Compose(steps + _finish(mean, std))

@@ -1,0 +1,267 @@
+"""The streaming loader for packed data: large contiguous reads, a quasi-random order, augmentation on the device.
+
+For packed sets that must not be copied whole into host or device memory (`data.loader=stream`, or what
+`data.loader=auto` picks when a set exceeds the memory budget; see memory.py).
+
+Order. The split is cut into blocks of consecutive samples (a few MB each: one read each). An epoch
+visits the blocks in a shuffled order, a window of `window_blocks` blocks at a time, and shuffles the
+samples within each window: each sample exactly once, every read is a block-sized sequential read, and
+the host holds about two windows of blocks at a time. (FFCV's QUASI_RANDOM order has the same shape:
+shuffled pages, then shuffling inside a buffer of them.) Both the order and the augmentation parameters
+are drawn in one shot per epoch from CPU generators seeded by (seed, epoch), so `batches(epoch, k)`
+starts at batch k without reading the skipped ones and the same (seed, epoch) gives the same batches.
+
+Sharding. Under DDP the epoch's order is padded by repeating its head up to a multiple of the world size
+(DistributedSampler's rule, like the other loaders) and rank r takes the r-th contiguous slice of it,
+so ranks read disjoint windows rather than interleaving inside every block. Validation: each rank a
+contiguous range of len(range(r, N, world_size)) samples, no padding.
+
+Pipeline. A background thread reads blocks with pread (no memory map: touched pages of a mapping would
+count against the process's memory), gathers a batch into one of a few reusable (pinned, on CUDA) host
+buffers; the training thread copies it to the device (non_blocking) and augments the whole batch there
+(augment.BatchAugmenter: per-sample resized-crop boxes with one roi_align, pad-crop, flip, normalise).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Optional
+
+import numpy as np
+import torch
+
+from trainlab.data.augment import AugPlan, BatchAugmenter, draw_params
+from trainlab.data.tensor_loader import _single_threaded
+from trainlab.data.torch_loader import stream_seed
+from trainlab.errors import DataError
+
+_ORDER_TAG = 0x53545245  # keeps this loader's streams apart from the other loaders' ones
+_AUGMENT_TAG = 0x53544147
+BLOCK_BYTES = 4 << 20  # one read; large enough for NVMe/page-cache throughput, small against any budget
+WINDOW_BLOCKS = 8  # blocks shuffled together: randomness vs host memory (about 2 windows resident)
+
+
+def quasi_random_order(n: int, block: int, window_blocks: int, generator: torch.Generator) -> torch.Tensor:
+    """A permutation of range(n): shuffled blocks of `block` consecutive indices, shuffled within windows."""
+    n_blocks = math.ceil(n / block)
+    block_order = torch.randperm(n_blocks, generator=generator)
+    parts = []
+    for w in range(0, n_blocks, window_blocks):
+        members = torch.cat(
+            [torch.arange(b * block, min((b + 1) * block, n)) for b in block_order[w : w + window_blocks].tolist()]
+        )
+        parts.append(members[torch.randperm(len(members), generator=generator)])
+    return torch.cat(parts)
+
+
+class _BlockReader:
+    """Contiguous runs of samples from an (N, H, W, C) uint8 .npy file (pread) or an in-memory array."""
+
+    def __init__(self, images: np.ndarray):
+        self.shape = images.shape
+        self.sample_bytes = int(np.prod(images.shape[1:]))
+        filename = getattr(images, "filename", None)
+        self._array = None if filename else images
+        self._path, self._offset = filename, int(getattr(images, "offset", 0))
+        self._fd: Optional[int] = None
+
+    def read(self, first: int, count: int) -> np.ndarray:
+        out = np.empty((count, *self.shape[1:]), dtype=np.uint8)
+        if self._array is not None:
+            out[:] = self._array[first : first + count]
+            return out
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDONLY)
+        view, done = memoryview(out).cast("B"), 0
+        position = self._offset + first * self.sample_bytes
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], position + done)
+            if got <= 0:
+                raise DataError(
+                    f"{self._path} ended early (sample {first + done // self.sample_bytes} of {self.shape[0]}); "
+                    "the packed file is truncated: repack it with `trainlab data pack`"
+                )
+            done += got
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class StreamLoader:
+    """Loader protocol: `batches(epoch, start)` yields (float32 NCHW normalised, int64 labels) on `device`."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        seed: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        plan: AugPlan,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        block_bytes: int = BLOCK_BYTES,
+        window_blocks: int = WINDOW_BLOCKS,
+        prefetch: int = 3,
+        size_at: Optional[Callable[[int], int]] = None,
+    ):
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 NHWC, got {images.dtype} of shape {tuple(images.shape)}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad batch_size {batch_size} or rank {rank} of {world_size}")
+        self.device = torch.device(device)
+        self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.drop_last = bool(drop_last) and self.train
+        self.plan = plan
+        self.size_at = size_at if self.train else None  # progressive resizing: epoch -> size
+        self.dataset_size = len(images)
+        self._reader = _BlockReader(images)
+        self._labels = torch.from_numpy(np.asarray(labels, dtype=np.int64).copy())
+        self.block = max(1, int(block_bytes) // self._reader.sample_bytes)
+        self.window_blocks = max(1, int(window_blocks))
+        self.prefetch = max(1, int(prefetch))
+        self._augmenter = BatchAugmenter(plan, mean, std, self.device, self.train)
+        if self.train:  # DistributedSampler semantics: pad so every rank has the same count
+            self.num_samples = math.ceil(self.dataset_size / self.world_size)
+        else:
+            self.num_samples = len(range(self.rank, self.dataset_size, self.world_size))
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    @property
+    def resident_bytes(self) -> int:
+        """About the most host memory the pipeline holds: two windows of blocks plus the batch buffers."""
+        block = self.block * self._reader.sample_bytes
+        return 2 * self.window_blocks * block + (self.prefetch + 2) * self.batch_size * self._reader.sample_bytes
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        """The dataset indices this rank visits in `epoch`, in order."""
+        return self._epoch(epoch)[0]
+
+    def _epoch(self, epoch: int):
+        n, ws, r = self.dataset_size, self.world_size, self.rank
+        if not self.train:
+            sizes = [len(range(k, n, ws)) for k in range(ws)]
+            first = sum(sizes[:r])
+            return torch.arange(first, first + sizes[r]), None
+        order = quasi_random_order(
+            n, self.block, self.window_blocks, torch.Generator().manual_seed(stream_seed(self.seed, epoch, _ORDER_TAG))
+        )
+        total = self.num_samples * ws
+        while len(order) < total:  # repeat the head, as DistributedSampler does
+            order = torch.cat([order, order[: total - len(order)]])
+        height, width = self._reader.shape[1], self._reader.shape[2]
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, _AUGMENT_TAG))
+        params = draw_params(generator, total, self.plan, height, width)
+        mine = slice(r * self.num_samples, (r + 1) * self.num_samples)
+        return order[mine], params[mine]
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices, params = self._epoch(epoch)
+        size = self.size_at(epoch) if self.size_at is not None else None
+        on_cuda = self.device.type == "cuda"
+        bs = self.batch_size
+        fences: list = []  # CUDA events of copies still reading a host buffer
+        for b, buf in self._host_batches(indices, start, fences):
+            part = slice(b * bs, b * bs + len(buf))
+            x = buf.permute(0, 3, 1, 2).to(self.device, non_blocking=True)
+            labels = self._labels[indices[part]].to(self.device, non_blocking=True)
+            if on_cuda:  # the buffer is reused only once this copy has finished
+                fences.append(torch.cuda.Event())
+                fences[-1].record()
+            with _single_threaded(not on_cuda):
+                out = self._augmenter(x, params[part].to(self.device) if params is not None else None, size)
+            yield out, labels
+
+    def host_batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """The uint8 NHWC host batches of `epoch` in order (each valid until the next is asked for): the
+        host's whole share of the work when the device is a GPU. For benchmarks and checks."""
+        for _, buf in self._host_batches(self._epoch(epoch)[0], start, []):
+            yield buf
+
+    def _host_batches(self, indices: torch.Tensor, start: int, fences: list) -> Iterator[tuple[int, torch.Tensor]]:
+        """(batch index, uint8 NHWC host buffer) from the reader thread; a buffer goes back to the thread
+        when the next one is asked for, after the device copies recorded in `fences` are done."""
+        start, n_batches = max(0, int(start)), len(self)
+        if start >= n_batches:
+            return
+        pin = self.device.type == "cuda"
+        shape = (self.batch_size, *self._reader.shape[1:])
+        free: queue.Queue = queue.Queue()
+        for _ in range(self.prefetch + 2):
+            free.put(torch.empty(shape, dtype=torch.uint8, pin_memory=pin))
+        ready: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        worker = threading.Thread(
+            target=self._produce, args=(indices.numpy(), start, n_batches, free, ready, stop),
+            name="trainlab-stream", daemon=True,
+        )  # fmt: skip
+        worker.start()
+        lent: Optional[torch.Tensor] = None
+        try:
+            for b in range(start, n_batches):
+                item = ready.get()
+                if isinstance(item, BaseException):
+                    raise item
+                buf, count = item
+                if lent is not None:
+                    while fences:
+                        fences.pop(0).synchronize()
+                    free.put(lent)
+                lent = buf
+                yield b, buf[:count]
+        finally:
+            stop.set()
+            worker.join()
+            self._reader.close()
+
+    def _produce(self, indices: np.ndarray, start: int, n_batches: int, free, ready, stop) -> None:
+        """Background thread: read the blocks the next batch needs, gather it into a free host buffer."""
+        try:
+            bs, block = self.batch_size, self.block
+            blocks_of = indices // block
+            last_use: dict[int, int] = {}  # block -> last batch that needs it (to drop it after)
+            for pos, blk in enumerate(blocks_of.tolist()):
+                last_use[blk] = pos // bs
+            cache: dict[int, np.ndarray] = {}
+            for b in range(start, n_batches):
+                idx = indices[b * bs : (b + 1) * bs]
+                blk_ids = blocks_of[b * bs : (b + 1) * bs]
+                for blk in np.unique(blk_ids).tolist():
+                    if blk not in cache:
+                        first = blk * block
+                        cache[blk] = self._reader.read(first, min(block, self.dataset_size - first))
+                buf = None
+                while buf is None:
+                    if stop.is_set():
+                        return
+                    try:
+                        buf = free.get(timeout=0.05)
+                    except queue.Empty:
+                        continue
+                out = buf.numpy()
+                for blk in np.unique(blk_ids).tolist():
+                    rows = np.nonzero(blk_ids == blk)[0]
+                    out[rows] = cache[blk][idx[rows] - blk * block]
+                    if last_use[blk] <= b:
+                        del cache[blk]
+                ready.put((buf, len(idx)))
+        except BaseException as err:  # noqa: BLE001 - handed to the training thread, which raises it
+            ready.put(err if isinstance(err, DataError) else DataError(f"streaming loader: {type(err).__name__}: {err}"))

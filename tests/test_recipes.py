@@ -51,7 +51,7 @@ def test_recipe_features_end_to_end(tmp_path, capsys):
     rows = read_metrics(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["best_weights"] in ("raw", "ema")
-    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["ema"] is not None
     assert float(rows[-1]["val_acc1"]) > 10.0  # above chance
     capsys.readouterr()

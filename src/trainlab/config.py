@@ -119,6 +119,9 @@ class RunConfig:
     name: Optional[str] = None  # default: <model>-<data>
     resume: str = "auto"  # auto | never | PATH
     resume_force: bool = False
+    # Checkpoint files (run.resume, auto-resume, model.pretrained, `trainlab eval`) load weights-only: a file
+    # that needs a full unpickle, which can run code, is refused unless this says the file is trusted.
+    trust_checkpoint: bool = False
     save_top_k: int = 1
     checkpoint_every_steps: int = 0
     checkpoint_every_minutes: float = 0.0

@@ -236,12 +236,13 @@ class Run:
 
     def _resume_state(self, run_dir: Path) -> Optional[dict]:
         resume = str(self.cfg.run.resume)
-        manager = ckpt.CheckpointManager(run_dir / "checkpoints")
+        trusted = self.cfg.run.trust_checkpoint  # cluster: weights-only loads unless the user trusts the file
+        manager = ckpt.CheckpointManager(run_dir / "checkpoints", trusted=trusted)
         if resume not in ("auto", "never"):
             path = Path(resume)
             if not path.is_file():
                 raise ConfigError(f"run.resume={resume}: no such checkpoint file; give a .pt path, auto or never")
-            state = ckpt.load_checked(path)
+            state = ckpt.load_checked(path, trusted=trusted)
             self.console.info(f"resuming from {path}")
             return state
         has_content = run_dir.is_dir() and any(run_dir.iterdir())
@@ -333,6 +334,7 @@ class Run:
         model = models.create(
             cfg.model.name, num_classes, cifar_stem=cfg.model.cifar_stem, norm=cfg.model.norm,
             pretrained=cfg.model.pretrained, freeze_backbone=cfg.model.freeze_backbone,
+            trust_pretrained=cfg.run.trust_checkpoint,  # cluster: weights-only unless trusted
         )  # fmt: skip
         self.params = sum(p.numel() for p in model.parameters())
         channels_last = cfg.train.channels_last

@@ -93,11 +93,13 @@ def create(
     norm: str = "batch",
     pretrained: str | None = None,
     freeze_backbone: bool = False,
+    trust_pretrained: bool = False,
 ) -> nn.Module:
     """Build a model by name. `cifar_stem` is ignored for the CIFAR ResNets (they already are).
 
     norm="none" replaces BatchNorm with Identity; convolutions keep bias=False, as built.
     The pretrained report (what was loaded, which keys got a new init) is kept on `model.pretrained_report`.
+    A pretrained file loads weights-only unless `trust_pretrained` (run.trust_checkpoint) allows a full unpickle.
     """
     key = name.strip().lower()
     if key not in available():
@@ -112,7 +114,7 @@ def create(
     if norm == "none" and _remove_batchnorm(model) == 0:
         log.warning("model.norm=none: %s has no BatchNorm layers; nothing removed", key)
     if pretrained:
-        report = load_pretrained(model, key, pretrained)
+        report = load_pretrained(model, key, pretrained, trusted=trust_pretrained)
         model.pretrained_report = report
         log.info(
             "pretrained %s: %d tensors loaded, new head: %s", pretrained, report["loaded"], report["new_head"]

@@ -493,6 +493,7 @@ class Run:
             "params": getattr(self, "params", None),
             "data": self.cfg.data.name,
             "device": str(self.device),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # cluster: the GPUs it was given
             "precision": getattr(self, "precision", None),
             "world_size": self.ctx.world_size,
             "global_batch": getattr(self, "global_batch", None),

@@ -57,6 +57,9 @@ class ModelConfig:
     pretrained: Optional[str] = None  # a local checkpoint path or a torchvision weights name
     freeze_backbone: bool = False
     sync_bn: bool = False
+    # googlenet / inception_v3: keep the auxiliary classifiers and add their losses (weights 0.3 / 0.4, as in
+    # the papers); false (default, like timm) builds them without. Other models have none: ignored.
+    aux_logits: bool = False
 
 
 @dataclass

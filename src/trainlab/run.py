@@ -335,6 +335,7 @@ class Run:
             cfg.model.name, num_classes, cifar_stem=cfg.model.cifar_stem, norm=cfg.model.norm,
             pretrained=cfg.model.pretrained, freeze_backbone=cfg.model.freeze_backbone,
             trust_pretrained=cfg.run.trust_checkpoint,  # cluster: weights-only unless trusted
+            img_size=cfg.data.img_size, aux_logits=cfg.model.aux_logits,  # cluster: ViT size, aux heads
         )  # fmt: skip
         self.params = sum(p.numel() for p in model.parameters())
         channels_last = cfg.train.channels_last

@@ -1,7 +1,10 @@
 """Model registry: name -> nn.Module, with the CIFAR stem, the norm switch and starting weights.
 
 Every torchvision classification model is available by its torchvision name (random init), plus the
-CIFAR ResNets of He et al. 2016 (resnet8/14/20/32/44/56/110, see cifar_resnet.py).
+CIFAR ResNets of He et al. 2016 (resnet8/14/20/32/44/56/110, see cifar_resnet.py). Every one trains (see
+tests/test_model_registry.py): GoogLeNet and Inception-v3 without their auxiliary heads unless
+model.aux_logits=true (outputs.py), ViTs and MaxViT built for data.img_size, and a size a model cannot take
+refused by name (input_size.py).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from torch import nn
 
 from trainlab.errors import ConfigError
 from trainlab.models.cifar_resnet import CIFAR_RESNET_BLOCKS, cifar_resnet
+from trainlab.models.input_size import guard_first_input, min_img_size
+from trainlab.models.outputs import AUX_MODELS
 from trainlab.models.pretrained import freeze_all_but_head, head_prefixes, load_pretrained
 
-__all__ = ["available", "create", "inspect_model", "register_cli", "head_prefixes", "is_cifar_model"]
+__all__ = ["available", "create", "inspect_model", "register_cli", "head_prefixes", "is_cifar_model", "min_img_size"]
 
 log = logging.getLogger("trainlab.models")
 
@@ -75,12 +80,24 @@ def _remove_batchnorm(module: nn.Module) -> int:
     return count
 
 
-def _build(name: str, num_classes: int) -> nn.Module:
+def _build(name: str, num_classes: int, img_size: int | None = None, aux_logits: bool = False) -> nn.Module:
     if name in CIFAR_RESNET_BLOCKS:
         return cifar_resnet(name, num_classes)
     kwargs: dict = {"weights": None, "num_classes": num_classes}
-    if name in ("inception_v3", "googlenet"):
+    if name in AUX_MODELS:
         kwargs["init_weights"] = True  # silences torchvision's warning about its future default
+        kwargs["aux_logits"] = aux_logits
+    if img_size is not None and name.startswith("vit_"):
+        patch = int(name.rsplit("_", 1)[-1])
+        if img_size % patch:
+            raise ConfigError(f"model.name={name} needs data.img_size divisible by its patch size {patch}, "
+                              f"not {img_size}")
+        kwargs["image_size"] = img_size
+    if img_size is not None and name.startswith("maxvit"):
+        if img_size % 224:
+            raise ConfigError(f"model.name={name} needs data.img_size a multiple of 224 (its 7x7 windows at "
+                              f"every stage), not {img_size}")
+        kwargs["input_size"] = (img_size, img_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torchvision.models.get_model(name, **kwargs)
@@ -94,12 +111,17 @@ def create(
     pretrained: str | None = None,
     freeze_backbone: bool = False,
     trust_pretrained: bool = False,
+    img_size: int | None = None,
+    aux_logits: bool = False,
 ) -> nn.Module:
     """Build a model by name. `cifar_stem` is ignored for the CIFAR ResNets (they already are).
 
     norm="none" replaces BatchNorm with Identity; convolutions keep bias=False, as built.
     The pretrained report (what was loaded, which keys got a new init) is kept on `model.pretrained_report`.
     A pretrained file loads weights-only unless `trust_pretrained` (run.trust_checkpoint) allows a full unpickle.
+    `img_size` (data.img_size) sizes ViTs and MaxViT; the first input is checked against what the model can
+    take either way. `aux_logits` keeps GoogLeNet's / Inception-v3's auxiliary heads (trained with their
+    papers' loss weights, see outputs.py).
     """
     key = name.strip().lower()
     if key not in available():
@@ -108,7 +130,9 @@ def create(
         raise ConfigError(f"model.num_classes={num_classes} must be positive")
     if norm not in ("batch", "none"):
         raise ConfigError(f"model.norm={norm!r} is not valid; choose batch or none")
-    model = _build(key, num_classes)
+    if aux_logits and key not in AUX_MODELS:
+        log.info("model.aux_logits=true: %s has no auxiliary heads; ignored", key)
+    model = _build(key, num_classes, img_size, aux_logits and key in AUX_MODELS)
     if cifar_stem and key not in CIFAR_RESNET_BLOCKS:
         _apply_cifar_stem(model, key)
     if norm == "none" and _remove_batchnorm(model) == 0:
@@ -121,6 +145,10 @@ def create(
         )
     if freeze_backbone:
         freeze_all_but_head(model)
+    built_for = img_size if key.startswith(("vit_", "maxvit")) and img_size is not None else None
+    if built_for is None and key.startswith(("vit_", "maxvit")):
+        built_for = 224  # torchvision's default size for them
+    guard_first_input(model, key, built_for, cifar_stem, aux_logits and key in AUX_MODELS)
     return model
 
 

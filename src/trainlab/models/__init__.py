@@ -19,11 +19,12 @@ from torch import nn
 
 from trainlab.errors import ConfigError
 from trainlab.models.cifar_resnet import CIFAR_RESNET_BLOCKS, cifar_resnet
-from trainlab.models.input_size import guard_first_input, min_img_size
+from trainlab.models.input_size import guard_first_input, min_img_size, size_step
 from trainlab.models.outputs import AUX_MODELS
 from trainlab.models.pretrained import freeze_all_but_head, head_prefixes, load_pretrained
 
-__all__ = ["available", "create", "inspect_model", "register_cli", "head_prefixes", "is_cifar_model", "min_img_size"]
+__all__ = ["available", "create", "inspect_model", "register_cli", "head_prefixes", "is_cifar_model", "min_img_size",
+           "size_step"]
 
 log = logging.getLogger("trainlab.models")
 
@@ -88,7 +89,7 @@ def _build(name: str, num_classes: int, img_size: int | None = None, aux_logits:
         kwargs["init_weights"] = True  # silences torchvision's warning about its future default
         kwargs["aux_logits"] = aux_logits
     if img_size is not None and name.startswith("vit_"):
-        patch = int(name.rsplit("_", 1)[-1])
+        patch = size_step(name)
         if img_size % patch:
             raise ConfigError(f"model.name={name} needs data.img_size divisible by its patch size {patch}, "
                               f"not {img_size}")

@@ -40,6 +40,13 @@ def min_img_size(name: str, cifar_stem: bool = False, aux_logits: bool = False) 
     return MIN_SIZE[max(matches, key=len)] if matches else 1
 
 
+def size_step(name: str) -> int:
+    """data.img_size must be a multiple of this: a ViT's patch size, 224 for MaxViT, else 1."""
+    if name.startswith("vit_"):
+        return int(name.rsplit("_", 1)[-1])
+    return 224 if name.startswith("maxvit") else 1
+
+
 def size_problem(name: str, height: int, width: int, built_for: Optional[int], cifar_stem: bool = False,
                  aux_logits: bool = False) -> Optional[str]:
     """Why `name` cannot take an input of height x width, or None when it can."""

@@ -39,7 +39,7 @@ def test_round_trip_and_plain_torch_load(tmp_path):
     assert torch.equal(loaded["model"]["fc.weight"], state["model"]["fc.weight"])
     assert loaded["global_step"] == 10 and loaded["config"] == state["config"]
     # Users can still open a checkpoint with torch alone.
-    plain = torch.load(path, weights_only=False)
+    plain = torch.load(path, weights_only=True)
     assert torch.equal(plain["model"]["fc.weight"], state["model"]["fc.weight"])
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
 

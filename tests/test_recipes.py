@@ -29,6 +29,79 @@ def test_all_seed_recipes_are_present():
     assert expected <= set(RECIPES)
 
 
+def _groups(state: dict) -> list[dict]:
+    return state["optimizer"]["param_groups"]
+
+
+def _sgd(momentum: float, weight_decay: float, nesterov: bool, no_decay_norm_bias: bool):
+    def check(state: dict, summary: dict, rows: list[dict]) -> None:
+        groups = _groups(state)
+        assert all(g["momentum"] == momentum and g["nesterov"] is nesterov for g in groups)
+        assert sorted({g["weight_decay"] for g in groups}) == ([0.0, weight_decay] if no_decay_norm_bias
+                                                                else [weight_decay])
+        assert all("momentum_buffer" in s for s in state["optimizer"]["state"].values())
+    return check
+
+
+def _final_lr(expected: float):
+    """The LR after the run's last step: each schedule ends its (here 1-epoch) curve differently."""
+    def check(state: dict, summary: dict, rows: list[dict]) -> None:
+        lrs = [g["lr"] for g in _groups(state)]  # exact (metrics.csv rounds to 6 decimals)
+        assert lrs == pytest.approx([expected] * len(lrs), rel=1e-6, abs=1e-12), lrs
+    return check
+
+
+def _model(key: str, shape: tuple[int, ...]):
+    def check(state: dict, summary: dict, rows: list[dict]) -> None:
+        assert tuple(state["model"][key].shape) == shape, (key, tuple(state["model"][key].shape))
+    return check
+
+
+def _ema(state: dict, summary: dict, rows: list[dict]) -> None:
+    assert state["ema"] is not None and rows[-1]["ema_val_acc1"] != ""
+
+
+def _accumulates_two(state: dict, summary: dict, rows: list[dict]) -> None:
+    assert state["batches_seen"] == 2 and state["global_step"] == 1  # 2 micro-batches, 1 optimizer step
+
+
+def _precision(name: str):
+    def check(state: dict, summary: dict, rows: list[dict]) -> None:
+        assert summary["precision"] == name and summary["device"] == "cpu"
+    return check
+
+
+def _adamw(weight_decay: float):
+    def check(state: dict, summary: dict, rows: list[dict]) -> None:
+        assert {g["weight_decay"] for g in _groups(state)} == {0.0, weight_decay}
+        assert all("exp_avg_sq" in s for s in state["optimizer"]["state"].values())
+    return check
+
+
+# What sets each recipe apart, checked in what its short run left behind (checkpoint, summary, metrics).
+# 1 epoch of 2 batches: cosine ends at min_lr 0, onecycle at lr / (div_factor * final_div_factor), step and
+# multistep keep the base LR (their first decay is epochs away).
+RECIPE_FEATURES = {
+    "base.yaml": [_model("fc.weight", (10, 2048)), _sgd(0.9, 1e-4, False, False), _final_lr(0.0)],
+    "cifar10_densenet121_224.yaml": [_model("features.denseblock4.denselayer16.conv2.weight", (32, 128, 3, 3)),
+                                     _sgd(0.9, 1e-4, False, False), _final_lr(0.1)],
+    "cifar10_resnet18.yaml": [_model("conv1.weight", (64, 3, 3, 3)), _sgd(0.9, 5e-4, False, False),
+                              _final_lr(0.0)],
+    "cifar10_resnet18_fast.yaml": [_model("conv1.weight", (64, 3, 3, 3)), _sgd(0.9, 5e-4, True, True), _ema,
+                                   _final_lr(0.4 / (25 * 1e4))],
+    "imagenet_resnet50.yaml": [_model("fc.weight", (10, 2048)), _sgd(0.9, 1e-4, True, True), _accumulates_two,
+                               _precision("bf16"), _final_lr(0.1 / (25 * 1e4))],
+    "imagenet_resnet50_finetune.yaml": [_adamw(0.05), _ema, _accumulates_two, _precision("bf16")],
+    "imagenet_subset_resnet152.yaml": [_model("layer3.35.conv3.weight", (1024, 256, 1, 1)),
+                                       _sgd(0.9, 1e-4, False, False), _final_lr(0.1)],
+    "tiny.yaml": [_model("fc.weight", (10, 2048)), _precision("32"), _final_lr(0.0)],  # (num_classes: shapes')
+}
+
+
+def test_every_recipe_has_its_features_listed():
+    assert sorted(RECIPE_FEATURES) == RECIPES
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_builds_and_trains_a_step(tmp_path, recipe, capsys):
     code = main(["train", str(REPO / "configs" / recipe), *SMALL, f"run.dir={tmp_path / 'run'}"])
@@ -36,7 +109,10 @@ def test_recipe_builds_and_trains_a_step(tmp_path, recipe, capsys):
     assert code == 0, out.err[-2000:]
     rows = read_metrics(tmp_path / "run")
     assert len(rows) == 1 and float(rows[0]["train_loss"]) > 0
-    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for check in RECIPE_FEATURES[recipe]:
+        check(state, summary, rows)
 
 
 def test_recipe_features_end_to_end(tmp_path, capsys):
@@ -51,13 +127,20 @@ def test_recipe_features_end_to_end(tmp_path, capsys):
     rows = read_metrics(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["best_weights"] in ("raw", "ema")
-    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["ema"] is not None
     assert float(rows[-1]["val_acc1"]) > 10.0  # above chance
     capsys.readouterr()
+    # eval of last.pt reproduces the run's own last validation (same raw weights, same val split) ...
+    assert main(["eval", str(run_dir / "checkpoints" / "last.pt"), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["val_acc1"] == pytest.approx(float(rows[-1]["val_acc1"]), abs=1e-3)
+    assert plain["val_loss"] == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-4)
+    # ... and flip TTA changes what is measured (mirrored images average in), and still scores above chance
     assert main(["eval", str(run_dir / "checkpoints" / "last.pt"), "eval.tta=flip", "--json"]) == 0
     tta = json.loads(capsys.readouterr().out)
-    assert tta["tta"] == "flip" and 0 <= tta["val_acc1"] <= 100
+    assert tta["tta"] == "flip" and tta["val_loss"] != pytest.approx(plain["val_loss"], rel=1e-6)
+    assert tta["val_acc1"] > 10.0 and tta["val_samples"] == plain["val_samples"]
     assert main(["eval", str(run_dir / "checkpoints" / "last.pt"), "--ema", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["weights"] == "ema"
 

@@ -37,7 +37,7 @@ def run(run_dir: Path, *extra: str, drill: str | None = None, timeout: float = 2
 
 
 def weights(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def assert_bitwise_equal(a: Path, b: Path) -> None:

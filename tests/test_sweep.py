@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from trainlab.cli import main
 from trainlab.errors import UsageError
-from trainlab.sweep import parse_grid, run_names, split_items, split_values
+from trainlab.sweep import GpuPool, parse_grid, run_names, split_items, split_values, visible_gpus
 
 # as small as a real run gets: 4 steps per epoch, 2 epochs (so first vs later epochs exist)
 TINY = [
@@ -67,10 +68,43 @@ def test_config_caught_by_grid_is_found(tmp_path):
     assert found == str(config) and grid == {"optim.lr": ["1", "2"]} and overrides == ["data.img_size=16"]
 
 
+def test_gpu_list_and_pool_sharing():
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2, 0,-1,3"}) == ["2", "0"]  # CUDA stops at an invalid entry
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8f2a,MIG-1c"}) == ["GPU-8f2a", "MIG-1c"]
+    pool = GpuPool(["0", "1", "2"])
+    first, second = pool.take(1), pool.take(2)
+    assert first == ["0"] and second == ["1", "2"]
+    pool.give_back(first)
+    assert pool.take(1) == ["0"]  # the free one, not the next in turn
+    assert pool.take(1) == ["0"]  # more runs than GPUs: all busy once, the first listed is shared
+    assert pool.busy == {"0": 2, "1": 1, "2": 1}
+
+
 # ---------------------------------------------------------------- real sweeps
 
 
-def test_sweep_table_matches_each_runs_metrics_and_rerun_skips(tmp_path, capsys):
+def _gpus_by_run(out: str) -> dict[str, str]:
+    """Replays the sweep's start/finish lines in printed order: each run's GPU, checking that no two runs
+    that were running at the same time shared one."""
+    running: dict[str, str] = {}
+    assigned: dict[str, str] = {}
+    for name, what, gpu in re.findall(r"\] (\S+): (started on GPU (\S+?),|started|finished)", out):
+        if what == "started":
+            raise AssertionError(f"{name} started without a GPU: {out}")
+        if what == "finished":
+            running.pop(name, None)
+            continue
+        assert gpu not in running.values(), f"{name} got GPU {gpu} while it ran {running}"
+        running[name] = assigned[name] = gpu
+    return assigned
+
+
+def test_sweep_table_matches_each_runs_metrics_and_rerun_skips(tmp_path, capsys, monkeypatch):
+    # Two GPUs, as a user's CUDA_VISIBLE_DEVICES names them: the sweep must hand them out, each concurrent run
+    # its own, through the child's CUDA_VISIBLE_DEVICES (recorded by the run in summary.json). On this CPU
+    # machine the children train on the CPU all the same.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     sweep = tmp_path / "sweep"
     argv = ["sweep", *TINY, "--grid", "optim.lr=0.05,0.1", "--grid", "optim.name=sgd,adam",
             "--dir", str(sweep), "--parallel", "2"]  # fmt: skip
@@ -101,6 +135,10 @@ def test_sweep_table_matches_each_runs_metrics_and_rerun_skips(tmp_path, capsys)
         assert row["run"] in out  # the printed table
     md = (sweep / "sweep.md").read_text()
     assert all(f"| {name} |" in md for name in names) and "optim.lr=0.05,0.1" in md
+    gpus = _gpus_by_run(out)
+    assert sorted(gpus) == sorted(names) and set(gpus.values()) == {"3", "5"}
+    for name, gpu in gpus.items():
+        assert json.loads((sweep / name / "summary.json").read_text())["cuda_visible_devices"] == gpu
 
     # the same command again: everything is finished, nothing is trained
     stamps = {name: (sweep / name / "metrics.csv").stat().st_mtime_ns for name in names}
@@ -114,13 +152,17 @@ def test_sweep_table_matches_each_runs_metrics_and_rerun_skips(tmp_path, capsys)
     assert "Comparison" in (sweep / "report.html").read_text()
 
 
-def test_sweep_with_a_failing_run_completes_and_marks_it(tmp_path, capsys):
+def test_sweep_with_a_failing_run_completes_and_marks_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     sweep = tmp_path / "sweep"
-    argv = ["sweep", *TINY, "train.epochs=1", "--grid", "model.name=resnet8,nosuchmodel", "--dir", str(sweep),
-            "--parallel", "2"]  # fmt: skip
+    argv = ["sweep", *TINY, "train.epochs=1", "train.device=cpu", "--grid", "model.name=resnet8,nosuchmodel",
+            "--dir", str(sweep), "--parallel", "2"]  # fmt: skip
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "1 of 2 runs failed: name=nosuchmodel" in out
+    # train.device set by the user is theirs: no GPU handed out, the child's environment left as it was
+    assert "name=resnet8: started on train.device=cpu (as set)" in out
+    assert json.loads((sweep / "name=resnet8" / "summary.json").read_text())["cuda_visible_devices"] == "3,5"
     rows = {row["run"]: row for row in _csv(sweep / "sweep.csv")}
     assert rows["name=resnet8"]["status"] == "finished" and rows["name=resnet8"]["final_val_acc1"] != ""
     assert rows["name=nosuchmodel"]["status"] == "failed"

@@ -109,7 +109,8 @@ def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], s
     model = models.create(
         cfg.model.name, num_classes, cifar_stem=cfg.model.cifar_stem, norm=cfg.model.norm,
         pretrained=cfg.model.pretrained, freeze_backbone=cfg.model.freeze_backbone, drop_rate=cfg.model.drop_rate,
-        drop_path_rate=cfg.model.drop_path_rate,
+        drop_path_rate=cfg.model.drop_path_rate, trust_pretrained=cfg.run.trust_checkpoint,
+        img_size=final_img_size(cfg.data.img_size), aux_logits=cfg.model.aux_logits,
     )  # fmt: skip
     params = sum(p.numel() for p in model.parameters())
     channels_last = channels_last_default(cfg, model, device)

@@ -3,8 +3,12 @@
 File format: a checkpoint is exactly what ``torch.save(state)`` writes (a zip archive), with one
 addition -- the zip's end-of-archive comment holds ``trainlab-ckpt v1 sha256=<hex>``, the sha256 of
 the bytes torch.save produced. Zip readers ignore the comment, so ``torch.load(path,
-weights_only=False)`` still opens a trainlab checkpoint directly; ``load_checked`` additionally
+weights_only=True)`` still opens a trainlab checkpoint directly; ``load_checked`` additionally
 verifies the checksum, which catches truncation (a half-copied file, a full disk) and bit rot.
+
+Loading never runs code from the file: the state holds only tensors and plain Python values (the RNG
+states included, see capture_rng), so ``weights_only=True`` reads it. A file that needs a full unpickle
+is refused with UnsafeCheckpointError unless the caller passes ``trusted=True`` (run.trust_checkpoint).
 
 Writes go to ``.<name>.tmp-<pid>`` in the same directory, are fsynced, then renamed over the target
 (``os.replace`` is atomic on POSIX), and the directory is fsynced so the rename survives power loss.
@@ -17,6 +21,7 @@ import contextlib
 import hashlib
 import math
 import os
+import pickle
 import random
 import re
 import signal
@@ -43,6 +48,13 @@ class CheckpointError(TrainlabError):
     """A checkpoint is truncated, corrupt or unreadable (exit 2). The message names the file."""
 
     exit_code = 2
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file holds Python objects that only a full unpickle (which can run code) would read (exit 2)."""
+
+
+TRUST_HINT = "run.trust_checkpoint=true"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,14 +225,15 @@ def has_trailer(path: str | Path) -> bool:
         return False
 
 
-def load_checked(path: str | Path, map_location: Any = "cpu", require_checksum: bool = False) -> dict:
+def load_checked(
+    path: str | Path, map_location: Any = "cpu", require_checksum: bool = False, trusted: bool = False
+) -> dict:
     """Load a checkpoint after verifying its checksum.
 
     A trainlab checkpoint is always verified. A plain ``torch.save`` file (no trailer, e.g. one a user
     made by hand) is accepted unless ``require_checksum=True`` and is only checked by torch.load
-    parsing it. The load uses
-    ``weights_only=False`` because the state holds optimizer/scheduler/config objects: as with
-    torch.load, load only checkpoints you trust.
+    parsing it. The load is ``weights_only``; ``trusted=True`` allows a full unpickle of a file that
+    needs one (see safe_torch_load).
     """
     path = Path(path)
     if not path.is_file():
@@ -228,7 +241,9 @@ def load_checked(path: str | Path, map_location: Any = "cpu", require_checksum: 
     if require_checksum or has_trailer(path):
         verify(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = safe_torch_load(path, map_location, trusted)
+    except UnsafeCheckpointError:
+        raise
     except Exception as exc:  # zip/pickle errors: the file is not a readable checkpoint
         raise _corrupt(path, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if not isinstance(state, dict):
@@ -236,15 +251,130 @@ def load_checked(path: str | Path, map_location: Any = "cpu", require_checksum: 
     return state
 
 
+def safe_torch_load(path: str | Path, map_location: Any = "cpu", trusted: bool = False,
+                    flag: str = TRUST_HINT) -> Any:
+    """torch.load that never runs code from the file unless ``trusted``.
+
+    weights_only=True reads tensors and plain Python values. Checkpoints written by trainlab before
+    the RNG states became tensors hold numpy's state as an ndarray: those few numpy globals are read
+    by harmless stand-ins (_legacy_numpy_globals), never by numpy's own unpickling. Anything else
+    raises UnsafeCheckpointError naming the objects and ``flag``, the setting that allows a full
+    unpickle for a file the user trusts.
+    """
+    try:
+        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        return _from_legacy_numpy(obj)
+    except pickle.UnpicklingError as exc:
+        # torch says "Weights only load failed" when the pickle names a global it will not call; any
+        # other UnpicklingError is a damaged file and goes up as it is
+        if not (isinstance(exc, _NeedsFullUnpickle) or "weights only load failed" in str(exc).lower()):
+            raise
+        if trusted:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # the scan reads the pickle's opcodes only; a damaged file may defeat it
+            names = []
+        names = sorted(n for n in names if n not in dict(_LEGACY_NUMPY_NAMES))
+        what = f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
+        raise UnsafeCheckpointError(
+            f"{path} holds Python objects{what} that only a full unpickle can read, which can run code "
+            f"from the file; if you trust where it came from, set {flag}"
+        ) from None
+
+
+class _NeedsFullUnpickle(pickle.UnpicklingError):
+    pass
+
+
+# numpy's pickle of an ndarray: _reconstruct(ndarray, (0,), b'b') then __setstate__((1, shape, dtype,
+# fortran, raw bytes)), the dtype being dtype('u4', False, True) then __setstate__((3, '<', ...)).
+class _LegacyNdarrayType:
+    """Stands in for the class numpy.ndarray passed to _reconstruct."""
+
+
+class _LegacyArray:
+    """Stands in for numpy's _reconstruct: keeps the array's state, converted after the load."""
+
+    def __init__(self, *args: Any) -> None:
+        self.state: tuple = ()
+
+    def __setstate__(self, state: tuple) -> None:
+        self.state = state
+
+    def to_numpy(self) -> np.ndarray:
+        _, shape, dtype, _fortran, raw = self.state
+        if not isinstance(dtype, _LegacyDtype) or not isinstance(raw, bytes) or dtype.kind not in "biuf":
+            raise _NeedsFullUnpickle("a numpy array of a non-numeric dtype")
+        return np.frombuffer(raw, dtype=dtype.to_numpy()).reshape(shape).copy()
+
+
+class _LegacyDtype:
+    """Stands in for numpy.dtype: a type code and a byte order, nothing else."""
+
+    def __init__(self, code: Any = "", *args: Any) -> None:
+        self.code = str(code)
+        self.order = "|"
+
+    def __setstate__(self, state: tuple) -> None:
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in "<>|=":
+            self.order = state[1]
+
+    @property
+    def kind(self) -> str:
+        try:
+            return np.dtype(self.code).kind if self.code.isalnum() else "?"
+        except TypeError:
+            return "?"
+
+    def to_numpy(self) -> np.dtype:
+        return np.dtype(self.code).newbyteorder(self.order if self.order in "<>" else "=")
+
+
+_LEGACY_NUMPY_NAMES = (
+    ("numpy._core.multiarray._reconstruct", _LegacyArray),
+    ("numpy.core.multiarray._reconstruct", _LegacyArray),  # numpy 1.x
+    ("numpy.ndarray", _LegacyNdarrayType),
+    ("numpy.dtype", _LegacyDtype),
+)
+
+
+def _legacy_numpy_globals() -> list:
+    return [(cls, name) for name, cls in _LEGACY_NUMPY_NAMES]
+
+
+def _from_legacy_numpy(obj: Any) -> Any:
+    if isinstance(obj, _LegacyArray):
+        return obj.to_numpy()
+    if isinstance(obj, dict):
+        return {k: _from_legacy_numpy(v) for k, v in obj.items()} if _holds_legacy(obj) else obj
+    if isinstance(obj, (list, tuple)) and _holds_legacy(obj):
+        return type(obj)(_from_legacy_numpy(v) for v in obj)
+    return obj
+
+
+def _holds_legacy(obj: Any) -> bool:
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    return any(isinstance(v, _LegacyArray) or (isinstance(v, (dict, list, tuple)) and _holds_legacy(v))
+               for v in values)
+
+
 # ---------------------------------------------------------------------------------------------
 # RNG state
 
 
 def capture_rng() -> dict:
-    """The state of every RNG the math depends on: python, numpy global, torch CPU and all CUDA devices."""
+    """The state of every RNG the math depends on: python, numpy global, torch CPU and all CUDA devices.
+
+    Only tensors and plain Python values, so that a weights-only load reads it back: numpy's
+    (name, uint32 key array, pos, has_gauss, cached_gaussian) keeps its key as an int64 tensor.
+    """
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (str(name), torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss),
+                  float(cached_gaussian)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -254,9 +384,12 @@ def capture_rng() -> dict:
 
 
 def restore_rng(state: dict) -> None:
-    """Restore what capture_rng returned. CUDA states are restored only when the device count matches."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what capture_rng returned (or an older checkpoint's ndarray form). CUDA states are restored
+    only when the device count matches."""
+    random.setstate(_as_python_state(state["python"]))
+    name, key, *rest = state["numpy"]
+    key = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
+    np.random.set_state((name, key.astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"].cpu() if isinstance(state["torch"], torch.Tensor) else state["torch"])
     cuda_states = state.get("cuda")
     if cuda_states and torch.cuda.is_available():
@@ -268,6 +401,12 @@ def restore_rng(state: dict) -> None:
                 f"{torch.cuda.device_count()} are visible; CUDA RNG not restored",
                 stacklevel=2,
             )
+
+
+def _as_python_state(state: Any) -> tuple:
+    # random.setstate wants (version, tuple of ints, gauss_next); a list would be refused
+    version, internal, gauss_next = state
+    return (version, tuple(internal), gauss_next)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +431,7 @@ class CheckpointManager:
         keep_periodic: int = 2,
         metric: str = "val_acc1",
         mode: str = "max",
+        trusted: bool = False,
     ) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
@@ -300,6 +440,7 @@ class CheckpointManager:
         self.keep_periodic = keep_periodic
         self.metric = metric
         self.mode = mode
+        self.trusted = trusted  # run.trust_checkpoint: allow a full unpickle of these files
         self.skipped: list[tuple[Path, str]] = []
         self._best_re = re.compile(rf"^epoch=(\d+)-{re.escape(metric)}=(.+)\.pt$")
         self._best: list[tuple[float, int, Path]] = []
@@ -400,7 +541,9 @@ class CheckpointManager:
 
         def try_load(path: Path) -> dict | None:
             try:
-                return load_checked(path, require_checksum=True)
+                return load_checked(path, require_checksum=True, trusted=self.trusted)
+            except UnsafeCheckpointError:
+                raise  # not damage: passing it over would quietly start from an older state
             except CheckpointError as exc:
                 self.skipped.append((path, str(exc)))
                 return None
@@ -502,9 +645,11 @@ __all__ = [
     "CheckpointError",
     "CheckpointManager",
     "PreemptionGuard",
+    "UnsafeCheckpointError",
     "capture_rng",
     "load_checked",
     "restore_rng",
+    "safe_torch_load",
     "save_atomic",
     "verify",
 ]

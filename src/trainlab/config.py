@@ -76,6 +76,9 @@ class ModelConfig:
     # Dropout before the classifier: CIFAR ResNets (null: none) and timm/ models (null: timm's default).
     drop_rate: Optional[float] = None
     drop_path_rate: Optional[float] = None  # timm/ models: stochastic depth (null: timm's default)
+    # googlenet / inception_v3: keep the auxiliary classifiers and add their losses (weights 0.3 / 0.4, as in
+    # the papers); false (default, like timm) builds them without. Other models have none: ignored.
+    aux_logits: bool = False
 
 
 @dataclass
@@ -141,6 +144,9 @@ class RunConfig:
     name: Optional[str] = None  # default: <model>-<data>
     resume: str = "auto"  # auto | never | PATH
     resume_force: bool = False
+    # Checkpoint files (run.resume, auto-resume, model.pretrained, `trainlab eval`) load weights-only: a file
+    # that needs a full unpickle, which can run code, is refused unless this says the file is trusted.
+    trust_checkpoint: bool = False
     save_top_k: int = 1
     checkpoint_every_steps: int = 0
     checkpoint_every_minutes: float = 0.0

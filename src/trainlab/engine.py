@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainlab.distributed import DistContext, all_reduce_sum, find_ddp, maybe_no_sync
+from trainlab.models.outputs import training_loss
 
 # Called at every optimizer-step boundary with (epoch, batches done in this epoch); True stops the epoch there.
 BoundaryHook = Callable[[int, int], bool]
@@ -182,8 +183,8 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()
         # DDP all-reduces gradients only on the micro-batch that ends an accumulation window.
         with maybe_no_sync(self.model, not boundary), autocast(self.device, self.precision):
-            logits = self.model(images)
-            loss = self.loss_fn(logits, targets)
+            # cluster: models with auxiliary heads return (logits, aux...) in train mode; see models/outputs.py
+            logits, loss = training_loss(self.model(images), targets, self.loss_fn)
 
         bad, sync_wait = False, None
         if self.on_nonfinite in ("skip", "stop"):

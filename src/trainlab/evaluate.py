@@ -22,7 +22,7 @@ def evaluate_checkpoint(path: str, overrides: Sequence[str] = (), use_ema: bool 
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"checkpoint not found: {file}; give the path of a .pt file in a run's checkpoints/")
-    state = ckpt.load_checked(file)
+    state = ckpt.load_checked(file, trusted=_trusted(overrides))
     if "config" not in state or "model" not in state:
         raise ConfigError(f"{file} is not a trainlab checkpoint (no 'config'/'model'); train with trainlab first")
     cfg = config_mod.from_dict(state["config"])
@@ -36,7 +36,8 @@ def evaluate_checkpoint(path: str, overrides: Sequence[str] = (), use_ema: bool 
     num_classes = state.get("num_classes") or cfg.model.num_classes or data.num_classes
     if data.num_classes > num_classes:
         raise DataError(f"the val split has {data.num_classes} classes but the model was trained for {num_classes}")
-    model = models.create(cfg.model.name, num_classes, cifar_stem=cfg.model.cifar_stem, norm=cfg.model.norm)
+    model = models.create(cfg.model.name, num_classes, cifar_stem=cfg.model.cifar_stem, norm=cfg.model.norm,
+                          img_size=cfg.data.img_size, aux_logits=cfg.model.aux_logits)
     weights = "raw"
     if use_ema:
         if not state.get("ema"):
@@ -50,6 +51,14 @@ def evaluate_checkpoint(path: str, overrides: Sequence[str] = (), use_ema: bool 
     result = evaluate(model, data.val, ctx.device, precision, tta=cfg.eval.tta)
     distributed.cleanup(ctx)
     return {"checkpoint": str(file), "weights": weights, "tta": cfg.eval.tta, **result}
+
+
+def _trusted(overrides: Sequence[str]) -> bool:
+    """run.trust_checkpoint among the overrides: needed before the checkpoint (and its config) is read."""
+    values = [item.split("=", 1)[1] for item in overrides if item.split("=", 1)[0].strip() == "run.trust_checkpoint"]
+    if not values:
+        return False
+    return bool(config_mod.load_config(None, [f"run.trust_checkpoint={values[-1]}"]).run.trust_checkpoint)
 
 
 def _ema_weights(ema_state: dict) -> dict:

@@ -101,12 +101,13 @@ def choose_run_dir(cfg: Any, say) -> Path:
 def load_resume_state(cfg: Any, run_dir: Path, say, warn) -> Optional[dict]:
     """The checkpoint this run continues from (verified), or None to start from scratch."""
     resume = str(cfg.run.resume)
-    manager = ckpt.CheckpointManager(run_dir / "checkpoints")
+    trusted = bool(cfg.run.trust_checkpoint)  # weights-only loads unless the user trusts the file
+    manager = ckpt.CheckpointManager(run_dir / "checkpoints", trusted=trusted)
     if resume not in ("auto", "never"):
         path = Path(resume)
         if not path.is_file():
             raise ConfigError(f"run.resume={resume}: no such checkpoint file; give a .pt path, auto or never")
-        state = ckpt.load_checked(path)
+        state = ckpt.load_checked(path, trusted=trusted)
         say(f"resuming from {path}")
         return state
     has_content = run_dir.is_dir() and any(run_dir.iterdir())

@@ -7,6 +7,7 @@ top to bottom: execute() -> _loop() -> per epoch: train, validate, log, save.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -203,6 +204,7 @@ class Run:
             "params": getattr(self, "params", None),
             "data": self.cfg.data.name,
             "device": str(self.device),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # which GPUs a sweep gave this run
             "precision": getattr(self, "precision", None),
             "world_size": self.ctx.world_size,
             "global_batch": getattr(self, "global_batch", None),

@@ -7,6 +7,12 @@ Each run lives in SWEEP_DIR/<name>, the name made of its varied values (`name=ad
 (same --dir) skips finished runs and re-launches the others, which resume from their checkpoints.
 SWEEP_DIR/sweep.json records the plan, so `trainlab report SWEEP_DIR` and a plain re-run know it.
 At the end the comparison table is printed and written to sweep.md and sweep.csv.
+
+GPUs: each run is handed its own GPU(s) through the child's CUDA_VISIBLE_DEVICES -- the least busy of
+the visible ones (the user's CUDA_VISIBLE_DEVICES list, else every GPU torch sees), train.nproc of them
+for a multi-process run, returned when the run ends -- so `--parallel N` on N GPUs puts one run on each.
+More runs than GPUs share the least busy. A run whose train.device names a device (cuda:N, cpu, mps)
+keeps the user's choice and environment. The start line says which.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from trainlab.errors import UsageError
+from trainlab.errors import TrainlabError, UsageError
 from trainlab.report import compare
 from trainlab.report.read import ERROR_FILE, SWEEP_FILE, load_sweep, read_json, read_sweep
 from trainlab.report.text import format_table
@@ -225,6 +231,60 @@ def _run_one(
     return Outcome(planned.name, status, proc.returncode, seconds, last.strip())
 
 
+# ------------------------------------------------------------------ devices
+
+
+def visible_gpus(environ: Optional[dict[str, str]] = None) -> list[str]:
+    """The GPUs a sweep may hand out, as CUDA_VISIBLE_DEVICES entries: the user's own list when set (indices,
+    UUIDs or MIG names, kept as written), else one index per GPU torch counts."""
+    environ = os.environ if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        entries = []
+        for entry in environ["CUDA_VISIBLE_DEVICES"].split(","):
+            entry = entry.strip()
+            if not entry or entry.startswith("-"):  # CUDA stops at the first invalid entry
+                break
+            entries.append(entry)
+        return entries
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+class GpuPool:
+    """Hands each run the least busy GPUs (ties: the first listed) and takes them back when it ends."""
+
+    def __init__(self, gpus: list[str]) -> None:
+        self.busy = {gpu: 0 for gpu in gpus}
+
+    def take(self, count: int) -> list[str]:
+        chosen = sorted(self.busy, key=lambda gpu: self.busy[gpu])[: max(count, 0)]  # sorted() is stable
+        for gpu in chosen:
+            self.busy[gpu] += 1
+        return chosen
+
+    def give_back(self, gpus: list[str]) -> None:
+        for gpu in gpus:
+            self.busy[gpu] -= 1
+
+
+def gpus_wanted(config: Optional[str], overrides: list[str], planned: PlannedRun) -> tuple[int, str]:
+    """How many GPUs the run needs from the pool (train.nproc), or 0 and why when the user's train.device
+    names a device (theirs to keep) or the config does not load (the run will say so itself)."""
+    from trainlab.config import load_config
+
+    try:
+        cfg = load_config(config, [*overrides, *planned.overrides()])
+    except TrainlabError:
+        return 0, ""
+    device = str(cfg.train.device).strip().lower()
+    if device not in ("auto", "cuda"):
+        return 0, f"train.device={cfg.train.device} (as set)"
+    return max(1, int(cfg.train.nproc)), ""
+
+
 def _child_env(parallel: int) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if parallel > 1 and "OMP_NUM_THREADS" not in env:
@@ -276,8 +336,11 @@ def run_sweep(
     sweep_dir: str | Path,
     parallel: int = 1,
     echo: Callable[[str], None] = print,
+    gpus: Optional[list[str]] = None,
 ) -> int:
-    """Run (or continue) a sweep. Returns 0 when every run finished, 1 when any failed."""
+    """Run (or continue) a sweep. Returns 0 when every run finished, 1 when any failed.
+
+    `gpus`: the CUDA_VISIBLE_DEVICES entries to hand out (default: visible_gpus())."""
     if parallel < 1:
         raise UsageError(f"--parallel {parallel}: give 1 or more")
     sweep_dir = Path(sweep_dir)
@@ -294,16 +357,29 @@ def run_sweep(
     echo(f"sweep {sweep_dir}: {len(planned)} runs, {len(todo)} to run, {parallel} at a time")
 
     env = _child_env(parallel)
-    lock = threading.Lock()
+    pool = GpuPool(visible_gpus(env) if gpus is None else gpus)
+    lock = threading.Lock()  # one lock for the pool and the printing: the lines show who held which GPU
     stop = threading.Event()
     outcomes: list[Outcome] = []
 
     def work(index: int, p: PlannedRun) -> None:
         if stop.is_set():
             return
+        count, kept = gpus_wanted(config, overrides, p) if pool.busy else (0, "")
         with lock:
-            echo(f"[{index}/{len(todo)}] {p.name}: started, log {sweep_dir / 'logs' / (p.name + '.out')}")
-        outcome = _run_one(p, config, overrides, sweep_dir, env)
+            taken = pool.take(count)
+            where = kept and f" on {kept}"
+            if taken:
+                shared = max(pool.busy[g] for g in taken) - 1
+                where = f" on GPU{'s' if len(taken) > 1 else ''} {','.join(taken)}" + (
+                    f" (shared with {shared} other run{'s' if shared > 1 else ''})" if shared else "")
+            echo(f"[{index}/{len(todo)}] {p.name}: started{where}, log {sweep_dir / 'logs' / (p.name + '.out')}")
+        child_env = dict(env, CUDA_VISIBLE_DEVICES=",".join(taken)) if taken else env
+        try:
+            outcome = _run_one(p, config, overrides, sweep_dir, child_env)
+        finally:
+            with lock:
+                pool.give_back(taken)
         with lock:
             outcomes.append(outcome)
             if outcome.status == "finished":
@@ -313,9 +389,9 @@ def run_sweep(
                      f"{outcome.message}  -> {sweep_dir / p.name / ERROR_FILE}")
 
     interrupted = False
-    pool = ThreadPoolExecutor(max_workers=parallel)
+    executor = ThreadPoolExecutor(max_workers=parallel)
     try:
-        futures = [pool.submit(work, i, p) for i, p in enumerate(todo, 1)]
+        futures = [executor.submit(work, i, p) for i, p in enumerate(todo, 1)]
         for future in futures:
             future.result()
     except KeyboardInterrupt:
@@ -324,7 +400,7 @@ def run_sweep(
         stop.set()
         echo("sweep interrupted: waiting for the running runs to stop; run the same command to continue")
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        executor.shutdown(wait=True, cancel_futures=True)
 
     echo("")
     echo(write_tables(sweep_dir).rstrip())

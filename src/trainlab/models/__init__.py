@@ -1,8 +1,10 @@
 """Model registry: name -> nn.Module, with the CIFAR stem, the norm switch and starting weights.
 
 Every torchvision classification model is available by its torchvision name (random init), plus the
-CIFAR ResNets of He et al. 2016 (resnet8/14/20/32/44/56/110, see cifar_resnet.py), and, when timm is
-installed, every timm model as `timm/<name>` (see timm_family.py).
+CIFAR ResNets of He et al. 2016 (resnet8/14/20/32/44/56/110, see cifar_resnet.py). Every one trains (see
+tests/test_model_registry.py): GoogLeNet and Inception-v3 without their auxiliary heads unless
+model.aux_logits=true (outputs.py), ViTs and MaxViT built for data.img_size, and a size a model cannot take
+refused by name (input_size.py). When timm is installed, every timm model as `timm/<name>` (timm_family.py).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from torch import nn
 from trainlab.errors import ConfigError
 from trainlab.models import timm_family
 from trainlab.models.cifar_resnet import CIFAR_RESNET_BLOCKS, cifar_resnet
+from trainlab.models.input_size import guard_first_input, min_img_size, size_step
+from trainlab.models.outputs import AUX_MODELS
 from trainlab.models.pretrained import freeze_all_but_head, head_prefixes, load_pretrained
 
-__all__ = ["available", "create", "inspect_model", "register_cli", "head_prefixes", "is_cifar_model"]
+__all__ = ["available", "create", "inspect_model", "register_cli", "head_prefixes", "is_cifar_model", "min_img_size",
+           "size_step"]
 
 log = logging.getLogger("trainlab.models")
 
@@ -77,7 +82,8 @@ def _remove_batchnorm(module: nn.Module) -> int:
     return count
 
 
-def _build(name: str, num_classes: int, drop_rate: float = 0.0) -> nn.Module:
+def _build(name: str, num_classes: int, img_size: int | None = None, aux_logits: bool = False,
+           drop_rate: float = 0.0) -> nn.Module:
     if name in CIFAR_RESNET_BLOCKS:
         return cifar_resnet(name, num_classes, drop_rate)
     if drop_rate:
@@ -86,8 +92,20 @@ def _build(name: str, num_classes: int, drop_rate: float = 0.0) -> nn.Module:
             f"{name} has its own dropout settings: leave model.drop_rate null"
         )
     kwargs: dict = {"weights": None, "num_classes": num_classes}
-    if name in ("inception_v3", "googlenet"):
+    if name in AUX_MODELS:
         kwargs["init_weights"] = True  # silences torchvision's warning about its future default
+        kwargs["aux_logits"] = aux_logits
+    if img_size is not None and name.startswith("vit_"):
+        patch = size_step(name)
+        if img_size % patch:
+            raise ConfigError(f"model.name={name} needs data.img_size divisible by its patch size {patch}, "
+                              f"not {img_size}")
+        kwargs["image_size"] = img_size
+    if img_size is not None and name.startswith("maxvit"):
+        if img_size % 224:
+            raise ConfigError(f"model.name={name} needs data.img_size a multiple of 224 (its 7x7 windows at "
+                              f"every stage), not {img_size}")
+        kwargs["input_size"] = (img_size, img_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torchvision.models.get_model(name, **kwargs)
@@ -102,12 +120,19 @@ def create(
     freeze_backbone: bool = False,
     drop_rate: float | None = None,
     drop_path_rate: float | None = None,
+    trust_pretrained: bool = False,
+    img_size: int | None = None,
+    aux_logits: bool = False,
 ) -> nn.Module:
     """Build a model by name. `cifar_stem` is ignored for the CIFAR ResNets (they already are).
 
     norm="none" replaces BatchNorm with Identity; convolutions keep bias=False, as built.
     The pretrained report (what was loaded, which keys got a new init) is kept on `model.pretrained_report`.
     drop_rate / drop_path_rate go to timm models (None: the architecture's default).
+    A pretrained file loads weights-only unless `trust_pretrained` (run.trust_checkpoint) allows a full unpickle.
+    `img_size` (data.img_size) sizes ViTs and MaxViT; the first input is checked against what the model can
+    take either way. `aux_logits` keeps GoogLeNet's / Inception-v3's auxiliary heads (trained with their
+    papers' loss weights, see outputs.py).
     """
     timm_model = timm_family.is_timm_name(name)
     key = name.strip() if timm_model else name.strip().lower()
@@ -117,12 +142,14 @@ def create(
         raise ConfigError(f"model.num_classes={num_classes} must be positive")
     if norm not in ("batch", "none"):
         raise ConfigError(f"model.norm={norm!r} is not valid; choose batch or none")
+    if aux_logits and key not in AUX_MODELS:
+        log.info("model.aux_logits=true: %s has no auxiliary heads; ignored", key)
     if timm_model:
         model = timm_family.build(key, num_classes, drop_rate, drop_path_rate)
     else:
         if drop_path_rate is not None:
             raise ConfigError(f"model.drop_path_rate applies to timm/ models, not {name}; leave it null")
-        model = _build(key, num_classes, drop_rate or 0.0)
+        model = _build(key, num_classes, img_size, aux_logits and key in AUX_MODELS, drop_rate or 0.0)
     if cifar_stem and key not in CIFAR_RESNET_BLOCKS:
         _apply_cifar_stem(model, key)
     if norm == "none" and _remove_batchnorm(model) == 0:
@@ -131,13 +158,17 @@ def create(
         if timm_model:
             report = timm_family.load_local_pretrained(model, key, pretrained)
         else:
-            report = load_pretrained(model, key, pretrained)
+            report = load_pretrained(model, key, pretrained, trusted=trust_pretrained)
         model.pretrained_report = report
         log.info(
             "pretrained %s: %d tensors loaded, new head: %s", pretrained, report["loaded"], report["new_head"]
         )
     if freeze_backbone:
         freeze_all_but_head(model)
+    built_for = img_size if key.startswith(("vit_", "maxvit")) and img_size is not None else None
+    if built_for is None and key.startswith(("vit_", "maxvit")):
+        built_for = 224  # torchvision's default size for them
+    guard_first_input(model, key, built_for, cifar_stem, aux_logits and key in AUX_MODELS)
     return model
 
 

@@ -44,7 +44,7 @@ def inspect_model(
     if img_size is None:
         img_size = 32 if is_cifar_model(name, cifar_stem) else 224
     torch.manual_seed(0)
-    model = create(name, num_classes, cifar_stem=cifar_stem, norm=norm)
+    model = create(name, num_classes, cifar_stem=cifar_stem, norm=norm, img_size=img_size)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]

@@ -55,18 +55,16 @@ def _strip_wrappers(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+def _read_checkpoint(path: Path, trusted: bool = False) -> dict[str, torch.Tensor]:
+    from trainlab.checkpoint import UnsafeCheckpointError, safe_torch_load
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # a trainlab checkpoint may hold RNG states (numpy arrays) that weights_only refuses;
-        # the file is the user's own, named on their command line
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise ConfigError(
-                f"model.pretrained={path}: cannot read it as a torch checkpoint ({exc})"
-            ) from None
+        obj = safe_torch_load(path, "cpu", trusted, flag="run.trust_checkpoint=true")
+    except UnsafeCheckpointError as exc:
+        raise ConfigError(f"model.pretrained={exc}") from None
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"model.pretrained={path}: cannot read it as a torch checkpoint ({first})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not (isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values())):
@@ -130,11 +128,13 @@ def _download_or_cached(weights: Any, source: str) -> dict[str, torch.Tensor]:
     return weights.get_state_dict(progress=False)
 
 
-def load_pretrained(model: nn.Module, model_name: str, source: str) -> dict[str, Any]:
-    """Load `source` into `model` in place; returns a report of what was loaded and dropped."""
+def load_pretrained(model: nn.Module, model_name: str, source: str, trusted: bool = False) -> dict[str, Any]:
+    """Load `source` into `model` in place; returns a report of what was loaded and dropped.
+
+    A file loads weights-only; `trusted` (run.trust_checkpoint) allows a full unpickle of one that needs it."""
     path = Path(source).expanduser()
     if path.is_file():
-        state = _read_checkpoint(path)
+        state = _read_checkpoint(path, trusted)
     else:
         weights = _resolve_weights(model_name, source)
         if weights is None:

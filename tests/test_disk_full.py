@@ -55,7 +55,7 @@ def test_checkpoint_on_a_full_disk_keeps_the_previous_one(tmp_path):
 @needs_dev_full
 @pytest.mark.parametrize("log", ["metrics.csv", "steps.jsonl", "events.jsonl", "summary.json"])
 def test_run_logs_on_a_full_disk(tmp_path, log):
-    logger = RunLogger(tmp_path, tensorboard=False)
+    logger = RunLogger(tmp_path)  # no trackers: the run-dir files alone
     logger.append_metrics({"epoch": 1, "train_loss": 1.0})  # a good first row
     write = {
         "metrics.csv": lambda: logger.append_metrics({"epoch": 2, "train_loss": 0.5}),

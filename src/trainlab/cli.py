@@ -24,6 +24,7 @@ REGISTRARS = {
     "sweep": "trainlab.sweep",
     "report": "trainlab.report",
     "runs": "trainlab.report",
+    "doctor": "trainlab.doctor",
 }
 
 

@@ -21,7 +21,7 @@ import torch
 
 from trainlab import checkpoint as ckpt
 from trainlab import config as config_mod
-from trainlab import distributed
+from trainlab import distributed, planted
 from trainlab.console import Console
 from trainlab.engine import EpochTotals, Trainer, evaluate
 from trainlab.errors import ConfigError, DataError, NonFiniteLoss, Preempted
@@ -29,7 +29,7 @@ from trainlab.logs import NullLogger, RunLogger
 
 # Keys that may change between a run and its resume without changing the math.
 RESUMABLE_CHANGES = (
-    "train.epochs", "train.device", "train.nproc", "train.threads", "train.max_steps_per_epoch",
+    "train.epochs", "train.device", "train.nproc", "train.threads", "train.max_steps_per_epoch", "train.preflight",
     "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.root", "data.download",
     "data.skip_bad_images", "data.val_batch_size", "eval.every", "eval.tta", "run.", "watch.", "dist.",
 )  # fmt: skip
@@ -334,6 +334,7 @@ class Run:
             cfg.model.name, num_classes, cifar_stem=cfg.model.cifar_stem, norm=cfg.model.norm,
             pretrained=cfg.model.pretrained, freeze_backbone=cfg.model.freeze_backbone,
         )  # fmt: skip
+        planted.plant(self.data, model, cfg.train.seed)  # TRAINLAB_PLANT test-only fault drills; unset: nothing
         self.params = sum(p.numel() for p in model.parameters())
         channels_last = cfg.train.channels_last
         if channels_last is None:  # fast default on GPUs, where conv kernels prefer NHWC
@@ -538,6 +539,11 @@ class Run:
                         global_step=self.trainer.global_step)  # fmt: skip
 
         self._announce()
+        if cfg.train.preflight and state is None and ctx.is_main:  # the doctor's cheap checks before step 1
+            from trainlab.doctor import preflight_verdicts
+
+            for v in preflight_verdicts(self.cfg, self.data, self.raw_model, self.num_classes):
+                self._event("preflight", **v.event())
         for warning in self.schedule_warnings:
             self._event("schedule", "warning", warning)
         self.logger.write_summary(self.summary("running"))

@@ -95,7 +95,7 @@ def preflight_verdicts(cfg: Any, data: Any, model: torch.nn.Module, num_classes:
         t0 = time.perf_counter()
         images, labels = next(patient.train_batches(1))
         first = probe(copy.deepcopy(model), images[:64], labels[:64], patient.loss)
-        found = [checks.initial_loss(patient, first), checks.parameters(first, []),
+        found = [checks.initial_loss(patient, first), checks.parameters(first, None),
                  *[v for v in checks.layers(first, first) if v.check == "batchnorm_mode"]]
         for v in found:
             v.cost_s = round((time.perf_counter() - t0) / len(found), 3)

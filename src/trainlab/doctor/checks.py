@@ -107,7 +107,10 @@ def overfit_batch(p: Patient) -> tuple[Verdict, list[str], torch.nn.Module, tupl
 # ---------------------------------------------------------------- parameters and layers
 
 
-def parameters(first: Probe, unchanged: list[str]) -> Verdict:
+def parameters(first: Probe, unchanged: Optional[list[str]]) -> Verdict:
+    """`unchanged`: trainable parameters that never changed while training (None: no training was done)."""
+    changes = unchanged is not None
+    unchanged = unchanged or []
     figures = {"no_grad": first.no_grad[:20], "never_changed": unchanged[:20], "frozen_tensors": first.frozen,
                "no_grad_count": len(first.no_grad), "never_changed_count": len(unchanged)}
     parts = []
@@ -119,7 +122,7 @@ def parameters(first: Probe, unchanged: list[str]) -> Verdict:
                      f"{'...' if len(unchanged) > 3 else ''})")
     frozen = f"{first.frozen} frozen tensor(s)" if first.frozen else "none frozen"
     if not parts:
-        return Verdict("parameters", "ok", f"every trainable parameter gets a gradient and changes; {frozen}", "",
+        return Verdict("parameters", "ok", f"every trainable parameter gets a gradient{' and changes' if changes else ''}; {frozen}", "",
                        figures)
     return Verdict("parameters", "problem", "; ".join(parts) + f"; {frozen}",
                    "those weights are disconnected from the loss (an unused layer, a detach(), a branch never "
@@ -129,7 +132,9 @@ def parameters(first: Probe, unchanged: list[str]) -> Verdict:
 def layers(first: Probe, after: Probe) -> list[Verdict]:
     out = []
     worst = []
-    for when, pr in (("at init", first), ("after overfit_batch", after)):
+    # judged after training only: at init, zero-initialised residual BatchNorm legitimately leaves whole channels
+    # at exactly zero (a padded shortcut plus a zero branch) until the first updates
+    for when, pr in (("after overfit_batch", after),):
         for layer in pr.layers:
             if layer.dead_frac >= 0.5 or layer.saturated_frac >= 0.9:
                 worst.append((when, layer))
@@ -149,7 +154,7 @@ def layers(first: Probe, after: Probe) -> list[Verdict]:
                            "optim.lr, check input_stats, keep normalisation layers", figures))
     else:
         out.append(Verdict("activations", "ok", f"{len(after.layers)} activation layers, none dead (>=50% channels) or "
-                           "saturated (>=90%) at init or after overfit_batch", "", figures))
+                           "saturated (>=90%) after overfit_batch", "", figures))
     bn = sorted(set(first.bn_eval_in_train) | set(after.bn_eval_in_train))
     if bn:
         out.append(Verdict("batchnorm_mode", "problem",

@@ -27,10 +27,10 @@ class Verdict:
         return f"[{self.status.upper():7s}] {self.check} ({self.cost_s:.1f}s): {self.summary}{fix}"
 
     def event(self) -> dict[str, Any]:
-        """As a run event (events.jsonl, kind `preflight`)."""
+        """As keyword arguments of a run event (events.jsonl, kind `preflight`): severity, message, then the data."""
         message = f"pre-flight {self.check}: {self.summary}" + (f" -> {self.fix}" if self.fix and self.status != "ok" else "")
-        return {"severity": EVENT_SEVERITY[self.status], "message": message,
-                "data": {"check": self.check, "status": self.status, "cost_s": round(self.cost_s, 3), **self.figures}}
+        return {**self.figures, "severity": EVENT_SEVERITY[self.status], "message": message, "check": self.check,
+                "status": self.status, "cost_s": round(self.cost_s, 3)}
 
 
 def timed(check: Callable[..., Verdict | list[Verdict]], *args: Any) -> list[Verdict]:

@@ -21,6 +21,10 @@ OVERFIT_SAMPLES = 16
 OVERFIT_MAX_STEPS = 30
 RANGE_STEPS = 40
 RANGE_BATCH = 16
+# A layer is flagged when this share of its channels never fires on the fixed batch (relu-like), or this share of
+# its outputs sits at the function's bounds (sigmoid/tanh). High on purpose: right after init, zero-initialised
+# residual branches and zero-padded shortcuts leave many channels at exactly zero in healthy CIFAR ResNets.
+DEAD, SATURATED = 0.9, 0.9
 FALL = 0.9  # the loss "starts to fall" where its smoothed value is 10% below its start
 
 
@@ -90,11 +94,16 @@ def overfit_batch(p: Patient) -> tuple[Verdict, list[str], torch.nn.Module, tupl
             f"{accs[-1]:.0%} after {len(losses)} steps")
     if reached is not None:
         return Verdict("overfit_batch", "ok", f"memorised {seen}", "", figures), unchanged, model, (images, labels)
+    drop = 1.0 - losses[-1] / losses[0] if math.isfinite(losses[-1]) and losses[0] > 0 else -1.0
+    figures["drop"] = drop
+    if drop >= 0.3:  # learning, not yet memorised in the bounded number of steps
+        return (Verdict("overfit_batch", "ok", f"learning: {seen} ({drop:.0%} lower; not memorised within "
+                        f"{OVERFIT_MAX_STEPS} steps)", "", figures), unchanged, model, (images, labels))
     if not math.isfinite(losses[-1]) or losses[-1] > 1.5 * losses[0]:
         fix = (f"the loss blew up at lr {_g(p.peak_lr)}: lower optim.lr (see lr_range for where the loss falls), "
                "add warm-up (sched.warmup_epochs) or train.clip_grad")
         status = "problem"
-    elif losses[-1] < 0.5 * losses[0]:
+    elif drop >= 0.1:
         fix = "it learns, but slowly: the LR may be low (see lr_range), or the model small for the task"
         status = "warning"
     else:
@@ -136,7 +145,7 @@ def layers(first: Probe, after: Probe) -> list[Verdict]:
     # at exactly zero (a padded shortcut plus a zero branch) until the first updates
     for when, pr in (("after overfit_batch", after),):
         for layer in pr.layers:
-            if layer.dead_frac >= 0.5 or layer.saturated_frac >= 0.9:
+            if layer.dead_frac >= DEAD or layer.saturated_frac >= SATURATED:
                 worst.append((when, layer))
     figures = {"layers": len(after.layers), "flagged": [
         {"when": w, "layer": x.name, "kind": x.kind, "dead_frac": x.dead_frac, "saturated_frac": x.saturated_frac}
@@ -153,8 +162,8 @@ def layers(first: Probe, after: Probe) -> list[Verdict]:
                            "dead ReLUs follow an LR too high or a bad init; saturation follows large inputs: lower "
                            "optim.lr, check input_stats, keep normalisation layers", figures))
     else:
-        out.append(Verdict("activations", "ok", f"{len(after.layers)} activation layers, none dead (>=50% channels) or "
-                           "saturated (>=90%) after overfit_batch", "", figures))
+        out.append(Verdict("activations", "ok", f"{len(after.layers)} activation layers, none dead (>={DEAD:.0%} of "
+                           f"channels) or saturated (>={SATURATED:.0%}) after overfit_batch", "", figures))
     bn = sorted(set(first.bn_eval_in_train) | set(after.bn_eval_in_train))
     if bn:
         out.append(Verdict("batchnorm_mode", "problem",

@@ -51,8 +51,8 @@ class WatchSettings:
     progress_min_steps: int = 30
     progress_window_frac: float = 0.05
     progress_min_drop: float = 0.05
-    progress_end_drop: float = 0.15
-    progress_val_frac: float = 0.4
+    progress_end_drop: float = 0.03
+    progress_val_frac: float = 0.6
     # divergence: loss of the window's last quarter this many times its first quarter, rising consistently
     divergence_window: int = 200
     divergence_ratio: float = 1.5

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -72,6 +73,8 @@ def one(name: str, out: Path, with_doctor: bool, timeout: float) -> dict:
     overrides, plant, expected = RECIPES[name]
     slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
     run_dir = out / slug
+    shutil.rmtree(run_dir, ignore_errors=True)  # a re-run starts fresh
+    shutil.rmtree(out / f"{slug}-doctor", ignore_errors=True)
     items = [*BASE, *overrides]
     rc, seconds, text = run([sys.executable, "-m", "trainlab", "train", *items, f"run.dir={run_dir}",
                              "run.resume=never"], plant, timeout)
@@ -89,7 +92,7 @@ def one(name: str, out: Path, with_doctor: bool, timeout: float) -> dict:
                      if e["severity"] in ("warning", "critical") and e["kind"] not in ("preflight", "schedule")]
     if rc != 0 and not row["events"]:
         row["error"] = text.strip().splitlines()[-1] if text.strip() else f"exit {rc}"
-    if with_doctor:
+    if with_doctor and (expected is not None or name == next(n for n, r in RECIPES.items() if r[2] is None)):
         doc_dir = out / f"{slug}-doctor"
         rc_d, seconds_d, text_d = run([sys.executable, "-m", "trainlab", "doctor", *items, "--out", str(doc_dir)],
                                       plant, timeout)
@@ -128,7 +131,7 @@ def table(rows: list[dict], with_doctor: bool) -> str:
         kind = "fault" if expected else "healthy"
         line = f"| {row['name']} ({kind}) | `{planted}` | {_cell_events(row)} | {caught} | {false} | {acc} |"
         if with_doctor:
-            doctor = ", ".join(f"{c} {s}" for c, s in row.get("doctor", [])) or "all ok"
+            doctor = ", ".join(f"{c} {s}" for c, s in row["doctor"]) or "all ok" if "doctor" in row else "not run"
             line += f" {doctor} | {row.get('doctor_s', '-')} |"
         lines.append(line)
     return "\n".join(lines)
@@ -138,7 +141,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/zoo")
     parser.add_argument("--doc", default="docs/watch-zoo.md")
-    parser.add_argument("--no-doctor", action="store_true", help="skip `trainlab doctor` on each recipe")
+    parser.add_argument("--no-doctor", action="store_true",
+                        help="skip `trainlab doctor` (by default it runs on every fault and the first healthy recipe)")
     parser.add_argument("--only", action="append", help="run only recipes whose name contains this (repeatable)")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()

@@ -321,8 +321,8 @@ class BudgetProgress:
     flagged early while a slow start is left alone.
 
     - train loss: once the LR has been at its peak for a while (a warm-up or OneCycle ramp is not judged), the
-      loss has not dropped from its start and its current slope, projected over the steps still planned, would
-      not bring it down by `progress_end_drop` by the end;
+      loss has not dropped from its start and its current slope, over the whole planned budget, would lower it
+      by less than `progress_min_rate` of its start;
     - validation: accuracy near chance once `progress_val_frac` of the planned steps are done.
     Off when the planned steps are unknown (a Watcher in someone else's loop that was not told)."""
 
@@ -338,6 +338,7 @@ class BudgetProgress:
         self.lr_max = 0.0
         self.loss_episode = Episode()
         self.val_episode = Episode()
+        self.streak = 0  # consecutive reductions that found the run hopeless
 
     def _window(self) -> int:
         return max(20, int(self.s.progress_window_frac * (self.planned or 0)))
@@ -362,30 +363,40 @@ class BudgetProgress:
             return None
         lr_before = self._lr_at(step - w)
         at_peak = lr >= 0.9 * self.lr_max and lr_before is not None and lr <= 1.1 * lr_before and lr_before >= 0.5 * self.lr_max
-        window = [(st, v) for st, v in self.recent if st > step - 2 * w]
+        window = [(st, v) for st, v in self.recent if st > step - 3 * w]
         if not at_peak or len(window) < 10:
+            self.streak = 0
             return None
         start = float(np.median(self.start))
         now = float(np.median([v for st, v in window if st > step - w]))
-        slope, _ = theil_sen(np.array([p[0] for p in window], dtype=np.float64),
-                             np.array([p[1] for p in window], dtype=np.float64))
+        x = np.array([p[0] for p in window], dtype=np.float64)
+        y = np.array([p[1] for p in window], dtype=np.float64)
+        slope, _ = theil_sen(x, y)
+        # the slope's uncertainty (least squares standard error): a noisy small-batch run gets the benefit of
+        # the doubt, a run stuck at chance (little noise, no drift) does not
+        residual = y - (np.median(y - slope * x) + slope * x)
+        spread = float(np.sqrt(np.sum((x - x.mean()) ** 2))) or 1.0
+        stderr = float(np.std(residual)) / spread
+        hopeful = slope - s.progress_slope_sigmas * stderr  # the steepest descent the data still allows
         remaining = self.planned - step
         projected = now + min(slope, 0.0) * remaining
+        rate = -hopeful * self.planned / max(start, 1e-12)  # the share of the start loss the whole budget removes
         flat = now >= (1.0 - s.progress_min_drop) * start
-        hopeless = flat and projected >= (1.0 - s.progress_end_drop) * start
-        if not self.loss_episode.update(WARNING if hopeless else 0):
+        self.streak = self.streak + 1 if flat and rate < s.progress_min_rate else 0
+        # judged at every reduction: it must hold at consecutive ones, so one lucky window of noise does not speak
+        if not self.loss_episode.update(WARNING if self.streak >= s.progress_confirm else 0):
             return None
         chance = f" (chance level ln({self.num_classes}) = {math.log(self.num_classes):.3f})" if self.num_classes else ""
         return Event(
             "not_learning", "warning", step, epoch,
             f"the loss has not moved after {step} of the {self.planned} planned steps ({step / self.planned:.0%}): "
             f"median {_fmt(now)} over the last {w} steps vs {_fmt(start)} at the start{chance}, while the LR has been "
-            f"at its peak {_fmt(lr)} for {w}+ steps; at the current slope ({slope:+.2e}/step) it would end near "
-            f"{_fmt(projected)} after the remaining {remaining} steps. Try: a larger optim.lr (`trainlab doctor` "
+            f"at its peak {_fmt(lr)} for {w}+ steps; at the current slope ({slope:+.2e} ± {stderr:.1e}/step: at best "
+            f"{rate:.1%} of the start over the whole budget) it would end near {_fmt(projected)} after the remaining {remaining} steps. Try: a larger optim.lr (`trainlab doctor` "
             f"places it on an LR range test), labels that match the images, no frozen random weights "
             f"(model.freeze_backbone without model.pretrained), a smaller optim.weight_decay.",
             {"rule": "budget_loss", "planned_steps": self.planned, "start_median": start, "recent_median": now,
-             "slope_per_step": slope, "projected_end": projected, "lr": lr, "window": w},
+             "slope_per_step": slope, "slope_stderr": stderr, "budget_rate": rate, "projected_end": projected, "lr": lr, "window": w},
         )
 
     def epoch_val(self, step: int, epoch: int, val_acc: Optional[float]) -> Optional[Event]:
@@ -408,7 +419,7 @@ class BudgetProgress:
 
     def state_dict(self) -> dict[str, Any]:
         return {"start": self.start, "recent": list(self.recent), "lrs": list(self.lrs), "lr_max": self.lr_max,
-                "episodes": [self.loss_episode.active_level, self.val_episode.active_level]}
+                "episodes": [self.loss_episode.active_level, self.val_episode.active_level], "streak": self.streak}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.start = list(d["start"])
@@ -416,3 +427,4 @@ class BudgetProgress:
         self.lrs.extend(tuple(p) for p in d["lrs"])
         self.lr_max = d["lr_max"]
         self.loss_episode.active_level, self.val_episode.active_level = d["episodes"]
+        self.streak = d.get("streak", 0)

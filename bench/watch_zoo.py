@@ -154,6 +154,10 @@ def main() -> None:
         row = one(name, out, not args.no_doctor, args.timeout)
         print(f"{name}: {_cell_events(row)} (train {row['train_s']}s, doctor {row.get('doctor')})", flush=True)
         rows.append(row)
+    if args.only and (out / "zoo.json").is_file():  # a partial re-run replaces its rows in the last full table
+        fresh = {row["name"]: row for row in rows}
+        kept = {row["name"]: row for row in json.loads((out / "zoo.json").read_text())}
+        rows = [fresh.get(name) or kept[name] for name in RECIPES if name in fresh or name in kept]
     (out / "zoo.json").write_text(json.dumps(rows, indent=2))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (

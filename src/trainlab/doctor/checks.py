@@ -188,7 +188,7 @@ def lr_range(p: Patient, out_dir: Optional[Path]) -> Verdict:
     peak = p.peak_lr
     adaptive = p.cfg.optim.name in ("adam", "adamw", "rmsprop")
     lo, hi = (1e-5, 1.0) if adaptive else (1e-4, 10.0)
-    lo, hi = min(lo, peak / 1000), max(hi, peak * 30)
+    hi = max(hi, peak * 30)  # the low end stays: a peak below it is placed by how far below the fall it is
     images, labels = p.fixed_batch(RANGE_BATCH)
     batch = len(labels)
     model = p.new_model()

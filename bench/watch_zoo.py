@@ -59,6 +59,9 @@ RECIPES: dict[str, tuple[list[str], str, tuple[str, ...] | None]] = {
 }
 
 
+NOTES = "<!-- notes: kept when the table is regenerated -->"
+
+
 def run(cmd: list[str], plant: str, timeout: float) -> tuple[int, float, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("TRAINLAB_PLANT", None)
@@ -171,8 +174,10 @@ def main() -> None:
         f"Command: `PYTHONPATH=src python bench/watch_zoo.py{' --no-doctor' if args.no_doctor else ''}`\n\n"
         + table(rows, not args.no_doctor) + "\n"
     )
-    Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.doc).write_text(text)
+    doc = Path(args.doc)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    notes = doc.read_text().partition(NOTES)[2] if doc.is_file() else ""  # hand-written reading of the table
+    doc.write_text(text + "\n" + NOTES + notes)
     print(f"wrote {args.doc}")
 
 

@@ -339,6 +339,7 @@ class BudgetProgress:
         self.loss_episode = Episode()
         self.val_episode = Episode()
         self.streak = 0  # consecutive reductions that found the run hopeless
+        self.best_val = 0.0
 
     def _window(self) -> int:
         return max(20, int(self.s.progress_window_frac * (self.planned or 0)))
@@ -402,16 +403,18 @@ class BudgetProgress:
     def epoch_val(self, step: int, epoch: int, val_acc: Optional[float]) -> Optional[Event]:
         if not self.planned or val_acc is None or not self.num_classes or self.num_classes < 2:
             return None
+        acc = float(val_acc) / 100.0 if float(val_acc) > 1.0 else float(val_acc)
+        self.best_val = max(self.best_val, acc)
         if step < self.s.progress_val_frac * self.planned or step >= self.planned:
             return None
-        acc = float(val_acc) / 100.0 if float(val_acc) > 1.0 else float(val_acc)
+        acc = self.best_val  # the best so far: one noisy validation dipping back to chance is not a verdict
         chance = 1.0 / self.num_classes
         limit = chance + self.s.chance_margin * (1.0 - chance)
         if not self.val_episode.update(WARNING if acc <= limit else 0):
             return None
         return Event(
             "not_learning", "warning", step, epoch,
-            f"validation accuracy {acc:.1%} is at chance ({chance:.1%}, {self.num_classes} classes) after {step} of the "
+            f"validation accuracy is at chance: the best so far is {acc:.1%} ({chance:.1%}, {self.num_classes} classes) after {step} of the "
             f"{self.planned} planned steps ({step / self.planned:.0%}). Check that labels match inputs (a shuffled "
             f"label column), the LR (`trainlab doctor` runs an LR range test), and the data normalisation.",
             {"rule": "budget_val", "planned_steps": self.planned, "val_acc": acc, "chance": chance, "limit": limit},
@@ -419,7 +422,7 @@ class BudgetProgress:
 
     def state_dict(self) -> dict[str, Any]:
         return {"start": self.start, "recent": list(self.recent), "lrs": list(self.lrs), "lr_max": self.lr_max,
-                "episodes": [self.loss_episode.active_level, self.val_episode.active_level], "streak": self.streak}
+                "episodes": [self.loss_episode.active_level, self.val_episode.active_level], "streak": self.streak, "best_val": self.best_val}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.start = list(d["start"])
@@ -428,3 +431,4 @@ class BudgetProgress:
         self.lr_max = d["lr_max"]
         self.loss_episode.active_level, self.val_episode.active_level = d["episodes"]
         self.streak = d.get("streak", 0)
+        self.best_val = d.get("best_val", 0.0)

@@ -485,8 +485,9 @@ class Watcher:
         events: list[Event] = []
         if self.settings.warn_on_leak:
             events += self._leak_events()
-        e = self._loss_detectors.epoch_val(self.step_count, self.epoch, val_acc, num_classes)
-        events += [e] if e else []
+        if self.planned_steps is None:  # with the budget known, the budget rule below replaces "3 epochs at chance"
+            e = self._loss_detectors.epoch_val(self.step_count, self.epoch, val_acc, num_classes)
+            events += [e] if e else []
         e = self._progress.epoch_val(self.step_count, self.epoch, val_acc)
         events += [e] if e else []
         for e in events:

@@ -414,7 +414,8 @@ class BudgetProgress:
             return None
         return Event(
             "not_learning", "warning", step, epoch,
-            f"validation accuracy is at chance: the best so far is {acc:.1%} ({chance:.1%}, {self.num_classes} classes) after {step} of the "
+            f"validation accuracy is at chance: the best so far is {acc:.1%}, chance is {chance:.1%} "
+            f"({self.num_classes} classes), after {step} of the "
             f"{self.planned} planned steps ({step / self.planned:.0%}). Check that labels match inputs (a shuffled "
             f"label column), the LR (`trainlab doctor` runs an LR range test), and the data normalisation.",
             {"rule": "budget_val", "planned_steps": self.planned, "val_acc": acc, "chance": chance, "limit": limit},

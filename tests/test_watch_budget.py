@@ -24,7 +24,8 @@ def train(run_dir: Path, *overrides: str, plant: str = "") -> list[dict]:
     proc = subprocess.run([sys.executable, "-m", "trainlab", "train", *BASE, *overrides, f"run.dir={run_dir}"],
                           env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    log = run_dir / "events.jsonl"  # written at the first event: a quiet run has none
+    events = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
     return [e for e in events if e["severity"] != "info"]
 
 

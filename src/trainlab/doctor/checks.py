@@ -246,10 +246,11 @@ def lr_range(p: Patient, out_dir: Optional[Path]) -> Verdict:
                        f"about {_g(suggested[1])}", figures)
     if peak < fall_lr / 10:
         return Verdict("lr_range", "problem", f"your peak LR {_g(peak)} is {fall_lr / peak:.0f}x below where the loss "
-                       f"starts to fall: {where}", f"raise optim.lr to about {_g(suggested[1])}", figures)
+                       f"starts to fall: {where}", f"raise the peak LR to at least {_g(suggested[0])} (optim.lr"
+                       f"{', or sched.max_lr' if p.cfg.sched.name == 'onecycle' else ''})", figures)
     if peak < fall_lr / 3:
         return Verdict("lr_range", "warning", f"your peak LR {_g(peak)} is {fall_lr / peak:.0f}x below where the loss "
-                       f"starts to fall: {where}", f"try optim.lr about {_g(suggested[1])}", figures)
+                       f"starts to fall: {where}", f"try a peak LR of at least {_g(suggested[0])}", figures)
     return Verdict("lr_range", "ok", f"your peak LR {_g(peak)} is in range: {where}", "", figures)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from trainlab import config as config_mod
-from trainlab import distributed
+from trainlab import distributed, planted
 from trainlab.config import final_img_size
 from trainlab.engine import Trainer
 from trainlab.errors import ConfigError, DataError
@@ -112,6 +112,7 @@ def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], s
         drop_path_rate=cfg.model.drop_path_rate, trust_pretrained=cfg.run.trust_checkpoint,
         img_size=final_img_size(cfg.data.img_size), aux_logits=cfg.model.aux_logits,
     )  # fmt: skip
+    planted.plant(data, model, cfg.train.seed)  # TRAINLAB_PLANT test-only fault drills; unset: nothing
     params = sum(p.numel() for p in model.parameters())
     channels_last = channels_last_default(cfg, model, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -25,6 +25,7 @@ REGISTRARS = {
     "sweep": "trainlab.sweep",
     "report": "trainlab.report",
     "runs": "trainlab.report",
+    "doctor": "trainlab.doctor",
 }
 
 

@@ -130,6 +130,7 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests
     nproc: int = 1  # >1 launches itself through torchrun
     threads: Optional[int] = None  # torch CPU threads; null leaves torch's default
+    preflight: bool = False  # run the doctor's cheap checks before step 1; logged as `preflight` events
 
 
 @dataclass

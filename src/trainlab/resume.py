@@ -21,7 +21,7 @@ RESUMABLE_CHANGES = (
     "train.epochs", "train.device", "train.nproc", "train.threads", "train.max_steps_per_epoch",
     "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.root", "data.download",
     "data.skip_bad_images", "data.val_batch_size", "eval.every", "eval.tta", "run.", "watch.", "dist.",
-    "sched.extend", "log.",  # log.*: where the numbers are copied to (trackers), not the numbers
+    "sched.extend", "log.", "train.preflight",  # log.*: where the numbers are copied to (trackers), not the numbers
 )  # fmt: skip
 
 

@@ -74,6 +74,8 @@ class Run:
             settings=s, device=self.device, printer=self.console.print, on_event=self._on_event,
             on_log=self.logger.log_step, model=self.raw_model, optimizer=self.trainer.optimizer,
             rank=self.ctx.rank, world_size=self.ctx.world_size, verbose=self.ctx.is_main and s.enabled,
+            planned_steps=self.cfg.train.epochs * self.trainer.batches_per_epoch(self.data.train),  # watch budget
+            num_classes=self.num_classes,
         )  # fmt: skip
         self.watcher.print_epoch_block = False
         self.trainer.watcher = self.watcher
@@ -255,6 +257,11 @@ class Run:
                         global_step=self.trainer.global_step)  # fmt: skip
 
         self._announce()
+        if cfg.train.preflight and state is None and ctx.is_main:  # the doctor's cheap checks before step 1
+            from trainlab.doctor import preflight_verdicts
+
+            for v in preflight_verdicts(self.cfg, self.data, self.raw_model, self.num_classes):
+                self._event("preflight", **v.event())
         for warning in self.schedule_warnings:
             self._event("schedule", "warning", warning)
         self.logger.write_summary(self.summary("running"))

@@ -30,7 +30,8 @@ class WatchSettings:
     spike_min_ratio: float = 2.0
     spike_window: int = 50
     # memory_leak: Theil-Sen slope of (step, MB) samples, consistent (Kendall tau) and large enough
-    leak_min_mb_per_epoch: float = 50.0
+    leak_min_mb_per_epoch: float = 50.0  # used when the planned steps are unknown; else the projection below
+    leak_min_projected_frac: float = 0.05  # with planned steps: growth by the run's end >= this share of free memory
     leak_min_total_mb: float = 64.0  # growth over the observed span
     leak_sample_every: int = 10  # steps between memory samples
     leak_window: int = 64  # samples kept for the trend
@@ -42,6 +43,19 @@ class WatchSettings:
     not_learning_window: int = 1000
     not_learning_min_drop: float = 0.03
     chance_margin: float = 0.05  # val acc <= chance + margin * (1 - chance) reads as chance
+    # not_learning against the run's budget (when the run tells the watch its planned steps): judged once
+    # progress_min_frac of the steps are done and the LR has been at its peak for a window of
+    # progress_window_frac of the planned steps; the loss must have dropped progress_min_drop from its start, or
+    # fall at a rate that, over the whole planned run, would lower it by progress_min_rate of its start (the zoo:
+    # stuck faults 0.3-0.7%, slow healthy starts 3-8%). Val accuracy at chance after progress_val_frac.
+    progress_min_frac: float = 0.08
+    progress_min_steps: int = 30
+    progress_window_frac: float = 0.05
+    progress_min_drop: float = 0.05
+    progress_min_rate: float = 0.015
+    progress_slope_sigmas: float = 1.0  # the slope is taken at its most hopeful: minus this many standard errors
+    progress_confirm: int = 2  # consecutive reductions that must agree
+    progress_val_frac: float = 0.6
     # divergence: loss of the window's last quarter this many times its first quarter, rising consistently
     divergence_window: int = 200
     divergence_ratio: float = 1.5

@@ -31,7 +31,13 @@ from torch import nn
 
 from trainlab.watch import console
 from trainlab.watch.cuda_timer import CudaStepTimer
-from trainlab.watch.detectors import BottleneckDetector, LeakDetector, LossDetectors, straggler_events
+from trainlab.watch.detectors import (
+    BottleneckDetector,
+    BudgetProgress,
+    LeakDetector,
+    LossDetectors,
+    straggler_events,
+)
 from trainlab.watch.events import Episode, Event
 from trainlab.watch.sampler import MB, SystemSampler, rss_mb
 from trainlab.watch.settings import WatchSettings, coerce_settings
@@ -65,7 +71,9 @@ class Watcher:
     """A training monitor usable in any loop; the seed monitor's arguments all work.
 
     Keyword arguments given explicitly override `settings`; the others come from `settings`
-    (or the defaults, with print_every=100 like the seed monitor).
+    (or the defaults, with print_every=100 like the seed monitor). `planned_steps` (the `step()` calls the run
+    will make) and `num_classes` let the watch judge progress against the run's own budget: a hopeless run is
+    flagged in its first tenth or so, and slow leaks are reported by their projected time to out-of-memory.
     """
 
     def __init__(
@@ -86,6 +94,8 @@ class Watcher:
         rank: int = 0,
         world_size: int = 1,
         verbose: bool = True,
+        planned_steps: Optional[int] = None,
+        num_classes: Optional[int] = None,
     ) -> None:
         s = coerce_settings(settings) if settings is not None else WatchSettings(print_every=100)
         for name, value in (("print_every", print_every), ("show_gpu", show_gpu), ("warn_on_leak", warn_on_leak),
@@ -119,6 +129,8 @@ class Watcher:
         self.steps_per_epoch = 0  # of the last completed epoch
         self.epochs_done = 0
         self._loss_detectors = LossDetectors(s)
+        self.planned_steps = int(planned_steps) if planned_steps else None
+        self._progress = BudgetProgress(s, self.planned_steps, num_classes)
         self._leaks = {"host": LeakDetector(s, "host")}
         if self.on_cuda:
             self._leaks["gpu"] = LeakDetector(s, "gpu")
@@ -358,6 +370,8 @@ class Watcher:
         self._epoch_nonfinite += len(bad)
         self.nonfinite_steps = (self.nonfinite_steps + bad)[-_NONFINITE_STEPS_KEPT:]
         events = self._loss_detectors.feed(steps_losses, self.epoch)
+        e = self._progress.feed(steps_losses, self._current_lr(), self.step_count, self.epoch)
+        events += [e] if e else []
         given = device_values[-1] if self._chunk_grad_norm == "buffer" else self._chunk_grad_norm
         grad_norm = (given if given is not None else self._grad_norm()) if log else None
         if grad_norm is not None:
@@ -459,8 +473,9 @@ class Watcher:
         steps_per_s = 1.0 / recent_step_s if recent_step_s > 0 else 0.0
         free = {"host": lambda: psutil.virtual_memory().available / MB, "gpu": self._gpu_free_mb}
         events = []
+        remaining = max(self.planned_steps - self.step_count, 0) if self.planned_steps else None
         for source, detector in self._leaks.items():
-            e = detector.check(self.step_count, self.epoch, steps_per_epoch, steps_per_s, free[source])
+            e = detector.check(self.step_count, self.epoch, steps_per_epoch, steps_per_s, free[source], remaining)
             events += [e] if e else []
         return events
 
@@ -519,7 +534,10 @@ class Watcher:
         events: list[Event] = []
         if self.settings.warn_on_leak:
             events += self._leak_events()
-        e = self._loss_detectors.epoch_val(self.step_count, self.epoch, val_acc, num_classes)
+        if self.planned_steps is None:  # with the budget known, the budget rule below replaces "3 epochs at chance"
+            e = self._loss_detectors.epoch_val(self.step_count, self.epoch, val_acc, num_classes)
+            events += [e] if e else []
+        e = self._progress.epoch_val(self.step_count, self.epoch, val_acc)
         events += [e] if e else []
         for e in events:
             self._emit(e)
@@ -620,6 +638,7 @@ class Watcher:
             "nonfinite_steps": list(self.nonfinite_steps),
             "loss": self._loss_detectors.state_dict(),
             "leaks": {k: d.state_dict() for k, d in self._leaks.items()},
+            "progress": self._progress.state_dict(),
             "totals": dict(self._totals),
             "overhead_s": self._overhead_s,
             "interval": self._interval_state(),
@@ -651,6 +670,8 @@ class Watcher:
         for key, state in d["leaks"].items():
             if key in self._leaks:
                 self._leaks[key].load_state_dict(state)
+        if d.get("progress") is not None:
+            self._progress.load_state_dict(d["progress"])
         self._totals = Counter(d.get("totals", {}))
         self._overhead_s = d.get("overhead_s", 0.0)
         self._epoch_open = False

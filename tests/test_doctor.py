@@ -1,0 +1,88 @@
+"""`trainlab doctor` and `train.preflight`: faults planted for real (config or the TRAINLAB_PLANT drill) are
+named by the check meant for them; a healthy config gets no problem; the pre-flight does not change the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import TINY, read_metrics, run_trainlab
+
+DOCTOR_TINY = [a for a in TINY if not a.startswith("train.epochs")] + ["train.epochs=1"]
+
+
+def doctor(tmp_path: Path, *overrides: str, plant: str = "", name: str = "doc") -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / name
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TRAINLAB_PLANT", None)
+    if plant:
+        env["TRAINLAB_PLANT"] = plant
+    proc = subprocess.run([sys.executable, "-m", "trainlab", "doctor", *DOCTOR_TINY, *overrides, "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    report = json.loads((out / "doctor.json").read_text()) if (out / "doctor.json").is_file() else {}
+    return proc, {c["check"]: c for c in report.get("checks", [])}
+
+
+def test_healthy_config_passes_every_check_and_writes_the_report(tmp_path: Path) -> None:
+    proc, checks = doctor(tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    expected = {"config_smells", "input_stats", "label_histogram", "sample_grid", "initial_loss", "overfit_batch",
+                "parameters", "activations", "lr_range", "throughput"}
+    assert expected <= set(checks), checks.keys()
+    problems = {k: c["summary"] for k, c in checks.items() if c["status"] == "problem"}
+    assert not problems
+    assert all(c["cost_s"] >= 0 for c in checks.values())
+    assert 0.8 < checks["initial_loss"]["figures"]["ratio"] < 1.25
+    assert checks["overfit_batch"]["status"] == "ok"
+    lr = checks["lr_range"]["figures"]
+    assert lr["lr_falls"] is not None and lr["lr_falls"] <= 0.05 * 10  # the loss falls below 10x the peak
+    for name in ("doctor.txt", "samples.png", "lr_range.png"):
+        assert (tmp_path / "doc" / name).stat().st_size > 0
+    assert "0 problem(s)" in (tmp_path / "doc" / "doctor.txt").read_text()
+
+
+def test_lr_far_too_low_is_placed_below_where_the_loss_falls(tmp_path: Path) -> None:
+    proc, checks = doctor(tmp_path, "optim.lr=0.00002")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert checks["lr_range"]["status"] == "problem"
+    assert "below where the loss starts to fall" in checks["lr_range"]["summary"]
+    assert checks["overfit_batch"]["status"] in ("problem", "warning")
+
+
+def test_planted_config_and_model_faults_are_each_named(tmp_path: Path) -> None:
+    # four faults at once, each for a different check: frozen random backbone + crushing weight decay (config
+    # smells), raw 0..255 inputs (input statistics), BatchNorm forced into eval mode (the drill)
+    proc, checks = doctor(tmp_path, "model.freeze_backbone=true", "optim.weight_decay=0.5", "data.mean=[0,0,0]",
+                          "data.std=[0.0039216,0.0039216,0.0039216]", plant="bn_eval")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    smells = checks["config_smells"]
+    assert smells["status"] == "problem"
+    assert "freeze_backbone" in smells["summary"] and "weight_decay=0.5" in smells["summary"]
+    assert checks["input_stats"]["status"] == "problem" and "0..255" in checks["input_stats"]["summary"]
+    assert checks["batchnorm_mode"]["status"] == "problem"
+    assert checks["parameters"]["figures"]["frozen_tensors"] > 0
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path) -> None:
+    proc = run_trainlab("doctor", "data.name=nope", "--out", str(tmp_path / "d"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "data.name" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_preflight_logs_its_checks_and_leaves_the_run_unchanged(tmp_path: Path) -> None:
+    one = [*TINY, "train.epochs=1"]
+    run_trainlab("train", *one, f"run.dir={tmp_path / 'plain'}", check=True, cwd=tmp_path)
+    run_trainlab("train", *one, "train.preflight=true", f"run.dir={tmp_path / 'pre'}", check=True, cwd=tmp_path)
+    events = [json.loads(x) for x in (tmp_path / "pre" / "events.jsonl").read_text().splitlines()]
+    pre = [e for e in events if e["kind"] == "preflight"]
+    assert {e["data"]["check"] for e in pre} >= {"config_smells", "input_stats", "label_histogram", "initial_loss",
+                                                  "parameters"}
+    assert all(e["step"] == 0 and "cost_s" in e["data"] for e in pre)
+    assert not [e for e in pre if e["severity"] != "info"], pre
+    # the checks ran on a copy with the RNG restored: the same losses as without them
+    assert [r["train_loss"] for r in read_metrics(tmp_path / "pre")] == [r["train_loss"] for r in
+                                                                          read_metrics(tmp_path / "plain")]

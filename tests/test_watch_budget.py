@@ -1,0 +1,55 @@
+"""The watch judged against the run's own budget, through real `trainlab train` runs: an LR far too low is
+flagged as soon as the LR reaches its peak (a third of a one-cycle run), its healthy twin (same data, same
+schedule, a slow start) stays quiet, and a slow leak is reported by its trend and projected time to OOM."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# the zoo's base recipe (bench/watch_zoo.py): a tiny ResNet whose healthy loss barely moves for its first third
+BASE = ["data.name=shapes", "data.train_size=2000", "data.val_size=200", "data.img_size=16", "data.batch_size=32",
+        "model.name=resnet8", "train.epochs=4", "run.tensorboard=false", "run.progress=none",
+        "watch.print_every=10", "train.threads=1"]  # fmt: skip
+
+
+def train(run_dir: Path, *overrides: str, plant: str = "") -> list[dict]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TRAINLAB_PLANT", None)
+    if plant:
+        env["TRAINLAB_PLANT"] = plant
+    proc = subprocess.run([sys.executable, "-m", "trainlab", "train", *BASE, *overrides, f"run.dir={run_dir}"],
+                          env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    log = run_dir / "events.jsonl"  # written at the first event: a quiet run has none
+    events = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+    return [e for e in events if e["severity"] != "info"]
+
+
+def test_lr_far_too_low_is_flagged_at_the_peak_and_the_slow_healthy_start_is_not(tmp_path: Path) -> None:
+    planned = 4 * 63
+    warnings = train(tmp_path / "low", "optim.lr=0.0001")
+    budget = [e for e in warnings if e["data"].get("rule") == "budget_loss"]
+    assert budget, warnings
+    # one-cycle reaches its peak at 30% of the run; the old rule needed 1,000 steps or 3 epochs
+    assert budget[0]["step"] <= 0.4 * planned
+    assert budget[0]["data"]["planned_steps"] == planned
+    assert "of the 252 planned steps" in budget[0]["message"] and "optim.lr" in budget[0]["message"]
+    assert train(tmp_path / "healthy", "optim.lr=0.1") == []
+
+
+def test_slow_leak_is_reported_by_trend_and_projected_oom_within_a_few_hundred_steps(tmp_path: Path) -> None:
+    # 300 KB per step is ~19 MB per epoch here: below the old 50 MB-per-epoch floor, so it was never reported
+    warnings = train(tmp_path / "leak", "data.train_size=1600", "data.batch_size=8", "train.epochs=2",
+                     "optim.lr=0.05", plant="leak:300")
+    leaks = [e for e in warnings if e["kind"] == "memory_leak"]
+    assert len(leaks) == 1, warnings
+    leak = leaks[0]
+    assert leak["step"] <= 350
+    assert 0.2 < leak["data"]["mb_per_step"] < 0.45
+    assert "remaining_steps" in leak["data"] and "run out in" in leak["message"]
+    # batch 8 is noisy: nothing but the leak may speak
+    assert {e["kind"] for e in warnings} == {"memory_leak"}, warnings

@@ -40,7 +40,7 @@ def model_setup(cfg: Any, device: torch.device, num_classes: int) -> tuple[torch
 
     configure_backends(cfg, device)
     precision = resolve_precision(cfg, device)
-    model = models.create(cfg.model.name, num_classes, cifar_stem=cfg.model.cifar_stem, norm=cfg.model.norm)
+    model = models.from_config(cfg, num_classes, with_weights=False)
     channels_last = channels_last_default(cfg, model, device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return model.to(device, memory_format=fmt), precision, channels_last

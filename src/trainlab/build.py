@@ -78,8 +78,7 @@ def _resident_bytes(cfg: Any) -> int:
         from trainlab import models
         from trainlab.batch_finder import num_classes_hint
 
-        model = models.create(cfg.model.name, num_classes_hint(cfg), cifar_stem=cfg.model.cifar_stem,
-                              norm=cfg.model.norm)  # fmt: skip
+        model = models.from_config(cfg, num_classes_hint(cfg), with_weights=False)
         reserve += sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if cfg.data.name == "shapes" and cfg.data.loader in ("auto", "tensor"):
         reserve += int(cfg.data.train_size) * 3 * final_img_size(cfg.data.img_size) ** 2
@@ -106,12 +105,7 @@ def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], s
             f"the dataset has {data.num_classes} classes but model.num_classes={num_classes}; "
             "raise model.num_classes or drop it to use the dataset's count"
         )
-    model = models.create(
-        cfg.model.name, num_classes, cifar_stem=cfg.model.cifar_stem, norm=cfg.model.norm,
-        pretrained=cfg.model.pretrained, freeze_backbone=cfg.model.freeze_backbone, drop_rate=cfg.model.drop_rate,
-        drop_path_rate=cfg.model.drop_path_rate, trust_pretrained=cfg.run.trust_checkpoint,
-        img_size=final_img_size(cfg.data.img_size), aux_logits=cfg.model.aux_logits,
-    )  # fmt: skip
+    model = models.from_config(cfg, num_classes)
     planted.plant(data, model, cfg.train.seed)  # TRAINLAB_PLANT test-only fault drills; unset: nothing
     params = sum(p.numel() for p in model.parameters())
     channels_last = channels_last_default(cfg, model, device)

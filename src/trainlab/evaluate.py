@@ -36,8 +36,7 @@ def evaluate_checkpoint(path: str, overrides: Sequence[str] = (), use_ema: bool 
     num_classes = state.get("num_classes") or cfg.model.num_classes or data.num_classes
     if data.num_classes > num_classes:
         raise DataError(f"the val split has {data.num_classes} classes but the model was trained for {num_classes}")
-    model = models.create(cfg.model.name, num_classes, cifar_stem=cfg.model.cifar_stem, norm=cfg.model.norm,
-                          img_size=cfg.data.img_size, aux_logits=cfg.model.aux_logits)
+    model = models.from_config(cfg, num_classes, with_weights=False)  # the checkpoint's weights come next
     weights = "raw"
     if use_ema:
         if not state.get("ema"):

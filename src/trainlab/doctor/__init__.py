@@ -107,8 +107,7 @@ def preflight_verdicts(cfg: Any, data: Any, model: torch.nn.Module, num_classes:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from trainlab.cli import split_config_and_overrides
-    from trainlab.config import load_config
+    from trainlab.config import load_config, split_config_and_overrides
 
     config_path, overrides = split_config_and_overrides(args.items)
     cfg = load_config(config_path, overrides)

@@ -41,9 +41,7 @@ class Patient:
         from trainlab import models, planted
 
         torch.manual_seed(int(self.cfg.train.seed))
-        m = self.cfg.model
-        model = models.create(m.name, self.num_classes, cifar_stem=m.cifar_stem, norm=m.norm,
-                              pretrained=m.pretrained, freeze_backbone=m.freeze_backbone)  # fmt: skip
+        model = models.from_config(self.cfg, self.num_classes)
         planted.plant_model(model)
         return model.to(self.device).train()
 

@@ -13,6 +13,7 @@ import difflib
 import logging
 import warnings
 from functools import cache
+from typing import Any
 
 import torchvision
 from torch import nn
@@ -170,6 +171,20 @@ def create(
         built_for = 224  # torchvision's default size for them
     guard_first_input(model, key, built_for, cifar_stem, aux_logits and key in AUX_MODELS)
     return model
+
+
+def from_config(cfg: Any, num_classes: int, with_weights: bool = True) -> nn.Module:
+    """The model a config describes (every model.* key, data.img_size's final size, run.trust_checkpoint).
+    `with_weights=False` skips model.pretrained: for a model whose weights come from elsewhere next."""
+    from trainlab.config import final_img_size
+
+    m = cfg.model
+    return create(
+        m.name, num_classes, cifar_stem=m.cifar_stem, norm=m.norm,
+        pretrained=m.pretrained if with_weights else None, freeze_backbone=m.freeze_backbone,
+        drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate, trust_pretrained=bool(cfg.run.trust_checkpoint),
+        img_size=final_img_size(cfg.data.img_size), aux_logits=m.aux_logits,
+    )  # fmt: skip
 
 
 from trainlab.models.inspection import inspect_model, register_cli  # noqa: E402  (needs create())

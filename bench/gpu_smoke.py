@@ -388,7 +388,7 @@ def case_syncs(s: Smoke) -> dict:
     steps = record.get("optimizer_steps") or 0
     train_syncs = record.get("by_phase", {}).get("train", 0)
     figures = {"record": record, "train_syncs": train_syncs, "optimizer_steps": steps,
-               "train_syncs_per_100_steps": 100 * train_syncs / steps if steps else None,
+               "train_syncs_per_100_steps": 100 * train_syncs / steps if steps and record.get("cuda") else None,
                "target_per_100_steps": 100 / every}  # fmt: skip
     if record.get("cuda") and steps < 100:
         raise CaseFailed(f"only {steps} optimizer steps counted; need 100+")
@@ -403,15 +403,17 @@ from trainlab.cli import main
 activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
 with profile(activities=activities) as prof:
     code = main(sys.argv[2:])
-busy_us = 0.0
-kernels = 0
-if torch.cuda.is_available():
-    for evt in prof.events():
-        if evt.device_type == torch.autograd.DeviceType.CUDA:
-            busy_us += evt.device_time  # per-kernel device time (self)
-            kernels += 1
+# Device busy time: the union of the GPU activity intervals (kernels, copies, memsets), so work that
+# overlaps on two streams counts once.
+spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+               if e.device_type == torch.autograd.DeviceType.CUDA)
+busy_us, end = 0.0, float("-inf")
+for start, stop in spans:
+    if stop > end:
+        busy_us += stop - max(start, end)
+        end = stop
 with open(sys.argv[1], "w") as f:
-    json.dump({"exit": code, "device_busy_s": busy_us / 1e6, "kernels": kernels}, f)
+    json.dump({"exit": code, "device_busy_s": busy_us / 1e6, "kernels": len(spans)}, f)
 sys.exit(code)
 """
 

@@ -43,22 +43,22 @@ step() {  # step NAME SECONDS COMMAND...: time-boxed, its exit code logged, neve
 
 if [ "${1:-}" = "suite" ]; then
     # The whole suite with CUDA visible (tests with train.device=auto then run on the GPU), 8 workers.
-    step pytest-all 540 bash -c "python3 -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 | tee '$OUT/pytest.log'"
+    step pytest-all 540 bash -o pipefail -c "python3 -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 | tee '$OUT/pytest.log'"
     exit $status
 fi
 
 # 1. The tests that branch on CUDA: every test of the files with a `torch.cuda.is_available()` skip or
 #    branch (no -x: one call of GPU time should show every failure, not the first).
-step pytest-cuda 90 bash -c "python3 -m pytest -q -p no:cacheprovider tests/test_bench_cli.py \
+step pytest-cuda 90 bash -o pipefail -c "python3 -m pytest -q -p no:cacheprovider tests/test_bench_cli.py \
     tests/test_tensor_loader.py tests/test_distributed_unit.py -rs 2>&1 | tee '$OUT/pytest.log'"
 
 # 2. The GPU smoke (bench/gpu_smoke.py): its own budget, then 30 s for the case in flight to end.
-step gpu-smoke 330 bash -c "python3 bench/gpu_smoke.py --out '$OUT/smoke' --budget-s 300 2>&1 \
+step gpu-smoke 330 bash -o pipefail -c "python3 bench/gpu_smoke.py --out '$OUT/smoke' --budget-s 300 2>&1 \
     | tail -n 40"
 
 # 3. Short GPU figures (bench/gpu_suite.py): 10,000 images, 2 epochs, no compile rows (their compilation
 #    alone can take minutes; run `python3 bench/gpu_suite.py --json ...` in a call of its own for those).
-step gpu-suite 100 bash -c "python3 bench/gpu_suite.py --epochs 2 --images 10000 --skip-compile \
+step gpu-suite 100 bash -o pipefail -c "python3 bench/gpu_suite.py --epochs 2 --images 10000 --skip-compile \
     --json '$OUT/suite.json' 2>&1 | tee '$OUT/suite.log'"
 
 say "session done, exit $status"

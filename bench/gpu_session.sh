@@ -3,6 +3,7 @@
 #
 #     bash bench/gpu_session.sh            # CUDA tests, GPU smoke, short GPU figures: ends within ~9 minutes
 #     bash bench/gpu_session.sh suite      # a second call: the whole test suite with CUDA visible
+#     bash bench/gpu_session.sh compile    # a second call: every torch.compile case of the smoke (minutes each)
 #
 # (device tool: carry [".whl"] when the repo has the wheels of what the GPU image lacks; see BENCHMARKS.md § GPU.)
 # Everything lands in $OUT (default ./gpu-out), at most 2 folders down and 8 files, which is what the
@@ -44,6 +45,13 @@ step() {  # step NAME SECONDS COMMAND...: time-boxed, its exit code logged, neve
 if [ "${1:-}" = "suite" ]; then
     # The whole suite with CUDA visible (tests with train.device=auto then run on the GPU), 8 workers.
     step pytest-all 540 bash -o pipefail -c "python3 -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 | tee '$OUT/pytest.log'"
+    exit $status
+fi
+
+if [ "${1:-}" = "compile" ]; then
+    # The compile cases the first call's budget cut (each against its eager run): up to ~9 minutes.
+    step gpu-smoke-compile 560 bash -o pipefail -c "python3 bench/gpu_smoke.py --out '$OUT/smoke' --only compile \
+        --budget-s 520 2>&1 | tail -n 40"
     exit $status
 fi
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pickle
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -280,6 +284,36 @@ def test_torch_loader_determinism_resume_and_workers():
     assert_same_batches(first, all_batches(workers.train, epoch=1))
     assert_same_batches(first[5:], all_batches(workers.train, epoch=1, start=5))  # persistent workers reused
     assert_same_batches(first, all_batches(workers.train, epoch=1))
+
+
+# A process that still holds a persistent-workers loader at exit. The workers ignore SIGTERM (stop signals
+# are the main process's), and multiprocessing's exit handler terminates daemon children with SIGTERM and
+# then joins them: without its own shutdown, `trainlab train data.loader=torch data.num_workers=2
+# data.persistent_workers=true` printed "done" and then never exited.
+HOLD_PERSISTENT_LOADER_AT_EXIT = """
+import torch
+from trainlab.config import load_config
+from trainlab.data import build_data
+cfg = load_config(None, ["data.name=shapes", "data.train_size=64", "data.val_size=16", "data.img_size=16",
+                         "data.batch_size=8", "data.loader=torch", "data.num_workers=2",
+                         "data.persistent_workers=true"])
+bundle = build_data(cfg, torch.device("cpu"))
+batches = bundle.train.batches(0)
+next(batches)  # workers started, an epoch left part-way, as max_steps_per_epoch leaves it
+print("held", flush=True)
+"""
+
+
+def test_process_holding_persistent_workers_exits():
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_PERSISTENT_LOADER_AT_EXIT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the process hung at exit with persistent loader workers alive")
+    assert proc.returncode == 0 and "held" in out, err[-2000:]
 
 
 def test_augmentation_is_a_crop_and_flip_of_the_original():

@@ -9,8 +9,10 @@ from a torch.Generator seeded by (seed, epoch); under DDP it is sharded like Dis
 
 from __future__ import annotations
 
+import atexit
 import math
 import signal
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Optional, Protocol
@@ -39,6 +41,28 @@ def _ignore_stop_signals(worker_id: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)):
         if sig is not None:
             signal.signal(sig, signal.SIG_IGN)
+
+
+# Worker iterators alive now (a persistent one lives as long as its DataLoader). At interpreter exit,
+# multiprocessing's own exit hook terminates daemon children with SIGTERM and joins them; our workers ignore
+# SIGTERM (above), so a process still holding workers at exit would wait forever. Our hook shuts them down
+# first, through DataLoader's own shutdown (a "done" message each worker obeys).
+_LIVE_WORKER_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+_exit_hook: list[bool] = []
+
+
+def _track_workers(iterator: object) -> None:
+    if not hasattr(iterator, "_shutdown_workers"):
+        return  # num_workers=0: nothing to stop
+    _LIVE_WORKER_ITERATORS.add(iterator)
+    if not _exit_hook:  # registered once workers exist, so after multiprocessing's hook: atexit runs it first
+        atexit.register(_shut_down_live_workers)
+        _exit_hook.append(True)
+
+
+def _shut_down_live_workers() -> None:
+    for iterator in list(_LIVE_WORKER_ITERATORS):
+        iterator._shutdown_workers()
 
 
 def stream_seed(*parts: int) -> int:
@@ -207,6 +231,7 @@ class TorchLoader:
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._sampler.epoch, self._sampler.start = int(epoch), max(0, int(start))
         iterator = iter(self._loader)
+        _track_workers(iterator)
         try:
             yield from iterator  # (images, labels) tuples: see _collate
         except DataError as err:  # from a worker the message carries its traceback; keep one line

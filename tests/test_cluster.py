@@ -50,6 +50,9 @@ def _train(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProces
 
 
 def _jsonl(path: Path) -> list[dict]:
+    """A JSONL file's records; none when the run never wrote one (events.jsonl of a run without events)."""
+    if not path.exists():
+        return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 

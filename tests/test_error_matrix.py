@@ -223,6 +223,8 @@ PATH_ARGS = {
     ("report", "run_dirs"): (garbage_run, ["report", "{P}", "-o", "report.html"]),
     ("report", "output"): ("out-file", ["report", "{RUN}", "-o", "{P}"]),
     ("runs", "dir"): (garbage_run, ["runs", "{P}"]),
+    ("doctor", "items"): ("yaml", ["doctor", "{P}", *TINY_RUN]),
+    ("doctor", "out"): ("out-dir", ["doctor", *TINY_RUN, "--out", "{P}"]),
 }  # fmt: skip
 
 # Value arguments that are not paths.

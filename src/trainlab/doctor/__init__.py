@@ -29,7 +29,12 @@ def diagnose(cfg: Any, out_dir: Optional[Path] = None, config_name: str = "(defa
     from trainlab.doctor.patient import examine
     from trainlab.doctor.probe import probe
 
+    from trainlab.errors import UsageError
+    from trainlab.paths import check_output_dir
+
     started = time.perf_counter()
+    if out_dir is not None:  # a bad --out fails in one line before any check runs
+        check_output_dir(out_dir, "--out", UsageError)
     patient = examine(cfg)  # bad config or data: raises before anything is written
     name = cfg.run.name or f"{cfg.model.name}-{cfg.data.name}"
     if out_dir is None:

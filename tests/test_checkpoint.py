@@ -14,14 +14,14 @@ import torch
 from trainlab import checkpoint as ckpt
 from trainlab.checkpoint import (
     CheckpointError,
-    CheckpointManager,
-    PreemptionGuard,
     capture_rng,
     load_checked,
     restore_rng,
     save_atomic,
 )
 from trainlab.paths import DiskFullError
+from trainlab.retention import CheckpointManager
+from trainlab.stops import PreemptionGuard
 
 
 def make_state(global_step: int = 10, seed: int = 0) -> dict:

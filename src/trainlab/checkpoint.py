@@ -1,4 +1,6 @@
-"""Full training state on disk: atomic writes with a checksum, retention, and stop signals.
+"""Full training state on disk: atomic writes with a checksum, weights-only verified loads, RNG states.
+
+Which files a run keeps is retention.py; the stop signals that trigger a save are stops.py.
 
 File format: a checkpoint is exactly what ``torch.save(state)`` writes (a zip archive), with one
 addition -- the zip's end-of-archive comment holds ``trainlab-ckpt v1 sha256=<hex>``, the sha256 of
@@ -19,15 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import pickle
 import random
-import re
-import signal
-import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -409,242 +406,8 @@ def _as_python_state(state: Any) -> tuple:
     return (version, tuple(internal), gauss_next)
 
 
-# ---------------------------------------------------------------------------------------------
-# retention
-
-
-_PERIODIC_RE = re.compile(r"^periodic-step=(\d+)\.pt$")
-
-
-class CheckpointManager:
-    """Names, writes and prunes the checkpoints of one run directory.
-
-    ``last.pt`` (overwritten), ``periodic-step=NNNNNNN.pt`` (newest ``keep_periodic`` kept) and
-    ``epoch=NN-<metric>=XX.XX.pt`` (best ``save_top_k``; 0 keeps none, a negative number keeps all).
-    The top-k list is rebuilt from the file names, so a resumed run keeps pruning correctly.
-    """
-
-    def __init__(
-        self,
-        directory: str | Path,
-        save_top_k: int = 1,
-        keep_periodic: int = 2,
-        metric: str = "val_acc1",
-        mode: str = "max",
-        trusted: bool = False,
-    ) -> None:
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
-        self.directory = Path(directory)
-        self.save_top_k = save_top_k
-        self.keep_periodic = keep_periodic
-        self.metric = metric
-        self.mode = mode
-        self.trusted = trusted  # run.trust_checkpoint: allow a full unpickle of these files
-        self.skipped: list[tuple[Path, str]] = []
-        self._best_re = re.compile(rf"^epoch=(\d+)-{re.escape(metric)}=(.+)\.pt$")
-        self._best: list[tuple[float, int, Path]] = []
-        if self.directory.is_dir():
-            self._remove_stale_temp_files()
-            for path in self.directory.iterdir():
-                match = self._best_re.match(path.name)
-                if match:
-                    try:
-                        self._best.append((float(match.group(2)), int(match.group(1)), path))
-                    except ValueError:
-                        continue
-            self._best.sort(key=self._rank_key)
-
-    @property
-    def last_path(self) -> Path:
-        return self.directory / "last.pt"
-
-    def _remove_stale_temp_files(self) -> None:
-        # A SIGKILL during a save leaves .<name>.tmp-<pid>; remove those whose writer is gone.
-        for path in self.directory.glob(".*.tmp-*"):
-            pid_text = path.name.rsplit("-", 1)[-1]
-            if not pid_text.isdigit() or int(pid_text) == os.getpid():
-                continue
-            try:
-                os.kill(int(pid_text), 0)
-                continue  # still running (another process) -- leave it alone
-            except ProcessLookupError:
-                pass
-            except (PermissionError, OSError):
-                continue
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-    def save_last(self, state: dict) -> Path:
-        save_atomic(state, self.last_path)
-        return self.last_path
-
-    def periodic_files(self) -> list[tuple[int, Path]]:
-        """(step, path) of the periodic checkpoints on disk, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        found = []
-        for path in self.directory.iterdir():
-            match = _PERIODIC_RE.match(path.name)
-            if match:
-                found.append((int(match.group(1)), path))
-        return sorted(found)
-
-    def save_periodic(self, state: dict, global_step: int) -> Path:
-        path = self.directory / f"periodic-step={global_step:07d}.pt"
-        save_atomic(state, path)
-        keep = max(self.keep_periodic, 1)  # never delete the file just written
-        for _, old in self.periodic_files()[:-keep]:
-            with contextlib.suppress(FileNotFoundError):
-                old.unlink()
-        return path
-
-    def _rank_key(self, entry: tuple[float, int, Path]) -> tuple[float, int]:
-        value, epoch, _ = entry
-        if math.isnan(value):
-            return (math.inf, epoch)
-        return (-value if self.mode == "max" else value, epoch)  # ties: the earlier epoch ranks higher
-
-    def best_filename(self, epoch: int, value: float) -> str:
-        return f"epoch={epoch:02d}-{self.metric}={value:.2f}.pt"
-
-    def save_best(self, state: dict, epoch: int, value: float) -> Path | None:
-        """Write ``state`` as a top-k checkpoint if ``value`` ranks in the top ``save_top_k``."""
-        if self.save_top_k == 0 or math.isnan(value):
-            return None
-        # The same epoch re-evaluated after a resume replaces its previous entry.
-        others = [entry for entry in self._best if entry[1] != epoch]
-        candidate = (float(value), int(epoch), self.directory / self.best_filename(epoch, value))
-        ranked = sorted([*others, candidate], key=self._rank_key)
-        kept = ranked if self.save_top_k < 0 else ranked[: self.save_top_k]
-        if candidate not in kept:
-            return None
-        save_atomic(state, candidate[2])
-        kept_paths = {entry[2] for entry in kept}
-        for entry in self._best:
-            if entry[2] not in kept_paths:
-                with contextlib.suppress(FileNotFoundError):
-                    entry[2].unlink()
-        self._best = kept
-        return candidate[2]
-
-    def best(self) -> list[tuple[float, int, Path]]:
-        """The current top-k as (value, epoch, path), best first."""
-        return list(self._best)
-
-    def resumable(self) -> tuple[Path, dict] | None:
-        """The newest good checkpoint among last.pt and periodic-*.pt (by state['global_step'], tie ->
-        last.pt), each verified; corrupt ones are listed in ``self.skipped`` and passed over. When none
-        of those is good, the top-k files are tried as a last resort. None when nothing is usable."""
-        self.skipped = []
-        best_found: tuple[Path, dict] | None = None
-
-        def try_load(path: Path) -> dict | None:
-            try:
-                return load_checked(path, require_checksum=True, trusted=self.trusted)
-            except UnsafeCheckpointError:
-                raise  # not damage: passing it over would quietly start from an older state
-            except CheckpointError as exc:
-                self.skipped.append((path, str(exc)))
-                return None
-
-        if self.last_path.is_file():
-            state = try_load(self.last_path)
-            if state is not None:
-                best_found = (self.last_path, state)
-        last_step = int(best_found[1].get("global_step", -1)) if best_found else -1
-        # Newest periodic first; only those strictly newer than last.pt can win.
-        for step, path in reversed(self.periodic_files()):
-            if best_found is not None and step <= last_step:
-                break
-            state = try_load(path)
-            if state is None:
-                continue
-            if int(state.get("global_step", step)) > last_step:
-                best_found = (path, state)
-            break
-        if best_found is None:
-            for _, _, path in sorted(self._best, key=lambda e: -e[1]):  # newest epoch first
-                if path.is_file():
-                    state = try_load(path)
-                    if state is not None:
-                        return path, state
-        return best_found
-
-
-# ---------------------------------------------------------------------------------------------
-# stop signals
-
-
-def _default_signals() -> tuple[int, ...]:
-    names = ("SIGTERM", "SIGINT", "SIGUSR1")  # SIGUSR1 is absent on Windows
-    return tuple(getattr(signal, name) for name in names if hasattr(signal, name))
-
-
-class PreemptionGuard:
-    """Turns stop signals into a flag the training loop checks at step boundaries.
-
-    The first signal sets ``requested`` and records ``signal_name``; later ones never raise (they
-    are counted in ``extra_signals``), so a save in progress is never interrupted. Previous handlers
-    are restored on exit. Off the main thread Python cannot install handlers: the guard is then a
-    no-op and says so in ``note``.
-    """
-
-    def __init__(self, signals: tuple[int, ...] | None = None) -> None:
-        self.signals = tuple(signals) if signals is not None else _default_signals()
-        self.requested = False
-        self.signal_name: str | None = None
-        self.extra_signals = 0
-        self.note: str | None = None
-        self._saving_depth = 0
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def is_saving(self) -> bool:
-        return self._saving_depth > 0
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if not self.requested:
-            self.requested = True
-            self.signal_name = signal.Signals(signum).name
-        else:
-            # While saving this keeps the save intact; otherwise the flag is already set and the
-            # loop will stop at the next step boundary anyway.
-            self.extra_signals += 1
-
-    def request(self, signal_name: str) -> None:
-        """Set the flag as if a signal had arrived (e.g. a stop agreed across DDP ranks)."""
-        if not self.requested:
-            self.requested = True
-            self.signal_name = signal_name
-
-    def __enter__(self) -> PreemptionGuard:
-        if threading.current_thread() is not threading.main_thread():
-            self.note = "stop signals are not handled: the training loop is not on the main thread"
-            return self
-        for signum in self.signals:
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        self._previous.clear()
-
-    @contextlib.contextmanager
-    def saving(self) -> Iterator[None]:
-        """Marks a save in progress (signals arriving now are absorbed)."""
-        self._saving_depth += 1
-        try:
-            yield
-        finally:
-            self._saving_depth -= 1
-
-
 __all__ = [
     "CheckpointError",
-    "CheckpointManager",
-    "PreemptionGuard",
     "UnsafeCheckpointError",
     "capture_rng",
     "load_checked",

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from trainlab import checkpoint as ckpt
 from trainlab import config as config_mod
 from trainlab.errors import ConfigError
+from trainlab.retention import CheckpointManager
 
 # Keys that may change between a run and its resume without changing the math. train.epochs and
 # train.max_steps_per_epoch are here, but a schedule sized from them is checked apart (`schedule_change`).
@@ -102,7 +103,7 @@ def load_resume_state(cfg: Any, run_dir: Path, say, warn) -> Optional[dict]:
     """The checkpoint this run continues from (verified), or None to start from scratch."""
     resume = str(cfg.run.resume)
     trusted = bool(cfg.run.trust_checkpoint)  # weights-only loads unless the user trusts the file
-    manager = ckpt.CheckpointManager(run_dir / "checkpoints", trusted=trusted)
+    manager = CheckpointManager(run_dir / "checkpoints", trusted=trusted)
     if resume not in ("auto", "never"):
         path = Path(resume)
         if not path.is_file():

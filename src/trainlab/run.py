@@ -26,6 +26,8 @@ from trainlab.engine import EpochTotals, evaluate
 from trainlab.errors import NonFiniteLoss, Preempted
 from trainlab.logs import NullLogger, RunLogger
 from trainlab.paths import check_run_dir, discard_new_run_dir
+from trainlab.retention import CheckpointManager
+from trainlab.stops import PreemptionGuard
 
 
 class Run:
@@ -45,7 +47,7 @@ class Run:
         self.totals_state: Optional[dict] = None
         self.last_periodic_time = time.time()
         self.logger: Any = NullLogger()
-        self.guard = ckpt.PreemptionGuard()
+        self.guard = PreemptionGuard()
         self.drill = drills.SelfSignal()
         self.rank_drills = drills.RankDrills(ctx.rank)
         self.collectives = drills.CollectiveCounter(ctx.rank)
@@ -243,7 +245,7 @@ class Run:
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
             self.logger = RunLogger(self.run_dir, trackers=tracker_set)
-        self.manager = ckpt.CheckpointManager(
+        self.manager = CheckpointManager(
             self.run_dir / "checkpoints", save_top_k=cfg.run.save_top_k, keep_periodic=cfg.run.keep_periodic
         )
         self._build_watcher()

@@ -28,7 +28,6 @@ def diagnose(cfg: Any, out_dir: Optional[Path] = None, config_name: str = "(defa
     from trainlab.doctor import checks, inputs, smells
     from trainlab.doctor.patient import examine
     from trainlab.doctor.probe import probe
-
     from trainlab.errors import UsageError
     from trainlab.paths import check_output_dir
 

@@ -60,13 +60,12 @@ def resolve_auto_batch(cfg: Any, ctx: distributed.DistContext, state: Optional[d
         if ctx.device.type != "cuda" and drills.planted_max_batch(ctx.rank) is None:
             raise ConfigError("data.batch_size=auto needs a GPU; give a number, e.g. data.batch_size=128")
         mine = find_max_batch(cfg, ctx.device, reserve_bytes=_resident_bytes(cfg), rank=ctx.rank)
+        note = f"data.batch_size=auto: {mine} per process fits"
         batch = mine
         if ctx.enabled:  # ranks may have different GPUs (or free memory): all take the smallest answer
-            found = distributed.all_gather_floats([float(mine)], ctx)
-            batch = int(min(v[0] for v in found))
-        note = f"data.batch_size=auto: {batch} per process fits" + (
-            f" (smallest of the ranks' {mine if not ctx.enabled else ', '.join(str(int(v[0])) for v in found)})"
-            if ctx.enabled else "")
+            found = [int(v[0]) for v in distributed.all_gather_floats([float(mine)], ctx)]
+            batch = min(found)
+            note = f"data.batch_size=auto: {batch} per process fits (smallest of the ranks' {', '.join(map(str, found))})"
     return config_mod.replace(cfg, **{"data.batch_size": batch}), note
 
 

@@ -69,16 +69,20 @@ class EpochTotals:
         self.correct1.fill_(state["correct1"])
         self.seen.fill_(state["seen"])
 
-    def summed(self, ctx: Optional[DistContext]) -> EpochTotals:
-        """These sums added over all ranks (a new object; this rank's own stay as they are)."""
-        packed = torch.stack([self.loss_sum, self.correct1, self.seen]).clone()
+    def _packed(self, ctx: Optional[DistContext]) -> torch.Tensor:
+        packed = torch.stack([self.loss_sum, self.correct1, self.seen])  # a new tensor: these stay as they are
         if ctx is not None:
             all_reduce_sum(packed, ctx)
+        return packed
+
+    def summed(self, ctx: Optional[DistContext]) -> EpochTotals:
+        """These sums added over all ranks (a new object; this rank's own stay as they are)."""
+        packed = self._packed(ctx)
         return EpochTotals(packed[0].clone(), packed[1].clone(), packed[2].clone())
 
     def reduced(self, ctx: Optional[DistContext]) -> dict:
         """Global figures (summed over ranks). One sync: called once per epoch."""
-        loss_sum, correct, seen = torch.stack([t for t in vars(self.summed(ctx)).values()]).tolist()
+        loss_sum, correct, seen = self._packed(ctx).tolist()
         seen = max(seen, 1.0)
         return {"train_loss": loss_sum / seen, "train_acc1": 100.0 * correct / seen, "train_samples": int(seen)}
 

@@ -177,8 +177,8 @@ class Run:
     def _save(self, kind: str, totals: Optional[EpochTotals] = None) -> Optional[Path]:
         """Rank 0 writes; every rank waits, so nobody exits before the file is whole."""
         path = None
-        if totals is not None and self.ctx.enabled:  # every rank takes part: the sum is a collective
-            totals = self._job_totals(totals)
+        if totals is not None and self.ctx.enabled:  # the job's sums; every rank takes part in the collective
+            totals = totals.summed(self.ctx)
         rng = self._gather_rng()
         if self.ctx.is_main:
             state = self.state(totals, rng)
@@ -453,10 +453,6 @@ class Run:
         t = torch.tensor([1.0 if f else 0.0 for f in flags])  # on the host: see control_group
         torch.distributed.all_reduce(t, group=self.control_group)
         return [v > 0 for v in t.tolist()]
-
-    def _job_totals(self, totals: EpochTotals) -> EpochTotals:
-        """The epoch's running sums over all ranks (what a checkpoint stores)."""
-        return totals.summed(self.ctx)
 
     def _at_boundary(self, epoch: int, done: int, totals: EpochTotals) -> bool:
         """After each optimizer step: stop on a signal, or write a periodic checkpoint when one is due.

@@ -196,4 +196,4 @@ def test_hook_time_is_not_compute(tmp_path):
                                                            "epoch_time_s"))  # fmt: skip
     assert other >= planted * 0.95
     assert compute <= epoch - planted
-    assert data + compute + other == pytest.approx(epoch, rel=1e-6)
+    assert data + compute + other == pytest.approx(epoch, abs=2e-6)  # metrics.csv rounds each to 6 decimals

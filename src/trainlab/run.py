@@ -77,10 +77,16 @@ class Run:
             on_log=self.logger.log_step, model=self.raw_model, optimizer=self.trainer.optimizer,
             rank=self.ctx.rank, world_size=self.ctx.world_size, verbose=self.ctx.is_main and s.enabled,
             planned_steps=self.cfg.train.epochs * self.trainer.batches_per_epoch(self.data.train),  # watch budget
-            num_classes=self.num_classes,
+            num_classes=self.num_classes, lr_at=self._planned_lr(),
         )  # fmt: skip
         self.watcher.print_epoch_block = False
         self.trainer.watcher = self.watcher
+
+    def _planned_lr(self):
+        """The LR the schedule plans at a watch step (a batch; the scheduler counts optimizer steps)."""
+        sched, accum = self.trainer.scheduler, max(1, int(self.cfg.train.grad_accum))
+        base, multiplier = float(sched.base_lrs[0]), sched.lr_lambdas[0]
+        return lambda step: base * multiplier(step // accum)
 
     def _on_batch(self, epoch: int, index: int) -> None:
         self.console.advance()
@@ -264,6 +270,12 @@ class Run:
 
             for v in preflight_verdicts(self.cfg, self.data, self.raw_model, self.num_classes):
                 self._event("preflight", **v.event())
+        elif state is None and ctx.is_main:  # the config smells cost nothing: every fresh run gets them
+            from trainlab.doctor import start_smells
+
+            smell = start_smells(self.cfg, self.data, self.raw_model, self.num_classes)
+            if smell is not None:
+                self._event("config_smell", "warning", f"config: {smell.summary} -> {smell.fix}", **smell.figures)
         for warning in self.schedule_warnings:
             self._event("schedule", "warning", warning)
         self.logger.write_summary(self.summary("running"))

@@ -76,6 +76,18 @@ def diagnose(cfg: Any, out_dir: Optional[Path] = None, config_name: str = "(defa
     return verdicts, out_dir
 
 
+def start_smells(cfg: Any, data: Any, model: torch.nn.Module, num_classes: int) -> Optional[Verdict]:
+    """The configuration smells of a run about to start, for every `trainlab train` (free: no data read, no
+    step). None when nothing smells. The schedule's own warnings are left out: the run logs those itself."""
+    from trainlab.doctor import smells
+    from trainlab.doctor.patient import Patient
+
+    device = next(model.parameters()).device
+    patient = Patient(cfg, device, data, num_classes, int(data.train.batch_size), 1, 1, [])
+    verdict = smells.config_smells(patient, model)
+    return None if verdict.status == "ok" else verdict
+
+
 def preflight_verdicts(cfg: Any, data: Any, model: torch.nn.Module, num_classes: int) -> list[Verdict]:
     """The cheap checks, on a run that is about to start: no training, a copy of the model, RNG untouched."""
     from trainlab.doctor import checks, inputs, smells

@@ -256,8 +256,12 @@ class LeakDetector:
 class BottleneckDetector:
     """data_bottleneck: the median share of step time spent blocked on the loader, over a window of steps."""
 
-    def __init__(self, s: WatchSettings) -> None:
+    def __init__(self, s: WatchSettings, on_cpu: bool = False) -> None:
         self.s = s
+        # On a CPU device the loader and the model share the same cores: a small wait is the price of that
+        # sharing, not an idle accelerator, so only a wait that dominates the step is worth a warning.
+        self.on_cpu = on_cpu
+        self.warning_share = max(s.bottleneck_warning, s.bottleneck_cpu_warning) if on_cpu else s.bottleneck_warning
         self.waits: deque[float] = deque(maxlen=s.bottleneck_window)
         self.walls: deque[float] = deque(maxlen=s.bottleneck_window)
         self.episode = Episode()
@@ -276,7 +280,8 @@ class BottleneckDetector:
         wait_ms = float(np.median(waits)) * 1000.0
         level = 0
         if wait_ms >= s.bottleneck_min_wait_ms:
-            level = CRITICAL if share > s.bottleneck_critical else WARNING if share > s.bottleneck_warning else 0
+            critical = max(s.bottleneck_critical, self.warning_share)
+            level = CRITICAL if share > critical else WARNING if share > self.warning_share else 0
         if not self.episode.update(level):
             return None
         workers = loader_info.get("num_workers")
@@ -291,8 +296,9 @@ class BottleneckDetector:
         return Event(
             "data_bottleneck", _SEVERITY[level], step, epoch,
             f"the loop waits for data {share:.0%} of each step (median over the last {len(waits)} steps: "
-            f"{wait_ms:.1f} ms waiting of {float(np.median(walls)) * 1000:.1f} ms per step); the device idles "
-            f"meanwhile. Try: " + "; ".join(tips) + ".",
+            f"{wait_ms:.1f} ms waiting of {float(np.median(walls)) * 1000:.1f} ms per step); "
+            + ("the model waits for the loader meanwhile. " if self.on_cpu else "the device idles meanwhile. ")
+            + "Try: " + "; ".join(tips) + ".",
             {"data_wait_frac": share, "wait_ms": wait_ms, "step_ms": float(np.median(walls)) * 1000,
              "window": len(waits), **{k: v for k, v in loader_info.items() if v is not None}},
         )

@@ -23,6 +23,8 @@ class WatchSettings:
     # data_bottleneck: median share of step time blocked on the loader, over the last window of steps
     bottleneck_warning: float = 0.10
     bottleneck_critical: float = 0.30
+    bottleneck_cpu_warning: float = 0.30  # on a CPU device (loader and model share the cores); the zoo's heavy
+    # policy with 2 workers waits 10-11% of a step on 2 busy cores, the main-process heavy policy 53%
     bottleneck_window: int = 50
     bottleneck_min_wait_ms: float = 1.0  # below this per-step wait there is nothing to gain
     # loss_spike: a step loss above max(median + k*MAD, ratio*median, the window's max + its distance to median)
@@ -56,6 +58,20 @@ class WatchSettings:
     progress_slope_sigmas: float = 1.0  # the slope is taken at its most hopeful: minus this many standard errors
     progress_confirm: int = 2  # consecutive reductions that must agree
     progress_val_frac: float = 0.6
+    # weights_static (model_probe.py): the trainable weights' relative movement, projected over the planned LR
+    # budget, below weights_min_move while the loss is still >= weights_chance_frac of ln(classes); judged from
+    # max(weights_min_steps, weights_min_frac of the plan) to weights_max_frac of it (the zoo: an LR 1000x too low
+    # projects ~1e-3; healthy recipes, slow starts included, 0.3 and more)
+    weights_min_move: float = 0.02
+    weights_min_norm_ratio: float = 0.01  # weights_shrinking: the norm projected to end below this share of its start
+    weights_chance_frac: float = 0.9
+    weights_min_steps: int = 20  # watch steps, and optimizer updates when the watch has the optimizer
+    weights_min_frac: float = 0.04
+    weights_max_frac: float = 0.5
+    # input_scale: the first batch after normalisation, per channel
+    input_max_abs_mean: float = 5.0
+    input_max_std: float = 10.0
+    input_min_std: float = 0.02  # every channel below: the inputs are (nearly) constant
     # divergence: loss of the window's last quarter this many times its first quarter, rising consistently
     divergence_window: int = 200
     divergence_ratio: float = 1.5

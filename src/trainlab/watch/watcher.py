@@ -39,6 +39,7 @@ from trainlab.watch.detectors import (
     straggler_events,
 )
 from trainlab.watch.events import Episode, Event
+from trainlab.watch.model_probe import ModelProbe
 from trainlab.watch.sampler import MB, SystemSampler, rss_mb
 from trainlab.watch.settings import WatchSettings, coerce_settings
 
@@ -74,6 +75,7 @@ class Watcher:
     (or the defaults, with print_every=100 like the seed monitor). `planned_steps` (the `step()` calls the run
     will make) and `num_classes` let the watch judge progress against the run's own budget: a hopeless run is
     flagged in its first tenth or so, and slow leaks are reported by their projected time to out-of-memory.
+    `lr_at(step)` (the planned LR at a watch step) sizes the LR budget still to come (model_probe.py).
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class Watcher:
         verbose: bool = True,
         planned_steps: Optional[int] = None,
         num_classes: Optional[int] = None,
+        lr_at: Optional[Callable[[int], float]] = None,
     ) -> None:
         s = coerce_settings(settings) if settings is not None else WatchSettings(print_every=100)
         for name, value in (("print_every", print_every), ("show_gpu", show_gpu), ("warn_on_leak", warn_on_leak),
@@ -131,10 +134,16 @@ class Watcher:
         self._loss_detectors = LossDetectors(s)
         self.planned_steps = int(planned_steps) if planned_steps else None
         self._progress = BudgetProgress(s, self.planned_steps, num_classes)
+        self._probe = ModelProbe(s, model, self.planned_steps, num_classes, lr_at)
+        self._probe_started = False  # the first batch (or step) has been shown to the probe
+        self._update_hook = None
+        if optimizer is not None and hasattr(optimizer, "register_step_post_hook"):
+            self._update_hook = optimizer.register_step_post_hook(self._probe.count_update)
+            self._probe.counts_updates = True
         self._leaks = {"host": LeakDetector(s, "host")}
         if self.on_cuda:
             self._leaks["gpu"] = LeakDetector(s, "gpu")
-        self._bottleneck = BottleneckDetector(s)
+        self._bottleneck = BottleneckDetector(s, on_cpu=self.device.type == "cpu")
         self._stragglers: dict[int, Episode] = {}
         self._grad_nonfinite_streak = 0
         self._grad_episode = Episode()
@@ -219,6 +228,8 @@ class Watcher:
                 self._add_wait(t_got - t_request)
                 self._t_yield = t_got
                 self._batch_size = _batch_size_of(batch)
+                if not self._probe_started:
+                    self._start_probe(batch)
                 if self._timer is not None:
                     self._timer.mark_start()
                 yield batch
@@ -229,6 +240,11 @@ class Watcher:
                 self._epoch_compute_host_s += now - self._t_yield
                 self._t_yield = None
                 self._t_loop_end = now
+
+    def _start_probe(self, batch: Any) -> None:
+        self._probe_started = True
+        for event in self._probe.first_batch(batch, self.step_count, self.epoch):
+            self._emit(event)
 
     def _add_wait(self, seconds: float) -> None:
         self._epoch_data_s += seconds
@@ -254,6 +270,8 @@ class Watcher:
         self._epoch_steps += 1
         if not self.enabled:
             return
+        if not self._probe_started:  # a loop without watch(): the weights' start is after the first update
+            self._start_probe(None)
         wall = t - self._t_last_step
         self._t_last_step = t
         wait, self._wait_since_step = self._wait_since_step, 0.0
@@ -265,6 +283,7 @@ class Watcher:
             self._chunk_images += images
         if lr is not None:
             self._lr = float(lr)
+        self._probe.step(self._current_lr())
         if loss is not None:
             self._record_loss(loss)
         else:
@@ -372,6 +391,7 @@ class Watcher:
         events = self._loss_detectors.feed(steps_losses, self.epoch)
         e = self._progress.feed(steps_losses, self._current_lr(), self.step_count, self.epoch)
         events += [e] if e else []
+        events += self._probe.check(self.step_count, self.epoch, list(self._loss_detectors.recent)[-20:])
         given = device_values[-1] if self._chunk_grad_norm == "buffer" else self._chunk_grad_norm
         grad_norm = (given if given is not None else self._grad_norm()) if log else None
         if grad_norm is not None:
@@ -412,6 +432,7 @@ class Watcher:
             "cpu_pct": system.get("cpu_pct"),
             "rss_mb": self._last_rss_mb,
             "ram_pct": system.get("ram_pct"),
+            **self._probe.last,
         }
         if self.on_cuda:
             record.update(
@@ -639,6 +660,7 @@ class Watcher:
             "loss": self._loss_detectors.state_dict(),
             "leaks": {k: d.state_dict() for k, d in self._leaks.items()},
             "progress": self._progress.state_dict(),
+            "probe": self._probe.state_dict(),
             "totals": dict(self._totals),
             "overhead_s": self._overhead_s,
             "interval": self._interval_state(),
@@ -672,6 +694,9 @@ class Watcher:
                 self._leaks[key].load_state_dict(state)
         if d.get("progress") is not None:
             self._progress.load_state_dict(d["progress"])
+        if d.get("probe") is not None:
+            self._probe.load_state_dict(d["probe"])
+        self._probe_started = self.step_count > 0
         self._totals = Counter(d.get("totals", {}))
         self._overhead_s = d.get("overhead_s", 0.0)
         self._epoch_open = False
@@ -686,6 +711,9 @@ class Watcher:
 
     def close(self) -> None:
         self.sampler.stop()
+        if self._update_hook is not None:
+            self._update_hook.remove()
+            self._update_hook = None
 
     def __del__(self) -> None:  # a watcher dropped without close() must not leave its thread polling
         sampler = getattr(self, "sampler", None)

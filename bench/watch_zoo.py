@@ -33,13 +33,16 @@ RECIPES: dict[str, tuple[list[str], str, tuple[str, ...] | None]] = {
     "LR far too low (sgd 1e-4)": (["optim.lr=0.0001"], "", ("not_learning",)),
     "LR far too high (sgd 30)": (["optim.lr=30"], "", ("divergence", "nonfinite", "loss_spike", "not_learning")),
     "labels shuffled across classes": ([], "shuffle_labels", ("not_learning",)),
-    "random backbone frozen": (["model.freeze_backbone=true"], "", ("not_learning",)),
-    "crushing weight decay (0.5)": (["optim.weight_decay=0.5"], "", ("not_learning",)),
+    "random backbone frozen": (["model.freeze_backbone=true"], "", ("not_learning", "config_smell")),
+    "crushing weight decay (0.5)": (["optim.weight_decay=0.5"], "", ("not_learning", "config_smell")),
     "unnormalised 0..255 inputs": (["data.mean=[0,0,0]", "data.std=[0.0039216,0.0039216,0.0039216]"], "",
-                                   ("not_learning", "divergence", "loss_spike")),
-    "BatchNorm in eval mode": ([], "bn_eval", ("not_learning", "divergence", "nonfinite")),
+                                   ("input_scale", "not_learning", "divergence", "loss_spike")),
+    "BatchNorm in eval mode": ([], "bn_eval", ("batchnorm_mode", "not_learning", "divergence", "nonfinite")),
     "leak 300 KB/step": ([], "leak:300", ("memory_leak",)),
     "slow loader 40 ms/batch": ([], "slow_loader:40", ("data_bottleneck",)),
+    "heavy policy in the main process (num_workers=0)": (["aug.policy=trivialaugment", "aug.random_erasing=0.25",
+                                                          "data.loader=torch", "data.num_workers=0"], "",
+                                                         ("data_bottleneck",)),
     # healthy recipes: any warning is a false alarm
     "sgd one-cycle batch 32": ([], "", None),
     "sgd batch 8": (["data.batch_size=8", "optim.lr=0.05", "train.epochs=2"], "", None),
@@ -54,8 +57,8 @@ RECIPES: dict[str, tuple[list[str], str, tuple[str, ...] | None]] = {
     "label smoothing 0.1": (["train.label_smoothing=0.1"], "", None),
     "grad accumulation x4 (batch 8)": (["data.batch_size=8", "train.grad_accum=4", "train.epochs=2"], "", None),
     "EMA 0.99": (["train.ema_decay=0.99"], "", None),
-    "heavy policy (trivialaugment + erasing)": (["aug.policy=trivialaugment", "aug.random_erasing=0.25",
-                                                 "data.loader=torch"], "", None),
+    "heavy policy, 2 workers (trivialaugment + erasing)": (["aug.policy=trivialaugment", "aug.random_erasing=0.25",
+                                                            "data.loader=torch", "data.num_workers=2"], "", None),
 }
 
 
@@ -90,6 +93,10 @@ def one(name: str, out: Path, with_doctor: bool, timeout: float) -> dict:
              if line.strip()] if (run_dir / "steps.jsonl").is_file() else []
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     row["planned"] = summary.get("watch", {}).get("steps") or (steps[-1] if steps else None)
+    projected = [json.loads(line).get("weight_change_projected") for line in
+                 (run_dir / "steps.jsonl").read_text().splitlines() if line.strip()] if steps else []
+    projected = [p for p in projected if p is not None]
+    row["min_projected_weight_change"] = min(projected) if projected else None  # the weights_static margin
     row["best_val_acc1"] = summary.get("best_val_acc1")
     row["events"] = [{"kind": e["kind"], "severity": e["severity"], "step": e["step"]} for e in events
                      if e["severity"] in ("warning", "critical") and e["kind"] not in ("preflight", "schedule")]

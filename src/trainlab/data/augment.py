@@ -11,7 +11,9 @@ The torch DataLoader path uses torchvision's per-sample transforms (transforms.p
 tensor loader, the streaming loader) draw every sample's parameters for the whole epoch at once from a CPU
 generator (`draw_params`, so a batch index alone says which parameters it gets and resume skips freely),
 and apply them to a whole uint8 batch on the device (`BatchAugmenter`): one roi_align over the batch for
-per-sample resized boxes, one gather for pad-crops, a where() for flips.
+per-sample resized boxes, one gather for pad-crops, a where() for flips. For variable-size images (a
+`--keep-aspect` pack) `draw_params` takes per-sample heights and widths, so each box lies in its own image;
+`centre_square_boxes` gives their validation / pad / none view.
 """
 
 from __future__ import annotations

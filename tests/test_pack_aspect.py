@@ -316,3 +316,15 @@ def test_train_end_to_end_from_a_keep_aspect_pack(packs, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("data: "))
     assert "stream loader (variable-size images: stream)" in line
+
+
+def test_keep_aspect_pack_shows_progress_with_eta(tmp_path, capsys):
+    from trainlab.data.pack import pack_folder
+
+    src = make_aspect_folder(tmp_path / "src", {"train": 2, "val": 1})
+    result = pack_folder(src, tmp_path / "dst", 8, show_progress=True, keep_aspect=True)
+    assert result["layout"] == "short-side" and result["splits"] == {"train": 4, "val": 2}
+    err = capsys.readouterr().err
+    for phase in ("sizes train", "pack train", "sizes val", "pack val"):
+        assert phase in err, err
+    assert "0:00:00" in err or "-:--:--" in err  # rich's time-remaining column

@@ -260,6 +260,10 @@ class StreamLoader:
         sample's box (drawn in its own bounds); pad/none crops and validation from each centre square."""
         size = size or self.plan.size
         aug = self._augmenter
+        # roi_align makes its input contiguous NCHW: doing it on the uint8 batch copies a quarter of the bytes
+        # of doing it on the float one (the padded batch is ~3x the pixels of a square one; measured on the
+        # CPU, 160 px keep-aspect images: float + roi_align 2.8 -> 1.9 ms per image).
+        x = x.contiguous()
         if params is not None and self.plan.crop == "resized":
             return aug.finish(aug.resample(x, params, size), params, pad=False)
         centre = centre_square_boxes(self._heights[idx], self._widths[idx]).to(self.device)

@@ -167,7 +167,8 @@ def print_table(args: argparse.Namespace, med: dict, data_mb: float, ka_mb: floa
     cpu = platform.processor() or platform.machine()
     print(f"\n### Data host CPU per image ({datetime.date.today()}, {os.cpu_count()} cores {cpu}, "
           f"torch {torch.__version__}; other agents were loading the machine)\n")  # fmt: skip
-    print(f"`PYTHONPATH=src python bench/data_host_cpu.py --images {args.images} --repeats {args.repeats}`; "
+    flags = " --no-rss" if args.no_rss else ""
+    print(f"`PYTHONPATH=src python bench/data_host_cpu.py --images {args.images} --repeats {args.repeats}{flags}`; "
           f"median of {args.repeats}, one epoch each, 128 px random resized crops + flips\n")  # fmt: skip
     print("| path | host CPU ms / image | vs (a) |")
     print("| --- | ---: | ---: |")

@@ -12,11 +12,14 @@ epoch of each at 128 px training size with random resized crops and flips (the d
   (b) packed, data.loader=stream: block reads + batch roi_align crops on the (CPU) device;
   (b') (b)'s host side alone: block reads and batch gathers (StreamLoader.host_batches), which is all the
       host does per image when the device is a GPU (the crops then run there);
+  (k), (k') as (b), (b'), from a `--keep-aspect` pack of the same folder (short side 160, aspect kept, long
+      side at most 320): byte-sized block reads, gather into a padded batch buffer, crops drawn in each
+      image's own size;
   (c) the same JPEG files read into memory by 4 threads (what the GPU-decode path leaves to the host).
 CPU time is this process's (all threads; torch at 1 intra-op thread) per image. On a GPU, (b)'s crop work
 moves to the device, so (b) here is an upper bound on its host cost.
 Last, `trainlab train` from the packed set with data.memory_budget_gb a fifth of its size (streams) and
-with data.loader=tensor (copies), peak RSS of each (psutil, polled).
+with data.loader=tensor (copies), peak RSS of each (psutil, polled); --no-rss skips that part.
 """
 
 from __future__ import annotations
@@ -112,33 +115,42 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS training runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="trainlab-bench-data-"))
-    folder, packed = work / "jpeg", work / "packed160"
+    folder, packed, packed_ka = work / "jpeg", work / "packed160", work / "packed160-keep-aspect"
     if not (folder / "val").is_dir():
         t = time.time()
         write_jpeg_folder(folder, args.images)
         print(f"wrote {args.images} JPEGs in {time.time() - t:.0f}s", file=sys.stderr)
     if not (packed / "meta.json").is_file():
         pack_folder(folder, packed, 160, workers=2, show_progress=False)
+    if not (packed_ka / "meta.json").is_file():
+        pack_folder(folder, packed_ka, 160, workers=2, show_progress=False, keep_aspect=True)
     files = sorted((folder / "train").rglob("*.jpg"))
     common = ["data.img_size=128", "aug.crop=resized", "data.batch_size=64", "data.num_workers=0", "train.seed=0"]
     runs = {
         "a": ["data.name=folder", f"data.root={folder}", "data.loader=torch", *common],
         "b": ["data.name=packed", f"data.root={packed}", "data.loader=stream", *common],
+        "k": ["data.name=packed", f"data.root={packed_ka}", "data.loader=stream", *common],
     }
-    results: dict[str, list[float]] = {"a": [], "b": [], "h": [], "c": []}
+    results: dict[str, list[float]] = {"a": [], "b": [], "h": [], "k": [], "hk": [], "c": []}
     summaries = {}
     for _ in range(args.repeats):
         for key, cfg_args in runs.items():
             per_image, _, summaries[key] = epoch_cpu(cfg_args)
             results[key].append(per_image)
         results["h"].append(stream_host_cpu(runs["b"]))
+        results["hk"].append(stream_host_cpu(runs["k"]))
         results["c"].append(read_bytes_cpu(files))
     med = {k: statistics.median(v) for k, v in results.items()}
 
     data_mb = (packed / "train_images.npy").stat().st_size / 2**20
+    ka_mb = (packed_ka / "train_pixels.npy").stat().st_size / 2**20
+    if args.no_rss:
+        print_table(args, med, data_mb, ka_mb, None)
+        return
     budget_gb = round(data_mb / 5 / 1024, 4)
     train_args = ["data.name=packed", f"data.root={packed}", "model.name=resnet8", "data.img_size=64",
                   "data.batch_size=64", "train.epochs=1", "train.threads=1", "run.tensorboard=false",
@@ -147,11 +159,16 @@ def main() -> None:
         [*train_args, f"data.memory_budget_gb={budget_gb}", f"run.dir={work / 'run-stream'}"]
     )
     rss_copy, copy_line = peak_rss_of_training([*train_args, "data.loader=tensor", f"run.dir={work / 'run-copy'}"])
+    print_table(args, med, data_mb, ka_mb, (budget_gb, rss_stream, stream_line, rss_copy, copy_line))
+
+
+def print_table(args: argparse.Namespace, med: dict, data_mb: float, ka_mb: float, rss: tuple | None) -> None:
 
     cpu = platform.processor() or platform.machine()
     print(f"\n### Data host CPU per image ({datetime.date.today()}, {os.cpu_count()} cores {cpu}, "
           f"torch {torch.__version__}; other agents were loading the machine)\n")  # fmt: skip
-    print(f"`PYTHONPATH=src python bench/data_host_cpu.py --images {args.images} --repeats {args.repeats}`; "
+    flags = " --no-rss" if args.no_rss else ""
+    print(f"`PYTHONPATH=src python bench/data_host_cpu.py --images {args.images} --repeats {args.repeats}{flags}`; "
           f"median of {args.repeats}, one epoch each, 128 px random resized crops + flips\n")  # fmt: skip
     print("| path | host CPU ms / image | vs (a) |")
     print("| --- | ---: | ---: |")
@@ -159,10 +176,16 @@ def main() -> None:
         "a": "(a) JPEG folder, DataLoader: decode + RandomResizedCrop (per sample)",
         "b": "(b) packed 160 px, streaming loader, device=CPU (block reads + batch roi_align crops on the host)",
         "h": "(b') the same, host side only (block reads + gather; what stays on the host with a GPU)",
+        "k": "(k) keep-aspect packed (short side 160, long <= 320), streaming loader, device=CPU",
+        "hk": "(k') the same, host side only (byte-sized block reads + gather into the padded batch buffer)",
         "c": "(c) JPEG bytes read only (GPU-decode host side)",
     }
-    for key in ("a", "b", "h", "c"):
+    for key in ("a", "b", "h", "k", "hk", "c"):
         print(f"| {names[key]} | {med[key] * 1e3:.3f} | {med['a'] / med[key]:.1f}x less |")
+    print(f"\nTrain pixels on disk: square pack {data_mb:.0f} MB, keep-aspect pack {ka_mb:.0f} MB.")
+    if rss is None:
+        return
+    budget_gb, rss_stream, stream_line, rss_copy, copy_line = rss
     print(f"\nPeak RSS, `trainlab train` resnet8 64 px 1 epoch from the packed set ({data_mb:.0f} MB of train "
           f"images): streaming with data.memory_budget_gb={budget_gb} {rss_stream:.0f} MB; "
           f"copied (data.loader=tensor) {rss_copy:.0f} MB.")  # fmt: skip

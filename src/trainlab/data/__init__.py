@@ -54,7 +54,8 @@ class DataBundle:
 
 
 class ArraySource:
-    """An in-memory split: uint8 N,H,W,3 images (numpy, possibly a memmap) and int64 labels."""
+    """An in-memory split: uint8 N,H,W,3 images (numpy, possibly a memmap) and int64 labels; or a
+    packed.VariableImages (keep-aspect pack), whose `images[i]` is an (h, w, 3) array of its own size."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         self.images, self.labels = images, labels
@@ -68,6 +69,8 @@ class ArraySource:
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split as torch tensors (reads a memmap into RAM once)."""
+        if getattr(self.images, "variable_size", False):
+            raise DataError("variable-size packed images have no single tensor; use data.loader=stream")
         images, labels = self.images, self.labels
         if isinstance(images, np.memmap) or not images.flags.writeable or not images.flags.c_contiguous:
             images = np.array(images)
@@ -224,7 +227,12 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
         # Blocks small enough that the ~2 resident windows stay within a quarter of the memory limit.
         block_bytes = int(min(BLOCK_BYTES, limit / (8 * WINDOW_BLOCKS)))
         # Batch buffers (prefetch + 2 of them) within another quarter, down to one batch read ahead.
-        batch_bytes = bs * int(np.prod(raw.train.images.shape[1:]))
+        images = raw.train.images
+        sample_bytes = (
+            images.max_height * images.max_width * 3 if getattr(images, "variable_size", False)
+            else int(np.prod(images.shape[1:]))
+        )  # fmt: skip
+        batch_bytes = bs * sample_bytes
         prefetch = int(max(1, min(3, limit / 4 // batch_bytes - 2)))
         common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
         train = StreamLoader(

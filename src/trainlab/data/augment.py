@@ -11,7 +11,9 @@ The torch DataLoader path uses torchvision's per-sample transforms (transforms.p
 tensor loader, the streaming loader) draw every sample's parameters for the whole epoch at once from a CPU
 generator (`draw_params`, so a batch index alone says which parameters it gets and resume skips freely),
 and apply them to a whole uint8 batch on the device (`BatchAugmenter`): one roi_align over the batch for
-per-sample resized boxes, one gather for pad-crops, a where() for flips.
+per-sample resized boxes, one gather for pad-crops, a where() for flips. For variable-size images (a
+`--keep-aspect` pack) `draw_params` takes per-sample heights and widths, so each box lies in its own image;
+`centre_square_boxes` gives their validation / pad / none view.
 """
 
 from __future__ import annotations
@@ -109,11 +111,27 @@ class CropParams:
         return CropParams(*(t.to(device, non_blocking=True) for t in (self.y, self.x, self.h, self.w, self.flip)))
 
 
+def _dims(n: int, height: int | torch.Tensor, width: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample int64 heights and widths (n,) from ints (one size for all) or tensors."""
+    h = torch.as_tensor(height, dtype=torch.int64).expand(n) if n else torch.zeros(0, dtype=torch.int64)
+    w = torch.as_tensor(width, dtype=torch.int64).expand(n) if n else torch.zeros(0, dtype=torch.int64)
+    return h, w
+
+
 def resized_crop_boxes(
-    generator: torch.Generator, n: int, height: int, width: int, scale: tuple, ratio: tuple
+    generator: torch.Generator,
+    n: int,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
+    scale: tuple,
+    ratio: tuple,
 ) -> tuple[torch.Tensor, ...]:
-    """(y, x, h, w) of n RandomResizedCrop boxes, vectorised over samples and tries (torchvision's rule)."""
-    area = height * width
+    """(y, x, h, w) of n RandomResizedCrop boxes, vectorised over samples and tries (torchvision's rule).
+    `height`/`width`: one stored size for all samples, or (n,) tensors, each sample's own size (the draws
+    are the same either way, so a box depends only on its sample's size)."""
+    height, width = _dims(n, height, width)
+    heights, widths = height.view(n, 1), width.view(n, 1)
+    area = (heights * widths).double()
     target = area * torch.empty(n, TRIES, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
     log_r = torch.empty(n, TRIES, dtype=torch.float64).uniform_(
         math.log(ratio[0]), math.log(ratio[1]), generator=generator
@@ -121,32 +139,43 @@ def resized_crop_boxes(
     aspect = torch.exp(log_r)
     w = torch.sqrt(target * aspect).round().long()
     h = torch.sqrt(target / aspect).round().long()
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    ok = (w > 0) & (w <= widths) & (h > 0) & (h <= heights)
     first = ok.long().argmax(dim=1)  # the first try that fits, as the loop in torchvision stops there
     found = ok.any(dim=1)
     rows = torch.arange(n)
     h, w = h[rows, first], w[rows, first]
     # Fallback (no try fits): centre crop of the whole image clamped to the ratio range.
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        fh, fw = height, int(round(height * ratio[1]))
-    else:
-        fw, fh = width, height
-    h = torch.where(found, h, torch.full_like(h, fh))
-    w = torch.where(found, w, torch.full_like(w, fw))
+    in_ratio = width.double() / height.double()
+    fw = torch.where(in_ratio > ratio[1], (height.double() * ratio[1]).round().long(), width)
+    fh = torch.where(in_ratio < ratio[0], (width.double() / ratio[0]).round().long(), height)
+    h = torch.where(found, h, fh)
+    w = torch.where(found, w, fw)
     u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
-    y = (u[:, 0] * (height - h + 1)).floor().long().clamp_max(height - h)
-    x = (u[:, 1] * (width - w + 1)).floor().long().clamp_max(width - w)
-    y = torch.where(found, y, torch.full_like(y, (height - fh) // 2))
-    x = torch.where(found, x, torch.full_like(x, (width - fw) // 2))
+    y = torch.minimum((u[:, 0] * (height - h + 1)).floor().long(), height - h)
+    x = torch.minimum((u[:, 1] * (width - w + 1)).floor().long(), width - w)
+    y = torch.where(found, y, torch.div(height - fh, 2, rounding_mode="floor"))
+    x = torch.where(found, x, torch.div(width - fw, 2, rounding_mode="floor"))
     return y, x, h, w
 
 
-def draw_params(generator: torch.Generator, n: int, plan: AugPlan, height: int, width: int) -> CropParams:
+def centre_square_boxes(height: torch.Tensor, width: torch.Tensor) -> CropParams:
+    """The centre square (side = the short side) of each image, with CenterCrop's rounding, no flip: the
+    validation view of variable-size images, which is what a square pack stores."""
+    side = torch.minimum(height, width)
+    y = torch.round((height - side).double() / 2).long()
+    x = torch.round((width - side).double() / 2).long()
+    return CropParams(y, x, side.clone(), side.clone(), torch.zeros(len(side), dtype=torch.bool))
+
+
+def draw_params(
+    generator: torch.Generator, n: int, plan: AugPlan, height: int | torch.Tensor, width: int | torch.Tensor
+) -> CropParams:
     """Parameters for n samples of height x width stored images. Draws a fixed amount from `generator` for
-    a given (plan.crop, n), so positions keep their parameters whatever the batch size or resume point."""
+    a given (plan.crop, n), so positions keep their parameters whatever the batch size or resume point.
+
+    `height`/`width` may be (n,) tensors, each sample's own size (variable-size packs): resized boxes then
+    lie inside each sample's own bounds, and `none` takes each sample's centre square (ints: the whole
+    image, as before). `pad` offsets do not depend on the size."""
     if plan.crop == "resized":
         y, x, h, w = resized_crop_boxes(generator, n, height, width, plan.scale, plan.ratio)
     elif plan.crop == "pad":
@@ -154,6 +183,9 @@ def draw_params(generator: torch.Generator, n: int, plan: AugPlan, height: int, 
         y = torch.randint(0, span, (n,), generator=generator)
         x = torch.randint(0, span, (n,), generator=generator)
         h = w = torch.full((n,), plan.size, dtype=torch.int64)
+    elif isinstance(height, torch.Tensor) or isinstance(width, torch.Tensor):
+        box = centre_square_boxes(*_dims(n, height, width))
+        y, x, h, w = box.y, box.x, box.h, box.w
     else:
         y = x = torch.zeros(n, dtype=torch.int64)
         h, w = torch.full((n,), height, dtype=torch.int64), torch.full((n,), width, dtype=torch.int64)
@@ -237,6 +269,8 @@ def _pad_crop(x: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, pad: int) -> 
 def stored_size_hint(source: Any, samples: int = 16) -> Optional[int]:
     """The stored images' typical short side: the array's size, or the median over a few files' headers."""
     images = getattr(source, "images", None)
+    if getattr(images, "variable_size", False):  # a keep-aspect pack: every short side is the packed size
+        return int(images.short_side)
     if images is not None:
         return int(min(images.shape[1], images.shape[2]))
     files = getattr(source, "files", None)

@@ -4,7 +4,8 @@ The tensor loader copies a split whole into the training device's memory (host R
 zero-padded copy for pad-crops, once per process. `auto` takes it only when that copy fits the budget:
 `data.memory_budget_gb` if set, and always at most half the free host memory (shared by the processes of
 one node) and, on a GPU, half its free memory. A larger array dataset streams (stream.py), and what needs
-per-sample transforms or decodes files goes to the DataLoader. The choice and its reason are returned for
+per-sample transforms or decodes files goes to the DataLoader. Variable-size images (a keep-aspect pack)
+always stream under `auto` (the tensor loader needs one size; it refuses them). The choice and its reason are returned for
 the start line.
 """
 
@@ -56,6 +57,12 @@ def choose_loader(
     want, policy, erasing = cfg.data.loader, cfg.aug.policy, float(cfg.aug.random_erasing)
     arrays = train_images is not None
     batch_ok = policy in BATCH_POLICIES and erasing == 0
+    variable = bool(getattr(train_images, "variable_size", False))  # a --keep-aspect pack
+    if variable and want == "tensor":
+        raise ConfigError(
+            "data.loader=tensor needs same-size images, but this packed set keeps each image's aspect "
+            "(variable sizes, `data pack --keep-aspect`); use data.loader=stream (or auto)"
+        )
     if want in ("tensor", "stream"):
         if not arrays:
             raise ConfigError(
@@ -78,6 +85,8 @@ def choose_loader(
     if not batch_ok:
         why = f"aug.policy={policy}" if policy not in BATCH_POLICIES else f"aug.random_erasing={erasing:g}"
         return "torch", f"{why} needs per-sample transforms"
+    if variable:
+        return "stream", "variable-size images: stream"
     need = copy_bytes(train_images, pad) + copy_bytes(val_images, 0)
     limit, limit_why = memory_limit(cfg, device)
     if need <= limit:

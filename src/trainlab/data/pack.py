@@ -9,7 +9,19 @@ Layout of DST (the packed reader depends on it exactly)::
     val_images.npy     uint8 (M, S, S, 3)
     val_labels.npy     int64 (M,)
 
-Every image is resized so its shorter side is S (bilinear, antialiased, the arithmetic of torchvision's
+With ``--keep-aspect`` (meta.json adds ``"layout": "short-side"`` and ``"max_aspect": R``) the images keep
+their aspect ratio and vary in size, so each split is stored flat instead::
+
+    train_pixels.npy   uint8 (total bytes,): every image's HWC RGB bytes back to back, in label order
+    train_index.npy    int64 (N, 3): (byte offset into train_pixels, height, width) per image
+    train_labels.npy   int64 (N,)
+
+Each image's short side is S (the arithmetic of torchvision's ``Resize(S)`` on the file's own size), the
+long side keeps the aspect and is centre-cropped only beyond int(R * S) (default R = 2: one panorama would
+otherwise widen every batch buffer it lands in). The streaming loader draws random resized crops in each
+image's own bounds; validation takes the centre square, which is what the square layout stores.
+
+Every image (square layout) is resized so its shorter side is S (bilinear, antialiased, the arithmetic of torchvision's
 ``Resize(S)``) and then centre-cropped to S x S (``CenterCrop(S)``). JPEGs at least 4 S on both sides are decoded at
 a reduced DCT scale (PIL's ``draft``) that keeps them at least 2 S, so the final resize still downsamples 2x
 or more: about 1.5x faster at small S, and within rounding of a full-resolution resize.
@@ -21,6 +33,7 @@ map, and a progress bar.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -39,6 +52,8 @@ from trainlab.errors import DataError, UsageError
 from trainlab.paths import check_output_dir, require_space, writing
 
 PACKED_FORMAT = "trainlab-packed-v1"
+SHORT_SIDE_LAYOUT = "short-side"  # meta.json "layout" of --keep-aspect packs (absent: square)
+DEFAULT_MAX_ASPECT = 2.0
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = ("train", "val")
 FOLDER_LAYOUT_HINT = "an ImageNet-style folder holds train/<class>/*.jpg and val/<class>/*.jpg"
@@ -139,6 +154,30 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     top = int(round((new_height - size) / 2.0))
     left = int(round((new_width - size) / 2.0))
     return img.crop((left, top, left + size, top + size))
+
+
+def short_side_dims(width: int, height: int, size: int, max_aspect: float) -> tuple[int, int, int, int]:
+    """(resized width, height, stored width, height) of a keep-aspect pack: short side to ``size`` with
+    torchvision's Resize rounding, then the long side centre-cropped to int(max_aspect * size) if longer."""
+    if width <= height:
+        new_width, new_height = size, int(size * height / width)
+    else:
+        new_width, new_height = int(size * width / height), size
+    cap = max(size, int(math.floor(max_aspect * size)))
+    return new_width, new_height, min(new_width, cap), min(new_height, cap)
+
+
+def resize_short_side(img: Image.Image, dims: tuple[int, int, int, int]) -> Image.Image:
+    """Resize to dims[:2] (from the file's own size, see short_side_dims: a JPEG decoded at a reduced DCT
+    scale still gets the full-resolution arithmetic) and centre-crop to dims[2:]."""
+    new_width, new_height, width, height = dims
+    if img.size != (new_width, new_height):
+        img = img.resize((new_width, new_height), Image.Resampling.BILINEAR)
+    if (width, height) == (new_width, new_height):
+        return img
+    top = int(round((new_height - height) / 2.0))
+    left = int(round((new_width - width) / 2.0))
+    return img.crop((left, top, left + width, top + height))
 
 
 # ----------------------------------------------------------------------------------- pool and progress
@@ -263,6 +302,135 @@ def _pack_split(
     return int(labels.shape[0]), bad
 
 
+def _probe_one(task: tuple[int, str, int, float]) -> tuple[int, tuple[int, int, int, int] | None, str | None]:
+    """The stored dims of one file from its header alone (no decode): the size pass of a keep-aspect pack."""
+    index, path, size, max_aspect = task
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Exception as exc:  # an unreadable header is a bad file, reported like a decode failure
+        return index, None, describe_error(exc)
+    if width < 1 or height < 1:
+        return index, None, f"image has no pixels ({width}x{height})"
+    return index, short_side_dims(width, height, size, max_aspect), None
+
+
+def _pack_one_flat(task: tuple[int, str, int, tuple[int, int, int, int]]) -> tuple[int, str | None]:
+    """Decode one file into its byte range of the flat pixels memmap (keep-aspect layout)."""
+    index, path, offset, dims = task
+    assert _PACK_TARGET is not None
+    pixels, size = _PACK_TARGET
+    try:
+        img = resize_short_side(load_rgb(path, target_size=size), dims)
+        data = np.asarray(img, dtype=np.uint8).reshape(-1)
+        if data.size != dims[2] * dims[3] * 3:  # the header lied about the size (never seen; cheap to check)
+            raise ValueError(f"decoded {img.size}, header promised {dims[2]}x{dims[3]}")
+    except Exception as exc:
+        return index, describe_error(exc)
+    pixels[offset : offset + data.size] = data
+    return index, None
+
+
+def _fail_or_skip(listing: SplitListing, index: int, error: str, skip_bad: bool, bad: list[dict]) -> None:
+    if not skip_bad:
+        raise DataError(
+            f"cannot decode {listing.files[index]} ({error}); remove or replace it, "
+            "or pass --skip-bad to leave unreadable images out"
+        )
+    bad.append({"path": str(listing.files[index]), "error": error})
+
+
+def probe_split(
+    listing: SplitListing, img_size: int, max_aspect: float, workers: int, skip_bad: bool, show_progress: bool | None
+) -> tuple[list[tuple[int, int, int, int] | None], list[dict]]:
+    """Stored dims per file of a keep-aspect pack (None for a file whose header cannot be read, with
+    --skip-bad), read from the headers before any pixel is written: the flat file's size is then exact."""
+    dims: list[tuple[int, int, int, int] | None] = [None] * len(listing.files)
+    bad: list[dict] = []
+    tasks = [(i, str(path), img_size, max_aspect) for i, path in enumerate(listing.files)]
+    with progress_bar(f"sizes {listing.split}", len(tasks), show_progress) as advance:
+        for index, found, error in parallel_map(_probe_one, tasks, workers):
+            advance(1)
+            if error is not None:
+                _fail_or_skip(listing, index, error, skip_bad, bad)
+            dims[index] = found
+    return dims, bad
+
+
+def _pack_split_flat(
+    listing: SplitListing,
+    out_dir: Path,
+    img_size: int,
+    dims: list[tuple[int, int, int, int] | None],
+    bad: list[dict],
+    workers: int,
+    skip_bad: bool,
+    show_progress: bool | None,
+) -> tuple[int, list[dict]]:
+    """The keep-aspect layout of one split: <split>_pixels.npy, <split>_index.npy, <split>_labels.npy."""
+    pixels_path = out_dir / f"{listing.split}_pixels.npy"
+    present = [i for i, d in enumerate(dims) if d is not None]
+    nbytes = np.asarray([dims[i][2] * dims[i][3] * 3 for i in present], dtype=np.int64)  # type: ignore[index]
+    offsets = np.concatenate([[0], np.cumsum(nbytes)[:-1]]).astype(np.int64) if present else nbytes
+    total = int(nbytes.sum())
+    if total:
+        open_memmap(pixels_path, mode="w+", dtype=np.uint8, shape=(total,)).flush()
+    else:
+        np.save(pixels_path, np.zeros(0, dtype=np.uint8))
+    tasks = [(i, str(listing.files[i]), int(offsets[k]), dims[i]) for k, i in enumerate(present)]
+    failed: set[int] = set()
+    try:
+        with progress_bar(f"pack {listing.split}", len(tasks), show_progress) as advance:
+            for index, error in parallel_map(
+                _pack_one_flat, tasks, workers, _open_pack_target, (str(pixels_path), img_size)
+            ):
+                advance(1)
+                if error is not None:
+                    _fail_or_skip(listing, index, error, skip_bad, bad)
+                    failed.add(index)
+    finally:
+        global _PACK_TARGET
+        _PACK_TARGET = None
+
+    keep = [k for k, i in enumerate(present) if i not in failed]
+    if listing.split == "train" and not keep:
+        raise DataError(f"no readable image in {listing.root}; every file failed to decode")
+    index = np.stack(
+        [offsets, [dims[i][3] for i in present], [dims[i][2] for i in present]], axis=1  # type: ignore[index]
+    ).astype(np.int64).reshape(-1, 3)
+    if failed:
+        index = _compact_flat(pixels_path, index, np.asarray(keep, dtype=np.int64))
+    labels = np.asarray([listing.labels[present[k]] for k in keep], dtype=np.int64)
+    np.save(out_dir / f"{listing.split}_index.npy", index)
+    np.save(out_dir / f"{listing.split}_labels.npy", labels)
+    for name in ("pixels", "index", "labels"):
+        _fsync_path(out_dir / f"{listing.split}_{name}.npy")
+    return int(labels.shape[0]), bad
+
+
+def _compact_flat(pixels_path: Path, index: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Rewrite the flat pixels with only the images in ``keep``; returns their new index."""
+    source = np.load(pixels_path, mmap_mode="r")
+    kept = index[keep]
+    nbytes = kept[:, 1] * kept[:, 2] * 3
+    new_offsets = np.concatenate([[0], np.cumsum(nbytes)[:-1]]).astype(np.int64)
+    compact_path = pixels_path.with_name(pixels_path.stem + ".compact.npy")
+    total = int(nbytes.sum())
+    if total:
+        target = open_memmap(compact_path, mode="w+", dtype=np.uint8, shape=(total,))
+        for (offset, _, _), new, n in zip(kept.tolist(), new_offsets.tolist(), nbytes.tolist()):
+            target[new : new + n] = source[offset : offset + n]
+        target.flush()
+        del target
+    else:
+        np.save(compact_path, np.zeros(0, dtype=np.uint8))
+    del source
+    os.replace(compact_path, pixels_path)
+    kept = kept.copy()
+    kept[:, 0] = new_offsets
+    return kept
+
+
 def _compact(images_path: Path, keep: np.ndarray, chunk: int = 1024) -> None:
     """Rewrite the images array with only the rows in ``keep`` (the skipped images leave no gap)."""
     source = np.load(images_path, mmap_mode="r")
@@ -330,11 +498,21 @@ def pack_folder(
     skip_bad: bool = False,
     force: bool = False,
     show_progress: bool | None = None,
+    keep_aspect: bool = False,
+    max_aspect: float | None = None,
 ) -> dict:
     """Pack SRC/{train,val}/<class>/* into DST (see the module docstring). Atomic: built in DST.tmp-<pid>,
-    renamed at the end, removed on any failure. Returns counts and the skipped files."""
+    renamed at the end, removed on any failure. Returns counts and the skipped files.
+
+    ``keep_aspect``: the short-side layout (short side ``img_size``, long side at most ``max_aspect`` times
+    that, default 2); its sizes come from a header pass first, so the disk-space check is exact."""
     if img_size < 1:
         raise UsageError(f"--img-size must be a positive number of pixels, got {img_size}")
+    if max_aspect is not None and not keep_aspect:
+        raise UsageError("--max-aspect applies to --keep-aspect packs only; add --keep-aspect or drop it")
+    max_aspect = DEFAULT_MAX_ASPECT if max_aspect is None else float(max_aspect)
+    if not max_aspect >= 1.0:  # also refuses NaN
+        raise UsageError(f"--max-aspect must be at least 1 (long side / short side), got {max_aspect}")
     src_path = require_dataset_root(src)
     dst_path = Path(dst).expanduser()
     train = list_split(src_path, "train")
@@ -343,23 +521,39 @@ def pack_folder(
     val = list_split(src_path, "val", classes=train.classes)
     check_destination(src_path, dst_path, force)
     # The arrays are written through memory maps, where a full disk is a SIGBUS: check the space first.
-    needed = (len(train.files) + len(val.files)) * (img_size * img_size * 3 + 8) + 64 * 1024
+    probed: dict[str, tuple[list, list[dict]]] = {}
+    if keep_aspect:
+        for listing in (train, val):
+            probed[listing.split] = probe_split(listing, img_size, max_aspect, workers, skip_bad, show_progress)
+        pixel_bytes = sum(d[2] * d[3] * 3 + 32 for dims, _ in probed.values() for d in dims if d is not None)
+        needed = pixel_bytes + 64 * 1024
+    else:
+        needed = (len(train.files) + len(val.files)) * (img_size * img_size * 3 + 8) + 64 * 1024
     require_space(dst_path, needed, "packed dataset")
 
     with writing(dst_path, needed, "packed dataset"), building_dir(dst_path) as tmp:
         counts: dict[str, int] = {}
         skipped: dict[str, list[dict]] = {}
         for listing in (train, val):
-            counts[listing.split], skipped[listing.split] = _pack_split(
-                listing, tmp, img_size, workers, skip_bad, show_progress
-            )
-        meta = {
+            if keep_aspect:
+                dims, bad = probed[listing.split]
+                counts[listing.split], skipped[listing.split] = _pack_split_flat(
+                    listing, tmp, img_size, dims, bad, workers, skip_bad, show_progress
+                )
+            else:
+                counts[listing.split], skipped[listing.split] = _pack_split(
+                    listing, tmp, img_size, workers, skip_bad, show_progress
+                )
+        meta: dict[str, Any] = {
             "format": PACKED_FORMAT,
             "classes": train.classes,
             "img_size": img_size,
             "splits": counts,
             "source": str(src_path.resolve()),
         }
+        if keep_aspect:
+            meta["layout"] = SHORT_SIDE_LAYOUT
+            meta["max_aspect"] = max_aspect
         meta_path = tmp / "meta.json"
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
         _fsync_path(meta_path)
@@ -367,6 +561,8 @@ def pack_folder(
         "dst": str(dst_path),
         "classes": len(train.classes),
         "img_size": img_size,
+        "layout": SHORT_SIDE_LAYOUT if keep_aspect else "square",
+        "max_aspect": max_aspect if keep_aspect else None,
         "splits": counts,
         "skipped": {split: len(entries) for split, entries in skipped.items()},
         "skipped_files": [entry for entries in skipped.values() for entry in entries],

@@ -16,6 +16,16 @@ Sharding. Under DDP the epoch's order is padded by repeating its head up to a mu
 so ranks read disjoint windows rather than interleaving inside every block. Validation: each rank a
 contiguous range of len(range(r, N, world_size)) samples, no padding.
 
+Variable-size images (a `--keep-aspect` pack, packed.VariableImages). Blocks are runs of consecutive
+images of about BLOCK_BYTES (one contiguous pread each). A batch is gathered into the top-left corner of a
+padded (B, Hmax, Wmax, 3) view of a reusable host buffer (capacity: batch size x the largest height x the
+largest width; Hmax, Wmax are the batch's own maxima), each image's last row and column copied once into
+the padding so roi_align's bilinear taps at an image's edge see that edge (exactly as at a tensor's border).
+Each sample's parameters are drawn in ITS OWN (h, w) (augment.draw_params with per-sample sizes), so a
+resized-crop box never leaves its image. `pad` and `none` crops, and validation, start from each image's
+centre square (its short side, with CenterCrop's rounding) resized to the output size; `pad` then pad-crops
+it. So validation sees what a square pack of the same images stores.
+
 Pipeline. A background thread reads blocks with pread (no memory map: touched pages of a mapping would
 count against the process's memory), gathers a batch into one of a few reusable (pinned, on CUDA) host
 buffers; the training thread copies it to the device (non_blocking) and augments the whole batch there
@@ -34,7 +44,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from trainlab.data.augment import AugPlan, BatchAugmenter, draw_params
+from trainlab.data.augment import AugPlan, BatchAugmenter, CropParams, centre_square_boxes, draw_params
 from trainlab.data.tensor_loader import _single_threaded
 from trainlab.data.torch_loader import stream_seed
 from trainlab.errors import DataError
@@ -45,45 +55,79 @@ BLOCK_BYTES = 4 << 20  # one read; large enough for NVMe/page-cache throughput, 
 WINDOW_BLOCKS = 8  # blocks shuffled together: randomness vs host memory (about 2 windows resident)
 
 
-def quasi_random_order(n: int, block: int, window_blocks: int, generator: torch.Generator) -> torch.Tensor:
-    """A permutation of range(n): shuffled blocks of `block` consecutive indices, shuffled within windows."""
-    n_blocks = math.ceil(n / block)
+def quasi_random_order(
+    n: int, block: int, window_blocks: int, generator: torch.Generator, bounds: Optional[np.ndarray] = None
+) -> torch.Tensor:
+    """A permutation of range(n): shuffled blocks of `block` consecutive indices, shuffled within windows.
+    `bounds` (n_blocks + 1 increasing sample indices, 0 ... n) gives blocks of varying length instead."""
+    if bounds is None:
+        bounds = np.append(np.arange(0, n, block), n)
+    n_blocks = len(bounds) - 1
     block_order = torch.randperm(n_blocks, generator=generator)
     parts = []
     for w in range(0, n_blocks, window_blocks):
         members = torch.cat(
-            [torch.arange(b * block, min((b + 1) * block, n)) for b in block_order[w : w + window_blocks].tolist()]
+            [torch.arange(int(bounds[b]), int(bounds[b + 1])) for b in block_order[w : w + window_blocks].tolist()]
         )
         parts.append(members[torch.randperm(len(members), generator=generator)])
     return torch.cat(parts)
 
 
 class _BlockReader:
-    """Contiguous runs of samples from an (N, H, W, C) uint8 .npy file (pread) or an in-memory array."""
+    """Contiguous runs of samples from an (N, H, W, C) uint8 .npy file (pread) or an in-memory array;
+    or, for VariableImages, contiguous byte ranges of the flat pixels file."""
 
-    def __init__(self, images: np.ndarray):
-        self.shape = images.shape
-        self.sample_bytes = int(np.prod(images.shape[1:]))
-        filename = getattr(images, "filename", None)
-        self._array = None if filename else images
-        self._path, self._offset = filename, int(getattr(images, "offset", 0))
+    def __init__(self, images):
+        self.variable = bool(getattr(images, "variable_size", False))
+        array = images.pixels if self.variable else images
+        self.count = len(images)
+        if self.variable:
+            self.sample_shape = (images.max_height, images.max_width, 3)
+            self.offsets = images.offsets
+            self.ends = images.offsets + images.heights * images.widths * 3
+        else:
+            self.sample_shape = tuple(images.shape[1:])
+        self.sample_bytes = int(np.prod(self.sample_shape))  # the largest sample: a batch buffer's row
+        filename = getattr(array, "filename", None)
+        self._array = None if filename else array
+        self._path, self._offset = filename, int(getattr(array, "offset", 0))
         self._fd: Optional[int] = None
 
+    def bounds(self, block_bytes: int) -> np.ndarray:
+        """Block boundaries (sample indices 0 ... N): fixed counts of equal samples, or runs of about
+        `block_bytes` of variable ones (a sample larger than that is a block of its own)."""
+        if not self.variable:
+            block = max(1, int(block_bytes) // self.sample_bytes)
+            return np.append(np.arange(0, self.count, block), self.count)
+        bucket = (self.offsets - (self.offsets[0] if self.count else 0)) // max(1, int(block_bytes))
+        starts = np.concatenate([[0], np.nonzero(np.diff(bucket))[0] + 1]) if self.count else np.zeros(0, np.int64)
+        return np.append(starts, self.count).astype(np.int64)
+
     def read(self, first: int, count: int) -> np.ndarray:
-        out = np.empty((count, *self.shape[1:]), dtype=np.uint8)
+        """Samples first .. first+count-1: (count, H, W, C), or for variable sizes their bytes (flat, from
+        the smallest offset among them)."""
+        if self.variable:
+            start, stop = int(self.offsets[first : first + count].min()), int(self.ends[first : first + count].max())
+            out = np.empty(stop - start, dtype=np.uint8)
+        else:
+            start = first * self.sample_bytes
+            out = np.empty((count, *self.sample_shape), dtype=np.uint8)
         if self._array is not None:
-            out[:] = self._array[first : first + count]
+            out[:] = self._array[start:stop] if self.variable else self._array[first : first + count]
             return out
         if self._fd is None:
             self._fd = os.open(self._path, os.O_RDONLY)
         view, done = memoryview(out).cast("B"), 0
-        position = self._offset + first * self.sample_bytes
+        position = self._offset + start
         while done < len(view):
             got = os.preadv(self._fd, [view[done:]], position + done)
             if got <= 0:
+                where = (
+                    f"byte {start + done} of the pixels, reading images {first}..{first + count - 1} of {self.count}"
+                    if self.variable else f"sample {first + done // self.sample_bytes} of {self.count}"
+                )  # fmt: skip
                 raise DataError(
-                    f"{self._path} ended early (sample {first + done // self.sample_bytes} of {self.shape[0]}); "
-                    "the packed file is truncated: repack it with `trainlab data pack`"
+                    f"{self._path} ended early ({where}); the packed file is truncated: repack it with `trainlab data pack`"
                 )
             done += got
         return out
@@ -116,7 +160,8 @@ class StreamLoader:
         prefetch: int = 3,
         size_at: Optional[Callable[[int], int]] = None,
     ):
-        if images.dtype != np.uint8 or images.ndim != 4:
+        variable = bool(getattr(images, "variable_size", False))
+        if not variable and (images.dtype != np.uint8 or images.ndim != 4):
             raise ValueError(f"images must be uint8 NHWC, got {images.dtype} of shape {tuple(images.shape)}")
         if len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -131,7 +176,18 @@ class StreamLoader:
         self.dataset_size = len(images)
         self._reader = _BlockReader(images)
         self._labels = torch.from_numpy(np.asarray(labels, dtype=np.int64).copy())
-        self.block = max(1, int(block_bytes) // self._reader.sample_bytes)
+        self.variable = variable
+        if variable:  # each sample's own size: its crop box is drawn inside it
+            self._heights = torch.from_numpy(np.array(images.heights, dtype=np.int64))
+            self._widths = torch.from_numpy(np.array(images.widths, dtype=np.int64))
+        self._bounds = self._reader.bounds(block_bytes)
+        self._block_of = np.repeat(np.arange(len(self._bounds) - 1), np.diff(self._bounds))  # sample -> block
+        if variable and self.dataset_size:  # where each block's read starts in the pixels
+            self._block_base = np.minimum.reduceat(self._reader.offsets, self._bounds[:-1])
+        # about the bytes of one block (one read)
+        self.block_bytes = max(int(block_bytes), self._reader.sample_bytes) if variable else int(
+            self._bounds[1] if self.dataset_size else 1
+        ) * self._reader.sample_bytes
         self.window_blocks = max(1, int(window_blocks))
         self.prefetch = max(1, int(prefetch))
         self._augmenter = BatchAugmenter(plan, mean, std, self.device, self.train)
@@ -148,8 +204,7 @@ class StreamLoader:
     @property
     def resident_bytes(self) -> int:
         """About the most host memory the pipeline holds: two windows of blocks plus the batch buffers."""
-        block = self.block * self._reader.sample_bytes
-        return 2 * self.window_blocks * block + (self.prefetch + 2) * self.batch_size * self._reader.sample_bytes
+        return 2 * self.window_blocks * self.block_bytes + (self.prefetch + 2) * self.batch_size * self._reader.sample_bytes
 
     def indices(self, epoch: int) -> torch.Tensor:
         """The dataset indices this rank visits in `epoch`, in order."""
@@ -162,12 +217,16 @@ class StreamLoader:
             first = sum(sizes[:r])
             return torch.arange(first, first + sizes[r]), None
         order = quasi_random_order(
-            n, self.block, self.window_blocks, torch.Generator().manual_seed(stream_seed(self.seed, epoch, _ORDER_TAG))
+            n, 0, self.window_blocks, torch.Generator().manual_seed(stream_seed(self.seed, epoch, _ORDER_TAG)),
+            self._bounds,
         )
         total = self.num_samples * ws
         while len(order) < total:  # repeat the head, as DistributedSampler does
             order = torch.cat([order, order[: total - len(order)]])
-        height, width = self._reader.shape[1], self._reader.shape[2]
+        if self.variable:  # every position's own size (padding positions repeat their sample's)
+            height, width = self._heights[order], self._widths[order]
+        else:
+            height, width = self._reader.sample_shape[0], self._reader.sample_shape[1]
         generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, _AUGMENT_TAG))
         params = draw_params(generator, total, self.plan, height, width)
         mine = slice(r * self.num_samples, (r + 1) * self.num_samples)
@@ -187,8 +246,29 @@ class StreamLoader:
                 fences.append(torch.cuda.Event())
                 fences[-1].record()
             with _single_threaded(not on_cuda):
-                out = self._augmenter(x, params[part].to(self.device) if params is not None else None, size)
+                mine = params[part].to(self.device) if params is not None else None
+                if self.variable:
+                    out = self._augment_variable(x, indices[part], mine, size)
+                else:
+                    out = self._augmenter(x, mine, size)
             yield out, labels
+
+    def _augment_variable(
+        self, x: torch.Tensor, idx: torch.Tensor, params: Optional[CropParams], size: Optional[int]
+    ) -> torch.Tensor:
+        """A padded batch of variable-size images -> float NCHW at the output size: resized crops from each
+        sample's box (drawn in its own bounds); pad/none crops and validation from each centre square."""
+        size = size or self.plan.size
+        aug = self._augmenter
+        # roi_align makes its input contiguous NCHW: doing it on the uint8 batch copies a quarter of the bytes
+        # of doing it on the float one (the padded batch is ~3x the pixels of a square one; measured on the
+        # CPU, 160 px keep-aspect images: float + roi_align 2.8 -> 1.9 ms per image).
+        x = x.contiguous()
+        if params is not None and self.plan.crop == "resized":
+            return aug.finish(aug.resample(x, params, size), params, pad=False)
+        centre = centre_square_boxes(self._heights[idx], self._widths[idx]).to(self.device)
+        out = aug.resample(x, centre, size)
+        return aug.finish(out, params, pad=self.plan.crop == "pad")
 
     def host_batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
         """The uint8 NHWC host batches of `epoch` in order (each valid until the next is asked for): the
@@ -203,7 +283,8 @@ class StreamLoader:
         if start >= n_batches:
             return
         pin = self.device.type == "cuda"
-        shape = (self.batch_size, *self._reader.shape[1:])
+        # Variable sizes: a flat buffer of the largest batch, viewed per batch at the batch's own maxima.
+        shape = (self.batch_size * self._reader.sample_bytes,) if self.variable else (self.batch_size, *self._reader.sample_shape)
         free: queue.Queue = queue.Queue()
         for _ in range(self.prefetch + 2):
             free.put(torch.empty(shape, dtype=torch.uint8, pin_memory=pin))
@@ -220,13 +301,16 @@ class StreamLoader:
                 item = ready.get()
                 if isinstance(item, BaseException):
                     raise item
-                buf, count = item
+                buf, count, height, width = item
                 if lent is not None:
                     while fences:
                         fences.pop(0).synchronize()
                     free.put(lent)
                 lent = buf
-                yield b, buf[:count]
+                if self.variable:
+                    yield b, buf[: count * height * width * 3].view(count, height, width, 3)
+                else:
+                    yield b, buf[:count]
         finally:
             stop.set()
             worker.join()
@@ -235,8 +319,8 @@ class StreamLoader:
     def _produce(self, indices: np.ndarray, start: int, n_batches: int, free, ready, stop) -> None:
         """Background thread: read the blocks the next batch needs, gather it into a free host buffer."""
         try:
-            bs, block = self.batch_size, self.block
-            blocks_of = indices // block
+            bs, bounds = self.batch_size, self._bounds
+            blocks_of = self._block_of[indices]
             last_use: dict[int, int] = {}  # block -> last batch that needs it (to drop it after)
             for pos, blk in enumerate(blocks_of.tolist()):
                 last_use[blk] = pos // bs
@@ -246,8 +330,8 @@ class StreamLoader:
                 blk_ids = blocks_of[b * bs : (b + 1) * bs]
                 for blk in np.unique(blk_ids).tolist():
                     if blk not in cache:
-                        first = blk * block
-                        cache[blk] = self._reader.read(first, min(block, self.dataset_size - first))
+                        first = int(bounds[blk])
+                        cache[blk] = self._reader.read(first, int(bounds[blk + 1]) - first)
                 buf = None
                 while buf is None:
                     if stop.is_set():
@@ -256,12 +340,35 @@ class StreamLoader:
                         buf = free.get(timeout=0.05)
                     except queue.Empty:
                         continue
-                out = buf.numpy()
+                height = width = 0
+                if self.variable:
+                    height, width = int(self._heights[idx].max()), int(self._widths[idx].max())
+                    out = buf.numpy()[: len(idx) * height * width * 3].reshape(len(idx), height, width, 3)
+                else:
+                    out = buf.numpy()
                 for blk in np.unique(blk_ids).tolist():
                     rows = np.nonzero(blk_ids == blk)[0]
-                    out[rows] = cache[blk][idx[rows] - blk * block]
+                    if self.variable:
+                        self._gather_variable(out, rows, idx[rows], cache[blk], int(self._block_base[blk]))
+                    else:
+                        out[rows] = cache[blk][idx[rows] - bounds[blk]]
                     if last_use[blk] <= b:
                         del cache[blk]
-                ready.put((buf, len(idx)))
+                ready.put((buf, len(idx), height, width))
         except BaseException as err:  # noqa: BLE001 - handed to the training thread, which raises it
             ready.put(err if isinstance(err, DataError) else DataError(f"streaming loader: {type(err).__name__}: {err}"))
+
+    def _gather_variable(self, out: np.ndarray, rows: np.ndarray, idx: np.ndarray, data: np.ndarray, base: int) -> None:
+        """Copy images `idx` (their bytes in `data`, read from pixel byte `base`) into the top-left of
+        their rows of the padded batch `out`, each with its last row and column repeated once into the
+        padding: the one extra tap of roi_align's bilinear sampling at an edge then reads the edge."""
+        reader, pad_h, pad_w = self._reader, out.shape[1], out.shape[2]
+        for row, i in zip(rows.tolist(), idx.tolist()):
+            h, w = int(self._heights[i]), int(self._widths[i])
+            start = int(reader.offsets[i]) - base
+            image = out[row]
+            image[:h, :w] = data[start : start + h * w * 3].reshape(h, w, 3)
+            if h < pad_h:
+                image[h, :w] = image[h - 1, :w]
+            if w < pad_w:
+                image[: min(h + 1, pad_h), w] = image[: min(h + 1, pad_h), w - 1]

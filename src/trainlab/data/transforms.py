@@ -2,7 +2,9 @@
 
 Two geometries:
 - "small" (shapes, CIFAR, packed arrays: every image already has the training size): train = pad-crop +
-  horizontal flip (the CIFAR standard), val = nothing but normalisation.
+  horizontal flip (the CIFAR standard), val = nothing but normalisation. A `--keep-aspect` pack's images
+  (short side S, any aspect) take the same steps: Resize + CenterCrop makes the centre square, as the
+  streaming loader does; RandomResizedCrop draws in each image's own size.
 - "folder" (images of any size, decoded from files): train = RandomResizedCrop + flip, val = Resize to
   img_size*256/224 + CenterCrop (the ImageNet standard).
 `aug.crop`/`aug.scale`/`aug.ratio`/`aug.hflip` replace these defaults (an AugPlan, see augment.py).

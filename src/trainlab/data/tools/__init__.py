@@ -63,8 +63,9 @@ def _print_unreadable(unreadable: list[dict], limit: int = 20) -> None:
 
 def _cmd_pack(args: argparse.Namespace) -> int:
     result = pack_folder(
-        args.src, args.dst, args.img_size, workers=args.workers, skip_bad=args.skip_bad, force=args.force
-    )
+        args.src, args.dst, args.img_size, workers=args.workers, skip_bad=args.skip_bad, force=args.force,
+        keep_aspect=args.keep_aspect, max_aspect=args.max_aspect,
+    )  # fmt: skip
     if args.json:
         _print_json(result)
         return 0
@@ -72,9 +73,14 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         print(f"skipped: {entry['path']}: {entry['error']}")
     splits = result["splits"]
     skipped = sum(result["skipped"].values())
+    size = result["img_size"]
+    geometry = (
+        f"short side {size} (aspect kept, long side at most {int(result['max_aspect'] * size)})"
+        if result["layout"] == "short-side" else f"{size}x{size}"
+    )  # fmt: skip
     print(
         f"packed {splits['train']} train + {splits['val']} val images of {result['classes']} classes at "
-        f"{result['img_size']}x{result['img_size']} into {result['dst']} ({result['bytes'] / 2**20:.1f} MiB)"
+        f"{geometry} into {result['dst']} ({result['bytes'] / 2**20:.1f} MiB)"
         + (f"; skipped {skipped} unreadable" if skipped else "")
     )
     print(f"train from it with: data.name=packed data.root={result['dst']}")
@@ -214,13 +220,26 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         description="Decode SRC/train and SRC/val once into memory-mapped uint8 arrays in DST, so training skips "
         "JPEG decoding. Each image is resized so its shorter side is S (bilinear, antialiased) and then "
         "centre-cropped to S x S, as torchvision's Resize(S) + CenterCrop(S); JPEGs over 4 S a side are "
-        "decoded at a reduced DCT scale (at least 2 S) first. Classes are the folder names, sorted. Written to DST.tmp-<pid> and renamed, so a failure leaves no DST.",
+        "decoded at a reduced DCT scale (at least 2 S) first. With --keep-aspect, images keep their aspect "
+        "(short side S, for random resized crops in training; the streaming loader reads them). Classes are the "
+        "folder names, sorted. Written to DST.tmp-<pid> and renamed, so a failure leaves no DST.",
     )
     pack.add_argument("src", metavar="SRC", help="folder with train/<class>/* and val/<class>/*")
     pack.add_argument("dst", metavar="DST", help="packed dir to create")
     pack.add_argument(
-        "--img-size", type=positive_int, required=True, metavar="S", help="side of the square images"
-    )
+        "--img-size", type=positive_int, required=True, metavar="S",
+        help="side of the square images (with --keep-aspect: the short side)",
+    )  # fmt: skip
+    pack.add_argument(
+        "--keep-aspect", action="store_true",
+        help="store each image with its short side at S and its aspect kept (variable sizes) instead of "
+        "centre-cropping S x S: keeps the whole picture for random resized crops",
+    )  # fmt: skip
+    pack.add_argument(
+        "--max-aspect", type=float, default=None, metavar="R",
+        help="with --keep-aspect: centre-crop the long side to at most R x S (default 2.0), so one "
+        "panorama cannot widen a batch buffer",
+    )  # fmt: skip
     _add_workers(pack)
     pack.add_argument(
         "--skip-bad", action="store_true", help="leave unreadable images out (counted) instead of failing"

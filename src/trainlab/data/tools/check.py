@@ -15,6 +15,7 @@ from PIL import Image
 
 from trainlab.data.pack import (
     FOLDER_LAYOUT_HINT,
+    SHORT_SIDE_LAYOUT,
     SPLITS,
     SplitListing,
     describe_error,
@@ -150,10 +151,25 @@ def _cross_duplicates(hashes: dict[str, dict[str, list[str]]]) -> list[dict]:
     return sorted(pairs, key=lambda p: (p["val"], p["train"]))
 
 
-def _open_packed_split(root: Path, meta: dict, split: str) -> tuple[np.ndarray, np.ndarray]:
+def is_short_side(meta: dict) -> bool:
+    return meta.get("layout") == SHORT_SIDE_LAYOUT
+
+
+def _open_packed_split(root: Path, meta: dict, split: str) -> tuple[Any, np.ndarray]:
+    """(images, labels) of a split as stored: an (N, S, S, 3) memmap, or for a keep-aspect pack a
+    VariableImages over the flat pixels (its index is not validated here: packed_problems reports it)."""
+    from trainlab.data.packed import VariableImages
+
     try:
-        images = np.load(root / f"{split}_images.npy", mmap_mode="r")
-        labels = np.load(root / f"{split}_labels.npy", mmap_mode="r")
+        if is_short_side(meta):
+            pixels = np.load(root / f"{split}_pixels.npy", mmap_mode="r", allow_pickle=False)
+            index = np.load(root / f"{split}_index.npy", allow_pickle=False)
+            if index.ndim != 2 or index.shape[1] != 3:
+                raise ValueError(f"{split}_index.npy has shape {index.shape}, expected (N, 3)")
+            images: Any = VariableImages(pixels, index)
+        else:
+            images = np.load(root / f"{split}_images.npy", mmap_mode="r", allow_pickle=False)
+        labels = np.load(root / f"{split}_labels.npy", mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DataError(
             f"cannot open the {split} arrays of {root} ({describe_error(exc)}); re-run trainlab data pack"
@@ -161,13 +177,43 @@ def _open_packed_split(root: Path, meta: dict, split: str) -> tuple[np.ndarray, 
     return images, labels
 
 
-def _row_hashes(images: np.ndarray, advance) -> list[str]:
+def _row_hashes(images: Any, advance) -> list[str]:
     digests = []
+    if getattr(images, "variable_size", False):  # the size is part of what makes two images equal
+        for i in range(len(images)):
+            image = np.ascontiguousarray(images[i])
+            digests.append(hashlib.sha1(repr(image.shape).encode() + image.tobytes()).hexdigest())
+            advance(1)
+        return digests
     for part in iter_chunks(len(images), 256):
         block = np.ascontiguousarray(images[part])
         digests += [hashlib.sha1(row.tobytes()).hexdigest() for row in block]
         advance(part.stop - part.start)
     return digests
+
+
+def _index_problems(root: Path, split: str, images: Any, expected: int, size: int) -> list[dict]:
+    """What is wrong with a keep-aspect split's index: count, images outside the pixel file, short sides."""
+    path = str(root / f"{split}_index.npy")
+    index, pixels = images.index, images.pixels
+    if pixels.dtype != np.uint8 or pixels.ndim != 1:
+        return [{"path": str(root / f"{split}_pixels.npy"), "error": f"shape {pixels.shape} dtype {pixels.dtype}, expected flat uint8"}]
+    if len(index) != expected:
+        return [{"path": path, "error": f"{len(index)} images indexed, meta.json says {expected}"}]
+    ends = images.offsets + images.heights * images.widths * 3
+    outside = np.nonzero((images.offsets < 0) | (images.heights < 1) | (images.widths < 1) | (ends > len(pixels)))[0]
+    if len(outside):
+        return [{"path": path, "error": f"{len(outside)} images lie outside the {len(pixels)} pixel bytes (first: image {int(outside[0])}); the pixel file is truncated or the index damaged"}]
+    off = np.nonzero(np.minimum(images.heights, images.widths) != size)[0]
+    if len(off):
+        return [{"path": path, "error": f"{len(off)} images have a short side other than {size} (first: image {int(off[0])})"}]
+    return []
+
+
+def _size_summary(values: np.ndarray) -> dict | None:
+    if not len(values):
+        return None
+    return {"min": int(values.min()), "median": float(np.median(values)), "max": int(values.max())}
 
 
 def packed_info(root: Path, meta: dict, show_progress: bool | None = None) -> dict:
@@ -178,10 +224,18 @@ def packed_info(root: Path, meta: dict, show_progress: bool | None = None) -> di
         "kind": "packed",
         "classes": classes,
         "img_size": size,
+        "layout": meta.get("layout", "square"),
         "splits": {},
     }
+    if is_short_side(meta):
+        report["max_aspect"] = meta.get("max_aspect")
     hashes: dict[str, dict[str, list[str]]] = {}
     splits = {split: _open_packed_split(root, meta, split) for split in meta["splits"]}
+    if is_short_side(meta):  # hashing reads every image: refuse an index that points outside its file
+        for split, (images, _) in splits.items():
+            problems = _index_problems(root, split, images, int(meta["splits"][split]), size)
+            if problems:
+                raise DataError(f"{problems[0]['path']}: {problems[0]['error']}; run trainlab data check, then repack")
     total = sum(len(images) for images, _ in splits.values())
     with progress_bar("info", total, show_progress) as advance:
         for split, (images, labels) in splits.items():
@@ -196,8 +250,12 @@ def packed_info(root: Path, meta: dict, show_progress: bool | None = None) -> di
                 "per_class": per_class,
                 "empty_classes": [name for name, n in per_class.items() if n == 0],
                 "imbalance": _imbalance(per_class),
-                "width": {"min": size, "median": size, "max": size} if len(images) else None,
-                "height": {"min": size, "median": size, "max": size} if len(images) else None,
+                "width": _size_summary(images.widths) if is_short_side(meta) else (
+                    {"min": size, "median": size, "max": size} if len(images) else None
+                ),
+                "height": _size_summary(images.heights) if is_short_side(meta) else (
+                    {"min": size, "median": size, "max": size} if len(images) else None
+                ),
                 "modes": {"RGB": int(len(images))},
                 "duplicates_within": sum(len(paths) - 1 for paths in by_hash.values()),
             }
@@ -216,7 +274,13 @@ def packed_problems(root: Path, meta: dict, show_progress: bool | None = None) -
         except DataError as exc:
             problems.append({"path": str(root / f"{split}_images.npy"), "error": str(exc)})
             continue
-        if images.dtype != np.uint8 or images.shape != (expected, size, size, 3):
+        if is_short_side(meta):
+            index_problems = _index_problems(root, split, images, expected, size)
+            problems += index_problems
+            images = images.pixels  # the pages to touch below
+            if index_problems:
+                continue
+        elif images.dtype != np.uint8 or images.shape != (expected, size, size, 3):
             problems.append(
                 {
                     "path": str(root / f"{split}_images.npy"),
@@ -237,9 +301,10 @@ def packed_problems(root: Path, meta: dict, show_progress: bool | None = None) -
                     "error": f"labels span {int(labels.min())}..{int(labels.max())}, outside 0..{num_classes - 1}",
                 }
             )
+        chunk = 1 << 24 if is_short_side(meta) else 1024  # 16 MB of flat pixels, or 1024 square images
         with progress_bar(f"check {split}", len(images), show_progress) as advance:
             try:
-                for part in iter_chunks(len(images), 1024):
+                for part in iter_chunks(len(images), chunk):
                     np.asarray(images[part]).max()  # touch every page: a short file fails here
                     advance(part.stop - part.start)
             except (OSError, ValueError) as exc:

@@ -20,7 +20,7 @@ from trainlab.data.pack import (
     require_dataset_root,
     resize_center_crop,
 )
-from trainlab.data.tools.check import _open_packed_split
+from trainlab.data.tools.check import _index_problems, _open_packed_split
 from trainlab.errors import DataError, UsageError
 
 
@@ -78,14 +78,23 @@ def channel_stats(
                 f"{root_path} is packed at {meta['img_size']} px; drop --img-size or pass {meta['img_size']}"
             )
         train_images, _ = _open_packed_split(root_path, meta, "train")
+        variable = getattr(train_images, "variable_size", False)  # keep-aspect: every image, whole
+        problems = _index_problems(root_path, "train", train_images, len(train_images), int(meta["img_size"])) if variable else []
+        if problems:
+            raise DataError(f"{problems[0]['path']}: {problems[0]['error']}; run trainlab data check, then repack")
+        chunk = 64 if variable else 256
         with progress_bar("stats train", len(train_images), show_progress) as advance:
-            for part in iter_chunks(len(train_images), 256):
-                part_sums, part_squares = _channel_sums(np.asarray(train_images[part]).reshape(-1, 3))
+            for part in iter_chunks(len(train_images), chunk):
+                if variable:
+                    block = np.concatenate([np.asarray(train_images[i]).reshape(-1, 3) for i in range(part.start, part.stop)])
+                else:
+                    block = np.asarray(train_images[part]).reshape(-1, 3)
+                part_sums, part_squares = _channel_sums(block)
                 sums = [a + b for a, b in zip(sums, part_sums)]
                 squares = [a + b for a, b in zip(squares, part_squares)]
+                count += block.shape[0]
                 advance(part.stop - part.start)
         images = len(train_images)
-        count = images * int(meta["img_size"]) ** 2
     else:
         listing = list_split(root_path, "train")
         tasks = [(str(path), img_size) for path in listing.files]

@@ -299,6 +299,10 @@ def test_loader_choice(packs):
     base = ["data.name=packed", f"data.root={ka}", "data.batch_size=4"]
     bundle = build_data(load_config(None, base), CPU)
     assert bundle.loader_kind == "stream" and "variable-size images: stream" in bundle.summary
+    # a keep-aspect pack is stored for random resized crops: auto gives them, even at the packed size
+    assert "resized crop scale 0.08-1" in bundle.summary and "keep-aspect pack" in bundle.summary
+    pad = build_data(load_config(None, [*base, "aug.crop=pad"]), CPU)
+    assert "pad-crop" in pad.summary
     with pytest.raises(ConfigError, match="data.loader=stream"):
         build_data(load_config(None, [*base, "data.loader=tensor"]), CPU)
     torch_bundle = build_data(load_config(None, [*base, "data.loader=torch", "data.img_size=12"]), CPU)

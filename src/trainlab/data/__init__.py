@@ -211,8 +211,9 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
     bs, val_bs = _batch_sizes(cfg)
     seed = int(cfg.train.seed)
     policy = cfg.aug.policy
+    kept_aspect = bool(getattr(getattr(raw.train, "images", None), "variable_size", False))
     plan = resolve_plan(
-        cfg.aug, stored_size_hint(raw.train), raw.img_size, raw.crop_pad or max(4, raw.img_size // 8)
+        cfg.aug, stored_size_hint(raw.train), raw.img_size, raw.crop_pad or max(4, raw.img_size // 8), kept_aspect
     )
     schedule = img_size_schedule(cfg.data.img_size)
     # Progressive resizing: the training size is a pure function of the epoch (so resume needs nothing);

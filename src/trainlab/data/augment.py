@@ -52,8 +52,11 @@ class AugPlan:
         return f"{text} ({self.reason})" if self.reason else text
 
 
-def resolve_plan(aug: Any, stored_size: Optional[int], out_size: int, pad: int) -> AugPlan:
+def resolve_plan(aug: Any, stored_size: Optional[int], out_size: int, pad: int, kept_aspect: bool = False) -> AugPlan:
     """The plan for aug config `aug` and images stored at about `stored_size` px (None: unknown).
+
+    `kept_aspect`: the images were packed with `--keep-aspect`, which stores them for random resized crops;
+    `auto` gives those crops whatever the stored size.
 
     Compatibility with aug.policy (older configs): policy=none meant no crop and no flip, so with
     crop=auto and hflip unset it still does; flip-crop and the other policies get crop=auto, hflip 0.5.
@@ -64,6 +67,8 @@ def resolve_plan(aug: Any, stored_size: Optional[int], out_size: int, pad: int) 
     if crop == "auto":
         if policy == "none":
             crop, reason = "none", "aug.policy=none"
+        elif kept_aspect:
+            crop, reason = "resized", f"auto: a keep-aspect pack (short side {stored_size} px) is stored for resized crops"
         elif stored_size is not None and abs(stored_size / out_size - 1) <= ABOUT_SAME_SIZE:
             crop, reason = "pad", f"auto: images are {stored_size} px, about data.img_size={out_size}"
         elif stored_size is not None:

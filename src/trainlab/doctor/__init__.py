@@ -127,7 +127,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "doctor",
         help="pre-flight checks of a run: trainlab doctor [CONFIG] [key=value ...]",
         description="Examine the run a config describes before spending hours on it: initial loss, overfitting one "
-        "batch, an LR range test, parameters and activations, input statistics, labels, a sample grid, config "
+        "batch, an LR range test, whether the train labels are predictable from their images, parameters and "
+        "activations, input statistics, labels, a sample grid, config "
         "smells, throughput and ETA. Writes doctor.json, doctor.txt, samples.png and lr_range.png. Exit 0 when "
         "nothing is a problem, 1 otherwise.",
     )

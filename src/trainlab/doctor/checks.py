@@ -1,7 +1,8 @@
-"""The checks that train: initial loss, one-batch overfit, LR range test, parameters and layers, throughput.
+"""The checks that train: initial loss, one-batch overfit, LR range test, parameters and layers, label signal,
+throughput.
 
-Each returns Verdicts; sizes are kept small (a fixed batch of 16, a range test of 48 steps at batch <= 32) so
-the whole doctor stays within a minute for the default config on two CPU cores.
+Each returns Verdicts; sizes are kept small (a fixed batch of 16, a range test of 40 steps at batch 16, a label
+probe of 60 steps at batch 32) so the whole doctor stays within a minute for the default config on two CPU cores.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ SIGNAL_HELDOUT = 256  # ...and the disjoint train samples it is scored on
 SIGNAL_BATCH = 32
 SIGNAL_STEPS = 60
 SIGNAL_Z = 3.0  # "clearly above chance": chance + this many binomial standard errors
+SIGNAL_AT_CHANCE_Z = 2.0  # "at chance": held-out accuracy within this many standard errors of it (a problem)
 SIGNAL_MIN_PER_CLASS = 8  # fewer fitted samples per class: nothing to generalise from, the check cannot conclude
 FALL = 0.9  # the loss "starts to fall" where its smoothed value is 10% below its start
 
@@ -128,8 +129,11 @@ def label_signal(p: Patient, lr: Optional[float] = None) -> Verdict:
     with their train labels. Labels that belong to their images make the held-out samples predictable; labels
     detached from their images (a wrong label file, shuffled folders, a broken label mapping) can still be
     memorised on the fitted batches, but predict nothing on the others. The one-batch overfit cannot tell the two
-    apart; validation can, but only once the run has spent its epochs. "Clearly above chance" is binomial:
-    chance (the share of the most common train class) plus SIGNAL_Z standard errors of the held-out count.
+    apart; validation can, but only once the run has spent its epochs. Both bars are binomial: "clearly above
+    chance" is chance (the share of the most common train class) plus SIGNAL_Z standard errors of the held-out
+    count (ok); "at chance" is within SIGNAL_AT_CHANCE_Z of it (a problem, when the fitted samples were learnt).
+    In between, and when nothing was learnt or there are too few samples per class, the check says it cannot
+    conclude (ok: a warning there would fire on healthy runs that start slowly).
 
     `lr`: the middle (geometric) of lr_range's suggested range (None: the configured peak; its top, measured on
     one fixed batch, is too fast for several).
@@ -147,6 +151,7 @@ def label_signal(p: Patient, lr: Optional[float] = None) -> Verdict:
     def bar(n: int) -> float:
         return chance + SIGNAL_Z * math.sqrt(chance * (1 - chance) / max(n, 1))
     held_bar, fit_bar = bar(held_n), bar(fit_n)
+    at_chance = chance + SIGNAL_AT_CHANCE_Z * math.sqrt(chance * (1 - chance) / max(held_n, 1))
     lr = p.peak_lr if lr is None else lr
     model = p.new_model()
     opt = p.new_optimizer(model, lr=lr)
@@ -172,7 +177,8 @@ def label_signal(p: Patient, lr: Optional[float] = None) -> Verdict:
     fit_acc, fit_loss = _score(p, model, fit_x, fit_y, batch)
     held_acc, held_loss = _score(p, model, held_x, held_y, batch)
     figures = {"fitted_samples": fit_n, "heldout_samples": held_n, "steps": steps, "batch": batch, "lr": lr,
-               "classes": classes, "chance": chance, "above_chance": held_bar, "fitted_above_chance": fit_bar,
+               "classes": classes, "chance": chance, "above_chance": held_bar, "at_chance_below": at_chance,
+               "fitted_above_chance": fit_bar,
                "fitted_accuracy": fit_acc, "fitted_loss": fit_loss, "heldout_accuracy": held_acc,
                "heldout_loss": held_loss, "train_loss_start": losses[0] if losses else None,
                "train_loss_end": losses[-1] if losses else None}
@@ -184,13 +190,18 @@ def label_signal(p: Patient, lr: Optional[float] = None) -> Verdict:
                        figures)
     per_class = fit_n / max(classes, 1)
     figures["fitted_per_class"] = per_class
-    if fit_acc > fit_bar and per_class >= SIGNAL_MIN_PER_CLASS:
+    if fit_acc > fit_bar and per_class >= SIGNAL_MIN_PER_CLASS and held_acc <= at_chance:
         return Verdict("label_signal", "problem", f"labels look detached from their images: the model fits the "
                        f"fixed samples but learns nothing that carries over: {seen}",
                        "check the label files, the class folders and the dataset's label mapping (which label goes "
                        "with which image); look at samples.png", figures)
-    why = (f"{per_class:.1f} fitted samples per class are too few to generalise from" if per_class < SIGNAL_MIN_PER_CLASS
-           else "the fitted samples were not learnt either in this budget")
+    if per_class < SIGNAL_MIN_PER_CLASS:
+        why = f"{per_class:.1f} fitted samples per class are too few to generalise from"
+    elif fit_acc <= fit_bar:
+        why = "the fitted samples were not learnt either in this budget"
+    else:  # between "at chance" and "clearly above": a weak signal, or a slow start; neither is evidence
+        why = (f"held-out accuracy between chance and clearly above it; at chance would be at most {at_chance:.0%} "
+               f"(chance + {SIGNAL_AT_CHANCE_Z:g} standard errors)")
     return Verdict("label_signal", "ok", f"inconclusive ({why}): {seen}", "", figures)
 
 

@@ -72,6 +72,10 @@ def test_planted_config_and_model_faults_are_each_named(tmp_path: Path) -> None:
     assert checks["input_stats"]["status"] == "problem" and "0..255" in checks["input_stats"]["summary"]
     assert checks["batchnorm_mode"]["status"] == "problem"
     assert checks["parameters"]["figures"]["frozen_tensors"] > 0
+    # the labels are right: label_signal must not blame them for what BatchNorm, the frozen backbone and the inputs
+    # do (at chance with other problems found: a warning naming those)
+    assert checks["label_signal"]["status"] != "problem", checks["label_signal"]
+    assert checks["label_signal"]["figures"]["unfrozen"]
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path) -> None:

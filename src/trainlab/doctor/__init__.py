@@ -69,7 +69,8 @@ def diagnose(cfg: Any, out_dir: Optional[Path] = None, config_name: str = "(defa
     add(found)
     add(timed(checks.lr_range, patient, out_dir))
     suggested = verdicts[-1].figures.get("suggested")
-    add(timed(checks.label_signal, patient, math.sqrt(suggested[0] * suggested[1]) if suggested else None))
+    suspects = tuple(dict.fromkeys(v.check for v in verdicts if v.status == "problem"))
+    add(timed(checks.label_signal, patient, math.sqrt(suggested[0] * suggested[1]) if suggested else None, suspects))
     add(timed(checks.throughput, patient))
     header = {"config": config_name, "run": name, "device": str(patient.device), "torch": torch.__version__,
               "created": datetime.now().isoformat(timespec="seconds"), "wall_s": round(time.perf_counter() - started, 2),

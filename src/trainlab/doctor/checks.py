@@ -124,7 +124,7 @@ def overfit_batch(p: Patient) -> tuple[Verdict, list[str], torch.nn.Module, tupl
 # ---------------------------------------------------------------- label signal
 
 
-def label_signal(p: Patient, lr: Optional[float] = None) -> Verdict:
+def label_signal(p: Patient, lr: Optional[float] = None, suspects: tuple[str, ...] = ()) -> Verdict:
     """Fit a throwaway copy of the model on a few fixed train batches, then score it on DISJOINT train samples
     with their train labels. Labels that belong to their images make the held-out samples predictable; labels
     detached from their images (a wrong label file, shuffled folders, a broken label mapping) can still be
@@ -136,7 +136,9 @@ def label_signal(p: Patient, lr: Optional[float] = None) -> Verdict:
     conclude (ok: a warning there would fire on healthy runs that start slowly).
 
     `lr`: the middle (geometric) of lr_range's suggested range (None: the configured peak; its top, measured on
-    one fixed batch, is too fast for several).
+    one fixed batch, is too fast for several). `suspects`: the checks already found a problem (BatchNorm in eval
+    mode, an LR far off, 0..255 inputs...): each can keep held-out samples at chance too, so with any of them a
+    held-out accuracy at chance is a warning that names them, not a problem blamed on the labels.
     A few dozen steps at the configured LR (one-cycle's peak, or a cautious adam LR) leave most datasets at chance
     on unseen samples even with right labels; at the suggested LR they move off it."""
     from trainlab.doctor.inputs import _train_labels
@@ -154,6 +156,13 @@ def label_signal(p: Patient, lr: Optional[float] = None) -> Verdict:
     at_chance = chance + SIGNAL_AT_CHANCE_Z * math.sqrt(chance * (1 - chance) / max(held_n, 1))
     lr = p.peak_lr if lr is None else lr
     model = p.new_model()
+    # a frozen RANDOM backbone (config_smells' finding) leaves only the head to learn from features that carry
+    # nothing: the held-out samples would stay at chance with right labels. The question here is the labels', so
+    # the throwaway copy trains everything then (a pretrained frozen backbone stays frozen: its features count)
+    unfrozen = bool(p.cfg.model.freeze_backbone and not p.cfg.model.pretrained)
+    if unfrozen:
+        for t in model.parameters():
+            t.requires_grad_(True)
     opt = p.new_optimizer(model, lr=lr)
     batch = min(SIGNAL_BATCH, fit_n)
     order = torch.Generator().manual_seed(int(p.cfg.train.seed))
@@ -181,16 +190,24 @@ def label_signal(p: Patient, lr: Optional[float] = None) -> Verdict:
                "fitted_above_chance": fit_bar,
                "fitted_accuracy": fit_acc, "fitted_loss": fit_loss, "heldout_accuracy": held_acc,
                "heldout_loss": held_loss, "train_loss_start": losses[0] if losses else None,
-               "train_loss_end": losses[-1] if losses else None}
+               "train_loss_end": losses[-1] if losses else None, "unfrozen": unfrozen}
     seen = (f"{steps} steps on {fit_n} fixed train samples at lr {_g(lr)}: fitted accuracy {fit_acc:.0%} "
             f"(loss {fit_loss:.3f}), {held_n} held-out train samples {held_acc:.0%} (loss {held_loss:.3f}); chance "
-            f"{chance:.0%}, clearly above it from {held_bar:.0%} (chance + {SIGNAL_Z:g} standard errors)")
+            f"{chance:.0%}, clearly above it from {held_bar:.0%} (chance + {SIGNAL_Z:g} standard errors)"
+            + ("; the frozen random backbone was trained too" if unfrozen else ""))
     if held_acc > held_bar:
         return Verdict("label_signal", "ok", f"the train labels are predictable from their images: {seen}", "",
                        figures)
     per_class = fit_n / max(classes, 1)
     figures["fitted_per_class"] = per_class
-    if fit_acc > fit_bar and per_class >= SIGNAL_MIN_PER_CLASS and held_acc <= at_chance:
+    detached = fit_acc > fit_bar and per_class >= SIGNAL_MIN_PER_CLASS and held_acc <= at_chance
+    if detached and suspects:
+        figures["suspects"] = list(suspects)
+        return Verdict("label_signal", "warning", f"the held-out samples stay at chance, but {', '.join(suspects)} "
+                       f"found problems that can do that too: {seen}", f"fix {', '.join(suspects)} first and run the "
+                       "doctor again; if this stays, check the label files, the class folders and the dataset's label "
+                       "mapping", figures)
+    if detached:
         return Verdict("label_signal", "problem", f"labels look detached from their images: the model fits the "
                        f"fixed samples but learns nothing that carries over: {seen}",
                        "check the label files, the class folders and the dataset's label mapping (which label goes "

@@ -214,6 +214,8 @@ def label_signal(p: Patient, lr: Optional[float] = None, suspects: tuple[str, ..
                        "with which image); look at samples.png", figures)
     if per_class < SIGNAL_MIN_PER_CLASS:
         why = f"{per_class:.1f} fitted samples per class are too few to generalise from"
+    elif losses and not math.isfinite(losses[-1]):
+        why = f"the loss went non-finite at step {len(losses)} at lr {_g(lr)}"
     elif fit_acc <= fit_bar:
         why = "the fitted samples were not learnt either in this budget"
     else:  # between "at chance" and "clearly above": a weak signal, or a slow start; neither is evidence

@@ -2,7 +2,7 @@
 
 Checks (each a Verdict: ok / warning / problem, its figures, the fix, its cost in seconds):
 config_smells, input_stats, label_histogram, sample_grid (samples.png), initial_loss, overfit_batch,
-parameters, activations (+ batchnorm_mode), lr_range (lr_range.png), throughput. The report is written as
+parameters, activations (+ batchnorm_mode), lr_range (lr_range.png), label_signal, throughput. The report is written as
 doctor.json + doctor.txt in --out (default runs/doctor-<name>-<stamp>). Exit 0 when nothing is a problem, 1
 otherwise, 2 for bad input. `train.preflight=true` runs the cheap ones before a run's first step
 (`preflight_verdicts`), logged as events of kind `preflight`.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -67,6 +68,9 @@ def diagnose(cfg: Any, out_dir: Optional[Path] = None, config_name: str = "(defa
         v.cost_s = round((probe_s + time.perf_counter() - t0) / len(found), 3)
     add(found)
     add(timed(checks.lr_range, patient, out_dir))
+    suggested = verdicts[-1].figures.get("suggested")
+    suspects = tuple(dict.fromkeys(v.check for v in verdicts if v.status == "problem"))
+    add(timed(checks.label_signal, patient, math.sqrt(suggested[0] * suggested[1]) if suggested else None, suspects))
     add(timed(checks.throughput, patient))
     header = {"config": config_name, "run": name, "device": str(patient.device), "torch": torch.__version__,
               "created": datetime.now().isoformat(timespec="seconds"), "wall_s": round(time.perf_counter() - started, 2),
@@ -136,7 +140,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "doctor",
         help="pre-flight checks of a run: trainlab doctor [CONFIG] [key=value ...]",
         description="Examine the run a config describes before spending hours on it: initial loss, overfitting one "
-        "batch, an LR range test, parameters and activations, input statistics, labels, a sample grid, config "
+        "batch, an LR range test, whether the train labels are predictable from their images, parameters and "
+        "activations, input statistics, labels, a sample grid, config "
         "smells, throughput and ETA. Writes doctor.json, doctor.txt, samples.png and lr_range.png. Exit 0 when "
         "nothing is a problem, 1 otherwise.",
     )

@@ -1,7 +1,8 @@
-"""The checks that train: initial loss, one-batch overfit, LR range test, parameters and layers, throughput.
+"""The checks that train: initial loss, one-batch overfit, LR range test, parameters and layers, label signal,
+throughput.
 
-Each returns Verdicts; sizes are kept small (a fixed batch of 16, a range test of 48 steps at batch <= 32) so
-the whole doctor stays within a minute for the default config on two CPU cores.
+Each returns Verdicts; sizes are kept small (a fixed batch of 16, a range test of 40 steps at batch 16, a label
+probe of 60 steps at batch 32) so the whole doctor stays within a minute for the default config on two CPU cores.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ RANGE_BATCH = 16
 # its outputs sits at the function's bounds (sigmoid/tanh). High on purpose: right after init, zero-initialised
 # residual branches and zero-padded shortcuts leave many channels at exactly zero in healthy CIFAR ResNets.
 DEAD, SATURATED = 0.9, 0.9
+SIGNAL_FIT = 128  # label_signal: fixed train samples the throwaway model is fitted on
+SIGNAL_HELDOUT = 256  # ...and the disjoint train samples it is scored on
+SIGNAL_BATCH = 32
+SIGNAL_STEPS = 60
+SIGNAL_Z = 3.0  # "clearly above chance": chance + this many binomial standard errors
+SIGNAL_AT_CHANCE_Z = 2.0  # "at chance": held-out accuracy within this many standard errors of it (a problem)
+SIGNAL_MIN_PER_CLASS = 8  # fewer fitted samples per class: nothing to generalise from, the check cannot conclude
 FALL = 0.9  # the loss "starts to fall" where its smoothed value is 10% below its start
 
 
@@ -111,6 +119,122 @@ def overfit_batch(p: Patient) -> tuple[Verdict, list[str], torch.nn.Module, tupl
                "disconnected parameters (see parameters), or a loss/label mismatch")
         status = "problem"
     return Verdict("overfit_batch", status, f"did not memorise {seen}", fix, figures), unchanged, model, (images, labels)
+
+
+# ---------------------------------------------------------------- label signal
+
+
+def label_signal(p: Patient, lr: Optional[float] = None, suspects: tuple[str, ...] = ()) -> Verdict:
+    """Fit a throwaway copy of the model on a few fixed train batches, then score it on DISJOINT train samples
+    with their train labels. Labels that belong to their images make the held-out samples predictable; labels
+    detached from their images (a wrong label file, shuffled folders, a broken label mapping) can still be
+    memorised on the fitted batches, but predict nothing on the others. The one-batch overfit cannot tell the two
+    apart; validation can, but only once the run has spent its epochs. Both bars are binomial: "clearly above
+    chance" is chance (the share of the most common train class) plus SIGNAL_Z standard errors of the held-out
+    count (ok); "at chance" is within SIGNAL_AT_CHANCE_Z of it (a problem, when the fitted samples were learnt).
+    In between, and when nothing was learnt or there are too few samples per class, the check says it cannot
+    conclude (ok: a warning there would fire on healthy runs that start slowly).
+
+    `lr`: the middle (geometric) of lr_range's suggested range (None: the configured peak; its top, measured on
+    one fixed batch, is too fast for several). `suspects`: the checks already found a problem (BatchNorm in eval
+    mode, an LR far off, 0..255 inputs...): each can keep held-out samples at chance too, so with any of them a
+    held-out accuracy at chance is a warning that names them, not a problem blamed on the labels.
+    A few dozen steps at the configured LR (one-cycle's peak, or a cautious adam LR) leave most datasets at chance
+    on unseen samples even with right labels; at the suggested LR they move off it."""
+    from trainlab.doctor.inputs import _train_labels
+
+    images, labels = p.fixed_batch(SIGNAL_FIT + SIGNAL_HELDOUT)  # one epoch's first samples: no repeats
+    fit_n = min(SIGNAL_FIT, len(labels) // 2)
+    fit_x, fit_y, held_x, held_y = images[:fit_n], labels[:fit_n], images[fit_n:], labels[fit_n:]
+    held_n = len(held_y)
+    counts = torch.bincount(_train_labels(p), minlength=p.num_classes)
+    chance = float(counts.max()) / float(counts.sum())
+    classes = int((counts > 0).sum())
+    def bar(n: int) -> float:
+        return chance + SIGNAL_Z * math.sqrt(chance * (1 - chance) / max(n, 1))
+    held_bar, fit_bar = bar(held_n), bar(fit_n)
+    at_chance = chance + SIGNAL_AT_CHANCE_Z * math.sqrt(chance * (1 - chance) / max(held_n, 1))
+    lr = p.peak_lr if lr is None else lr
+    model = p.new_model()
+    # a frozen RANDOM backbone (config_smells' finding) leaves only the head to learn from features that carry
+    # nothing: the held-out samples would stay at chance with right labels. The question here is the labels', so
+    # the throwaway copy trains everything then (a pretrained frozen backbone stays frozen: its features count)
+    unfrozen = bool(p.cfg.model.freeze_backbone and not p.cfg.model.pretrained)
+    if unfrozen:
+        for t in model.parameters():
+            t.requires_grad_(True)
+    opt = p.new_optimizer(model, lr=lr)
+    batch = min(SIGNAL_BATCH, fit_n)
+    order = torch.Generator().manual_seed(int(p.cfg.train.seed))
+    steps, losses = 0, []
+    while steps < SIGNAL_STEPS:
+        perm = torch.randperm(fit_n, generator=order).to(fit_x.device)
+        for start in range(0, fit_n - batch + 1, batch):
+            idx = perm[start:start + batch]
+            opt.zero_grad(set_to_none=True)
+            loss = p.loss(model(fit_x[idx]), fit_y[idx])
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                break
+            loss.backward()
+            opt.step()
+            steps += 1
+            if steps >= SIGNAL_STEPS:
+                break
+        if not math.isfinite(losses[-1]):
+            break
+    fit_acc, fit_loss = _score(p, model, fit_x, fit_y, batch)
+    held_acc, held_loss = _score(p, model, held_x, held_y, batch)
+    figures = {"fitted_samples": fit_n, "heldout_samples": held_n, "steps": steps, "batch": batch, "lr": lr,
+               "classes": classes, "chance": chance, "above_chance": held_bar, "at_chance_below": at_chance,
+               "fitted_above_chance": fit_bar,
+               "fitted_accuracy": fit_acc, "fitted_loss": fit_loss, "heldout_accuracy": held_acc,
+               "heldout_loss": held_loss, "train_loss_start": losses[0] if losses else None,
+               "train_loss_end": losses[-1] if losses else None, "unfrozen": unfrozen}
+    seen = (f"{steps} steps on {fit_n} fixed train samples at lr {_g(lr)}: fitted accuracy {fit_acc:.0%} "
+            f"(loss {fit_loss:.3f}), {held_n} held-out train samples {held_acc:.0%} (loss {held_loss:.3f}); chance "
+            f"{chance:.0%}, clearly above it from {held_bar:.0%} (chance + {SIGNAL_Z:g} standard errors)"
+            + ("; the frozen random backbone was trained too" if unfrozen else ""))
+    if held_acc > held_bar:
+        return Verdict("label_signal", "ok", f"the train labels are predictable from their images: {seen}", "",
+                       figures)
+    per_class = fit_n / max(classes, 1)
+    figures["fitted_per_class"] = per_class
+    detached = fit_acc > fit_bar and per_class >= SIGNAL_MIN_PER_CLASS and held_acc <= at_chance
+    if detached and suspects:
+        figures["suspects"] = list(suspects)
+        return Verdict("label_signal", "warning", f"the held-out samples stay at chance, but {', '.join(suspects)} "
+                       f"found problems that can do that too: {seen}", f"fix {', '.join(suspects)} first and run the "
+                       "doctor again; if this stays, check the label files, the class folders and the dataset's label "
+                       "mapping", figures)
+    if detached:
+        return Verdict("label_signal", "problem", f"labels look detached from their images: the model fits the "
+                       f"fixed samples but learns nothing that carries over: {seen}",
+                       "check the label files, the class folders and the dataset's label mapping (which label goes "
+                       "with which image); look at samples.png", figures)
+    if per_class < SIGNAL_MIN_PER_CLASS:
+        why = f"{per_class:.1f} fitted samples per class are too few to generalise from"
+    elif losses and not math.isfinite(losses[-1]):
+        why = f"the loss went non-finite at step {len(losses)} at lr {_g(lr)}"
+    elif fit_acc <= fit_bar:
+        why = "the fitted samples were not learnt either in this budget"
+    else:  # between "at chance" and "clearly above": a weak signal, or a slow start; neither is evidence
+        why = (f"held-out accuracy between chance and clearly above it; at chance would be at most {at_chance:.0%} "
+               f"(chance + {SIGNAL_AT_CHANCE_Z:g} standard errors)")
+    return Verdict("label_signal", "ok", f"inconclusive ({why}): {seen}", "", figures)
+
+
+@torch.no_grad()
+def _score(p: Patient, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+           batch: int) -> tuple[float, float]:
+    """Accuracy and mean loss, in train mode (batch statistics: a few steps leave BatchNorm's running stats
+    behind the weights) without a gradient."""
+    hits, total = 0, 0.0
+    for x, y in zip(images.tensor_split(-(-len(labels) // batch)), labels.tensor_split(-(-len(labels) // batch))):
+        logits = model(x)  # near-equal chunks: no last batch of one for BatchNorm
+        hits += int((logits.argmax(1) == y).sum())
+        total += float(torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+    return hits / len(labels), total / len(labels)
 
 
 # ---------------------------------------------------------------- parameters and layers

@@ -131,3 +131,20 @@ def test_auto_crop_on_a_folder_of_small_images_is_a_pad_crop(tmp_path):
     assert "pad-crop 4 px to 32 px" in bundle.summary and "images are 32 px" in bundle.summary
     x, _ = next(bundle.train.batches(0))
     assert x.shape == (6, 3, 32, 32)
+
+
+def test_a_folder_of_training_size_images_validates_on_the_whole_image_like_cifar(tmp_path):
+    """With the pad-crop plan (images about data.img_size) val sees the stored pixels, as CIFAR/packed val
+    does, not the ImageNet zoom (resize to 256/224 of the size, centre crop) that goes with resized crops."""
+    image = coordinate_images(1, 32)[0]
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.fromarray(image).save(tmp_path / split / c / "0.png")
+    common = ["data.name=folder", f"data.root={tmp_path}", "data.img_size=32", "data.batch_size=2",
+              "data.mean=[0,0,0]", "data.std=[1,1,1]"]  # fmt: skip
+    src = torch.from_numpy(image).permute(2, 0, 1).float()
+    x, _ = next(build_data(load_config(None, common), CPU).val.batches(0))
+    assert torch.allclose(x * 255, src.expand_as(x), atol=1e-3)
+    x, _ = next(build_data(load_config(None, [*common, "aug.crop=resized"]), CPU).val.batches(0))
+    assert not torch.allclose(x * 255, src.expand_as(x), atol=1e-3)  # resized crops keep the ImageNet val

@@ -15,6 +15,7 @@ from trainlab.config import load_config
 from trainlab.data import build_data, load_raw
 from trainlab.data.augment import AugPlan
 from trainlab.data.gpu_decode import GpuJpegLoader, choose_gpu_decode, nvjpeg_supported
+from trainlab.data.transforms import build_val_transform
 from trainlab.errors import DataError
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -113,3 +114,28 @@ def check_same_error(where: Path, name: str, damage) -> None:
             pass
     assert str(gpu_err.value) == str(cpu_err.value)
     assert name in str(gpu_err.value) and "\n" not in str(gpu_err.value)
+
+
+
+def test_val_geometry_follows_the_plan_as_on_the_cpu_path(tmp_path):
+    """A pad-crop plan validates on the whole image (transforms.val_geometry), resized crops on the ImageNet
+    zoom: the same geometry as the CPU DataLoader's val transform, told apart on smooth ramps."""
+    for i, (h, w) in enumerate(((18, 16), (16, 22), (20, 20))):
+        folder = tmp_path / "d" / "val" / "a"
+        folder.mkdir(parents=True, exist_ok=True)
+        ramp = np.zeros((h, w, 3), dtype=np.uint8)
+        ramp[..., 0] = np.linspace(0, 255, w, dtype=np.uint8)[None, :]
+        ramp[..., 1] = np.linspace(0, 255, h, dtype=np.uint8)[:, None]
+        Image.fromarray(ramp).save(folder / f"{i}.jpg", quality=95)
+    (tmp_path / "d" / "train").symlink_to(tmp_path / "d" / "val")
+    raw = load_raw(cfg_for(tmp_path / "d"))
+    cpu, gpu = {}, {}
+    for crop in ("pad", "resized"):
+        plan = AugPlan(crop, 16, 0.5)
+        loader = GpuJpegLoader(raw.val, 3, CPU, False, 3, (0.0,) * 3, (1.0,) * 3, plan)
+        gpu[crop] = torch.cat([b for b, _ in loader.batches(0)])
+        tf = build_val_transform("folder", 16, (0.0,) * 3, (1.0,) * 3, plan)
+        cpu[crop] = torch.stack([tf(raw.val.load(i)[0]) for i in range(len(raw.val))])
+    for crop, other in (("pad", "resized"), ("resized", "pad")):
+        same, wrong = (gpu[crop] - cpu[crop]).abs().mean(), (gpu[crop] - cpu[other]).abs().mean()
+        assert same < 0.01 and wrong > 3 * same, (crop, float(same), float(wrong))

@@ -276,7 +276,7 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
         train_tf = T.build_train_transform(
             raw.geometry, raw.img_size, policy, float(cfg.aug.random_erasing), mean, std, raw.crop_pad, plan
         )
-        val_tf = T.build_val_transform(raw.geometry, raw.img_size, mean, std)
+        val_tf = T.build_val_transform(raw.geometry, raw.img_size, mean, std, plan)
         if size_at is not None:  # one transform per scheduled size, picked by the epoch of each sample key
             by_size = {
                 size: T.build_train_transform(

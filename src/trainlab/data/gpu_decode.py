@@ -160,8 +160,10 @@ class GpuJpegLoader:
                 p = draw_params(gen, 1, self.plan, h, w)
                 if self.plan.crop != "resized":  # pad/none: resize the short side, centre crop, then pad-crop
                     p = _centre_box(h, w, size, 1.0, p.flip)
-            else:  # val geometry of the CPU path: Resize(size * 256 / 224) + CenterCrop(size)
-                p = _centre_box(h, w, size, 224 / 256, torch.zeros(1, dtype=torch.bool))
+            else:  # val geometry of the CPU path: Resize(size * 256 / 224) + CenterCrop(size), or for a
+                # pad-crop plan Resize(size) + CenterCrop(size) (transforms.val_geometry)
+                fraction = 1.0 if self.plan.crop == "pad" else 224 / 256
+                p = _centre_box(h, w, size, fraction, torch.zeros(1, dtype=torch.bool))
             crops.append(BatchAugmenter.resample(image[None], p.to(image.device), size))
             flips.append(p.flip)
         batch = torch.cat(crops)

@@ -6,7 +6,8 @@ Two geometries:
   (short side S, any aspect) take the same steps: Resize + CenterCrop makes the centre square, as the
   streaming loader does; RandomResizedCrop draws in each image's own size.
 - "folder" (images of any size, decoded from files): train = RandomResizedCrop + flip, val = Resize to
-  img_size*256/224 + CenterCrop (the ImageNet standard).
+  img_size*256/224 + CenterCrop (the ImageNet standard); a folder whose plan is the pad-crop (images about
+  img_size) validates like "small" data instead, on the whole image (`val_geometry`).
 `aug.crop`/`aug.scale`/`aug.ratio`/`aug.hflip` replace these defaults (an AugPlan, see augment.py).
 `aug.policy` adds RandAugment / TrivialAugmentWide / AutoAugment after the geometry, `aug.random_erasing`
 adds RandomErasing after normalisation. All randomness comes from torch's global generator, which the
@@ -93,11 +94,17 @@ def _folder_val_geometry(img_size: int) -> list[v2.Transform]:
     return [v2.Resize(int(round(img_size * 256 / 224)), antialias=True), v2.CenterCrop(img_size)]
 
 
+def val_geometry(geometry: str, plan: Optional[AugPlan]) -> str:
+    """The geometry validation uses: a pad-crop plan trains on the whole image at its stored scale, so val
+    must see that scale too ("small"), not the ImageNet zoom that goes with resized crops."""
+    return "small" if plan is not None and plan.crop == "pad" else geometry
+
+
 def build_val_transform(
-    geometry: str, img_size: int, mean: tuple[float, ...], std: tuple[float, ...]
+    geometry: str, img_size: int, mean: tuple[float, ...], std: tuple[float, ...], plan: Optional[AugPlan] = None
 ) -> Transform:
-    """uint8 CHW tensor -> float32 CHW normalised, deterministic."""
-    if geometry == "folder":
+    """uint8 CHW tensor -> float32 CHW normalised, deterministic (geometry: see `val_geometry`)."""
+    if val_geometry(geometry, plan) == "folder":
         steps = _folder_val_geometry(img_size)
     else:  # arrays stored at another size than the training size (a no-op when they have it)
         steps = [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size)]

@@ -29,12 +29,17 @@ def test_lr_far_too_low_is_flagged_in_the_first_tenth(tmp_path, overrides) -> No
     assert static[0]["data"]["projected_change"] < 0.02 and "optim.lr" in static[0]["message"]
 
 
-def test_raw_0_255_inputs_are_named_at_the_first_batch(tmp_path) -> None:
+def test_raw_0_255_inputs_and_a_frozen_random_backbone_are_named_before_step_1(tmp_path) -> None:
+    """Two independent faults in one short run (each check reads only its own evidence: the first batch, the
+    config), to keep the suite short."""
     warnings = train(tmp_path / "raw", "train.epochs=1", "data.train_size=320", "data.mean=[0,0,0]",
-                     "data.std=[0.0039216,0.0039216,0.0039216]")
+                     "data.std=[0.0039216,0.0039216,0.0039216]", "model.freeze_backbone=true")
     scale = [e for e in warnings if e["kind"] == "input_scale"]
     assert len(scale) == 1 and scale[0]["step"] == 0, warnings
     assert max(scale[0]["data"]["std"]) > 20 and "0..255" in scale[0]["message"]
+    smells = [e for e in warnings if e["kind"] == "config_smell"]
+    assert len(smells) == 1 and smells[0]["step"] == 0, warnings
+    assert "model.freeze_backbone=true without model.pretrained" in smells[0]["message"]
 
 
 def test_batchnorm_in_eval_mode_during_training_is_named(tmp_path) -> None:
@@ -42,13 +47,6 @@ def test_batchnorm_in_eval_mode_during_training_is_named(tmp_path) -> None:
     bn = [e for e in warnings if e["kind"] == "batchnorm_mode"]
     assert len(bn) == 1 and bn[0]["step"] <= 10, warnings
     assert bn[0]["data"]["layers"] >= 3
-
-
-def test_a_frozen_random_backbone_is_named_before_step_1(tmp_path) -> None:
-    warnings = train(tmp_path / "frozen", "train.epochs=1", "data.train_size=320", "model.freeze_backbone=true")
-    smells = [e for e in warnings if e["kind"] == "config_smell"]
-    assert len(smells) == 1 and smells[0]["step"] == 0, warnings
-    assert "model.freeze_backbone=true without model.pretrained" in smells[0]["message"]
 
 
 @pytest.mark.parametrize("overrides", [

@@ -27,11 +27,11 @@ RANGE_BATCH = 16
 # residual branches and zero-padded shortcuts leave many channels at exactly zero in healthy CIFAR ResNets.
 DEAD, SATURATED = 0.9, 0.9
 SIGNAL_FIT = 128  # label_signal: fixed train samples the throwaway model is fitted on
-SIGNAL_HELDOUT = 256  # ...and the disjoint train samples it is scored on
+SIGNAL_HELDOUT = 512  # ...and the disjoint train samples it is scored on
 SIGNAL_BATCH = 32
 SIGNAL_STEPS = 60
 SIGNAL_Z = 3.0  # "clearly above chance": chance + this many binomial standard errors
-SIGNAL_AT_CHANCE_Z = 2.0  # "at chance": held-out accuracy within this many standard errors of it (a problem)
+SIGNAL_AT_CHANCE_Z = 1.5  # "at chance": held-out accuracy within this many standard errors of it (a problem)
 SIGNAL_MIN_PER_CLASS = 8  # fewer fitted samples per class: nothing to generalise from, the check cannot conclude
 FALL = 0.9  # the loss "starts to fall" where its smoothed value is 10% below its start
 

@@ -9,7 +9,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -158,14 +157,6 @@ def test_shapes_deterministic_balanced_and_in_range():
     assert counts.min() == counts.max() == 50
     assert x1.min() < 30 and x1.max() > 225 and 60 < x1.mean() < 120  # light shapes on dark backgrounds
     assert len(CLASS_NAMES) == 10 and len(set(CLASS_NAMES)) == 10
-
-
-def test_shapes_generation_is_fast():
-    start = time.perf_counter()
-    generate_shapes.__wrapped__(5000, 32, 3, "train")
-    generate_shapes.__wrapped__(1000, 32, 3, "val")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 4.0, f"6000 shapes took {elapsed:.1f}s (target < 2 s on an idle machine)"
 
 
 def test_shapes_bundle_shapes_names_and_normalisation():

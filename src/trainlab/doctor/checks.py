@@ -150,10 +150,11 @@ def label_signal(p: Patient, lr: Optional[float] = None, suspects: tuple[str, ..
     counts = torch.bincount(_train_labels(p), minlength=p.num_classes)
     chance = float(counts.max()) / float(counts.sum())
     classes = int((counts > 0).sum())
-    def bar(n: int) -> float:
-        return chance + SIGNAL_Z * math.sqrt(chance * (1 - chance) / max(n, 1))
-    held_bar, fit_bar = bar(held_n), bar(fit_n)
-    at_chance = chance + SIGNAL_AT_CHANCE_Z * math.sqrt(chance * (1 - chance) / max(held_n, 1))
+
+    def bar(n: int, z: float = SIGNAL_Z) -> float:  # chance + z binomial standard errors of n samples
+        return chance + z * math.sqrt(chance * (1 - chance) / max(n, 1))
+
+    held_bar, fit_bar, at_chance = bar(held_n), bar(fit_n), bar(held_n, SIGNAL_AT_CHANCE_Z)
     lr = p.peak_lr if lr is None else lr
     model = p.new_model()
     # a frozen RANDOM backbone (config_smells' finding) leaves only the head to learn from features that carry

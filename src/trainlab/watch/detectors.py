@@ -22,6 +22,17 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _fraction(acc: float) -> float:
+    """A validation accuracy given as a percentage or a fraction, as a fraction."""
+    return float(acc) / 100.0 if float(acc) > 1.0 else float(acc)
+
+
+def _chance(num_classes: int, margin: float) -> tuple[float, float]:
+    """(chance, the accuracy at or below which a run reads as at chance)."""
+    chance = 1.0 / num_classes
+    return chance, chance + margin * (1.0 - chance)
+
+
 class LossDetectors:
     """loss_spike, nonfinite, divergence and not_learning, fed with the per-step losses of each reduction."""
 
@@ -145,13 +156,11 @@ class LossDetectors:
         """not_learning from validation: accuracy near chance after `not_learning_epochs` epochs."""
         if val_acc is None or not num_classes or num_classes < 2:
             return None
-        acc = float(val_acc) / 100.0 if float(val_acc) > 1.0 else float(val_acc)  # percent or fraction
-        self.val_history.append(acc)
+        self.val_history.append(_fraction(val_acc))
         k = self.s.not_learning_epochs
         if len(self.val_history) < k:
             return None
-        chance = 1.0 / num_classes
-        limit = chance + self.s.chance_margin * (1.0 - chance)
+        chance, limit = _chance(num_classes, self.s.chance_margin)
         best = max(self.val_history[-k:])
         if not self.val_not_learning.update(WARNING if best <= limit else 0):
             return None
@@ -409,13 +418,11 @@ class BudgetProgress:
     def epoch_val(self, step: int, epoch: int, val_acc: Optional[float]) -> Optional[Event]:
         if not self.planned or val_acc is None or not self.num_classes or self.num_classes < 2:
             return None
-        acc = float(val_acc) / 100.0 if float(val_acc) > 1.0 else float(val_acc)
-        self.best_val = max(self.best_val, acc)
+        self.best_val = max(self.best_val, _fraction(val_acc))
         if step < self.s.progress_val_frac * self.planned or step >= self.planned:
             return None
         acc = self.best_val  # the best so far: one noisy validation dipping back to chance is not a verdict
-        chance = 1.0 / self.num_classes
-        limit = chance + self.s.chance_margin * (1.0 - chance)
+        chance, limit = _chance(self.num_classes, self.s.chance_margin)
         if not self.val_episode.update(WARNING if acc <= limit else 0):
             return None
         return Event(

@@ -20,6 +20,7 @@ these read the model):
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any, Optional
@@ -45,13 +46,24 @@ def _first_tensor(batch: Any) -> Optional[torch.Tensor]:
     return None
 
 
-def lr_budget(lr_at: Callable[[int], float], first: int, last: int) -> float:
-    """Sum of lr_at(k) for first <= k < last, from at most _BUDGET_POINTS evaluations."""
-    n = max(0, last - first)
-    if n == 0:
-        return 0.0
-    every = max(1, n // _BUDGET_POINTS)
-    return sum(lr_at(k) for k in range(first, last, every)) * (n / len(range(first, last, every)))
+class PlannedLR:
+    """The LR the schedule still plans from a step to the end of the plan. lr_at is evaluated once, at most
+    _BUDGET_POINTS times (every k-th step standing for k steps), and summed from the end, so each judgement
+    afterwards is a lookup rather than another pass over the plan."""
+
+    def __init__(self, lr_at: Callable[[int], float], planned: int) -> None:
+        self.every = max(1, planned // _BUDGET_POINTS)
+        self.planned = planned
+        samples = [lr_at(k) for k in range(0, planned, self.every)]
+        self.suffix = list(itertools.accumulate(reversed(samples)))[::-1]  # suffix[i]: samples i.. summed
+
+    def remaining(self, step: int) -> float:
+        """The LR summed over steps step .. planned - 1."""
+        first = -(-step // self.every)  # the first sample at or after `step`
+        if first >= len(self.suffix):  # past the last sample: its LR for the few steps left
+            return self.suffix[-1] * max(self.planned - step, 0) if self.suffix else 0.0
+        counted = len(self.suffix) - first
+        return self.suffix[first] * (self.planned - step) / counted  # each sample's share of the steps left
 
 
 class ModelProbe:
@@ -62,6 +74,7 @@ class ModelProbe:
         self.planned = planned_steps
         self.num_classes = num_classes
         self.lr_at = lr_at
+        self._planned_lr: Optional[PlannedLR] = None  # built at the first judgement (lr_at is evaluated once)
         self.updates = 0  # optimizer steps seen (counted by a step hook when the watch has the optimizer)
         self.counts_updates = False
         params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()] if model else []
@@ -171,7 +184,9 @@ class ModelProbe:
         if self.counts_updates and self.updates < s.weights_min_steps:
             return None
         if self.lr_at is not None:
-            budget = self.lr_sum + lr_budget(self.lr_at, step, planned)
+            if self._planned_lr is None:
+                self._planned_lr = PlannedLR(self.lr_at, planned)
+            budget = self.lr_sum + self._planned_lr.remaining(step)
         else:  # someone else's loop: assume the largest LR seen so far for the rest of the run
             budget = self.lr_sum + self.lr_max * (planned - step)
         scale = budget / self.lr_sum

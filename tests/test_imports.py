@@ -82,6 +82,7 @@ def test_the_walker_sees_a_planted_cycle():
 FLOORS = [
     ["trainlab", "__main__"],  # the package's face: lazy re-exports
     ["commands"],  # entry points: argv or a Python call -> the library
+    ["sweep"],  # many runs: launches `trainlab train` processes through an engine and reads their run dirs
     ["doctor"],  # examines the run train builds (and runs its step); its start checks are a callback
     ["train"],  # one run: the loop, the step, building its parts
     ["state", "runlog", "data", "models", "watch", "report"],
@@ -118,6 +119,14 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
         if wing(module) != wing(target) and not declared(module, target)
         and (floor_of(target) < floor_of(module) or floor_of(target) == floor_of(module) != ground)
     )
+
+
+def test_the_sweep_launches_runs_and_never_imports_the_training_code():
+    # a sweep starts `trainlab train` processes (here, on a Ray worker, in a SLURM job) and reads what they write;
+    # importing train/ or doctor/ would tie the driver to torch's state and to one process
+    graph = import_graph()
+    reached = {t for m, targets in graph.items() if wing(m) == "sweep" for t in targets}
+    assert sorted(t for t in reached if wing(t) in ("train", "doctor", "watch", "data", "models", "state")) == []
 
 
 def test_every_module_sits_on_a_floor():

@@ -10,10 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import time
+from collections.abc import Sequence
+from typing import Optional
 
 import yaml
 
 from trainlab.report import compare, interactive
+from trainlab.report import search as rank
 from trainlab.report.plots import HEIGHT, WIDTH, Plot
 from trainlab.report.read import Run
 
@@ -116,10 +119,29 @@ def _run_section(run: Run, headers: list[str], row: list[str]) -> str:
     return "\n".join(parts)
 
 
-def render(runs: list[Run], plots: list[Plot], title: str = "trainlab report") -> str:
+def _search_section(runs: list[Run], search: dict, plots: list[Plot]) -> str:
+    """A search sweep: its trials ranked (pruned ones with their reason and the step they stopped at) and the
+    objective against each searched key."""
+    headers, rows = rank.ranking(runs, search)
+    parts = [f"<h2 id='search'>Search: trials ranked</h2><div class='sub'>{_esc(rank.summary_line(runs, search))}</div>",
+             _table(headers, rows, len(headers))]
+    parts.append("<div class='plots'>" + "".join(_img(plot) for plot in plots) + "</div>")
+    return "\n".join(parts)
+
+
+def _img(plot: Plot) -> str:
+    data = base64.b64encode(plot.png).decode("ascii")
+    return (f'<img id="plot-{plot.name}" alt="{_esc(plot.title)}" width="{WIDTH}" height="{HEIGHT}" '
+            f'src="data:image/png;base64,{data}">')
+
+
+def render(runs: list[Run], plots: list[Plot], title: str = "trainlab report", search: Optional[dict] = None,
+           search_plots: Sequence[Plot] = ()) -> str:
     headers, rows = compare.table(runs)
     body = [f"<h1>{_esc(title)}</h1>",
             f"<div class='sub'>{len(runs)} run(s) · generated {time.strftime('%Y-%m-%d %H:%M:%S')}</div>"]
+    if search:
+        body.append(_search_section(runs, search, list(search_plots)))
     if len(runs) > 1:
         body.append("<h2>Comparison</h2>" + _table(headers, rows, 1 + len(compare.varied_keys(runs))))
     else:
@@ -127,11 +149,7 @@ def render(runs: list[Run], plots: list[Plot], title: str = "trainlab report") -
     body.append(interactive.section(runs))
     body.append("<h2>Curves</h2><div class='plots'>")
     for plot in plots:
-        data = base64.b64encode(plot.png).decode("ascii")
-        body.append(
-            f'<img id="plot-{plot.name}" alt="{_esc(plot.title)}" width="{WIDTH}" height="{HEIGHT}" '
-            f'src="data:image/png;base64,{data}">'
-        )
+        body.append(_img(plot))
     body.append("</div>")
     if len(runs) > 1:
         body.extend(_run_section(run, headers, row) for run, row in zip(runs, rows))

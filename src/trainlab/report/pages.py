@@ -10,6 +10,7 @@ from trainlab.errors import UsageError
 from trainlab.paths import check_output_dir
 from trainlab.report import html, plots, text
 from trainlab.report.read import Run, find_runs, is_sweep_dir, load_run, load_runs, parse_time
+from trainlab.report.search import objective_plots, ranking_text, search_of
 
 
 def default_output(paths: list[str | Path], runs: list[Run]) -> Path:
@@ -25,14 +26,16 @@ def write_report(paths: list[str | Path], output: Optional[str | Path] = None) -
     out = Path(output) if output else default_output(paths, runs)
     check_report_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    search = _search(paths)
+    search_plots = objective_plots(runs, search) if search else []
     drawn = plots.make_plots(runs)
     files_dir = out.parent / f"{out.stem}_files"
     files_dir.mkdir(exist_ok=True)
-    for plot in drawn:
+    for plot in [*search_plots, *drawn]:
         (files_dir / f"{plot.name}.png").write_bytes(plot.png)
     title = f"trainlab report: {runs[0].name}" if len(runs) == 1 else f"trainlab report: {len(runs)} runs"
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html.render(runs, drawn, title), encoding="utf-8")
+    tmp.write_text(html.render(runs, drawn, title, search=search, search_plots=search_plots), encoding="utf-8")
     tmp.replace(out)  # a browser reloading the page never sees half of it
     return out
 
@@ -47,8 +50,17 @@ def check_report_output(out: Path) -> None:
         raise UsageError(f"{files_dir} (for the report's plots) is a file; move it or choose another --output")
 
 
+def _search(paths: list[str | Path]) -> Optional[dict]:
+    """The `search` section of a single search sweep's sweep.json (None for runs and grids)."""
+    if len(paths) == 1 and is_sweep_dir(Path(paths[0])):
+        return search_of(paths[0])
+    return None
+
+
 def report_text(paths: list[str | Path], width: int = 64) -> str:
-    return text.render(load_runs(list(paths)), width=width)
+    search = _search(paths)
+    ranking = ranking_text(paths[0]) + "\n" if search else ""
+    return ranking + text.render(load_runs(list(paths)), width=width)
 
 
 def runs_table(root: str | Path = "runs", now: Optional[float] = None) -> str:

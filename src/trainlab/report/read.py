@@ -23,6 +23,7 @@ from trainlab.errors import UsageError
 RUN_MARKERS = ("config.yaml", "summary.json", "metrics.csv", "error.txt")
 SWEEP_FILE = "sweep.json"
 ERROR_FILE = "error.txt"
+TRIAL_FILE = "trial.json"  # a search trial's record (state, value, params, pruned_by), written by the sweep
 STALE_AFTER_S = 600  # a "running" summary not updated for this long is shown as "running?"
 INT_COLUMNS = ("epoch", "step")
 
@@ -40,6 +41,7 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None  # error.txt written by a sweep when the run's process failed
     values: dict[str, str] = field(default_factory=dict)  # the varied settings when part of a sweep
+    trial: dict[str, Any] = field(default_factory=dict)  # trial.json when the run is a search trial
 
     @property
     def status(self) -> str:
@@ -240,6 +242,7 @@ def load_run(path: str | Path, name: Optional[str] = None, values: Optional[dict
         summary=read_json(path / "summary.json"),
         error=error,
         values=dict(values or {}),
+        trial=read_json(path / TRIAL_FILE),
     )
 
 

@@ -109,8 +109,8 @@ def test_a_running_trial_is_resumed_only_when_no_process_of_it_is_alive(tmp_path
     under the same number; still beating (a driver killed, its run still training) -> wait for it."""
     from trainlab.sweep.engines import EngineOptions
     from trainlab.sweep.engines.local import LocalEngine
-    from trainlab.sweep.optuna_search import ENDED, Search, SearchSpec
-    from trainlab.sweep.trial import HEARTBEAT, LAUNCH, open_storage
+    from trainlab.sweep.optuna_search import Search, SearchSpec
+    from trainlab.sweep.trial import ENDED, HEARTBEAT, LAUNCH, open_storage
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="s", storage=open_storage(url))

@@ -30,7 +30,10 @@ def state(run: Run) -> str:
 
 
 def value(run: Run) -> Optional[float]:
+    """The trial's value; for a trial still running, its last reported epoch's."""
     v = run.trial.get("value")
+    if v is None and state(run) == "RUNNING" and run.trial.get("intermediate"):
+        v = list(run.trial["intermediate"].values())[-1]
     return float(v) if isinstance(v, (int, float)) and math.isfinite(float(v)) else None
 
 

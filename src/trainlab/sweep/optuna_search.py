@@ -38,6 +38,7 @@ from trainlab.sweep.lock import SweepLock
 from trainlab.sweep.plan import PlannedRun, load_run_config, with_callback
 from trainlab.sweep.space import SearchKey, text, validate_space
 from trainlab.sweep.trial import (
+    ENDED,
     HEARTBEAT,
     LAUNCH,
     OBJECTIVES,
@@ -52,7 +53,6 @@ from trainlab.sweep.trial import (
 
 STALE_AFTER_S = 180.0  # a RUNNING trial silent this long (no heartbeat, no launch) has no live process
 POLL_S = 5.0
-ENDED = "trainlab:ended"  # unix time the sweep saw the trial's process end with the trial still RUNNING
 CALLBACK = "trainlab.sweep.trial:OptunaTrial"
 
 

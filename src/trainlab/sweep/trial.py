@@ -37,6 +37,7 @@ TRIAL_FILE = "trial.json"
 PENDING = "trainlab:prune"  # a prune decided, maybe not yet carried out
 HEARTBEAT = "trainlab:heartbeat"  # unix time of the trial process's last beat
 LAUNCH = "trainlab:launch"  # where the sweep launched the trial's process (engine, host, pid or job id)
+ENDED = "trainlab:ended"  # unix time the trial's process ended with the trial still RUNNING (stopped by a signal)
 HEARTBEAT_S = 30.0
 
 
@@ -192,6 +193,7 @@ class OptunaTrial:
                 self._fail(str(summary.get("error") or "the run failed"))
             else:  # stopped by a signal (preemption, Ctrl-C): RUNNING, continued from its checkpoint later
                 self.storage.set_trial_system_attr(self.trial_id, "trainlab:stopped", summary.get("stop_reason"))
+                self.storage.set_trial_system_attr(self.trial_id, ENDED, time.time())
             write_trial_file(Path(run.run_dir), trial_record(self.storage.get_trial(self.trial_id), self.study_name,
                                                              self.objective))  # fmt: skip
         except Exception as exc:  # the storage went away: the sweep reconciles from the run dir when it can
@@ -219,6 +221,5 @@ class OptunaTrial:
         while not self.beating.wait(self.heartbeat_s):
             try:
                 self._beat()
-            except Exception:  # noqa: BLE001 - the trial ended meanwhile, or the storage is away for a moment
-                if self.storage.get_trial(self.trial_id).state.is_finished():
-                    return
+            except Exception:  # noqa: BLE001 - the trial ended meanwhile, or the storage is away: beat again later
+                continue

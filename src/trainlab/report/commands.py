@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -20,9 +21,17 @@ def default_output(paths: list[str | Path], runs: list[Run]) -> Path:
     return Path("report.html")
 
 
+def warn_skipped(runs: list[Run]) -> None:
+    """What the readers left out of the runs' files, one line each on stderr (the report goes on)."""
+    for run in runs:
+        for note in run.skipped:
+            print(f"trainlab: warning: skipped {text.printable(note)}", file=sys.stderr)
+
+
 def write_report(paths: list[str | Path], output: Optional[str | Path] = None) -> Path:
     """Write the HTML page and, beside it in `<stem>_files/`, a PNG of each plot. Returns the page's path."""
     runs = load_runs(list(paths))
+    warn_skipped(runs)
     out = Path(output) if output else default_output(paths, runs)
     check_report_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +58,9 @@ def check_report_output(out: Path) -> None:
 
 
 def report_text(paths: list[str | Path], width: int = 64) -> str:
-    return text.render(load_runs(list(paths)), width=width)
+    runs = load_runs(list(paths))
+    warn_skipped(runs)
+    return text.render(runs, width=width)
 
 
 def runs_table(root: str | Path = "runs", now: Optional[float] = None) -> str:
@@ -58,6 +69,7 @@ def runs_table(root: str | Path = "runs", now: Optional[float] = None) -> str:
     rows = []
     for path in find_runs(root):
         run = load_run(path)
+        warn_skipped([run])
         planned = run.epochs_planned
         best = run.best_val_acc1
         started = parse_time(run.summary.get("started")) or _mtime(path)

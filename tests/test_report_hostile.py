@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from tests.report_fixtures import make_run
-from trainlab.cli import main
+from trainlab.commands.cli import main
 from trainlab.report import html as report_html
 from trainlab.report import interactive, load_run, report_text, runs_table, write_report
 

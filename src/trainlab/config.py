@@ -436,8 +436,11 @@ def _parse_overrides(items: list[str]) -> DictConfig:
 
 
 
-def load_config(path: Optional[str | Path] = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Schema defaults <- YAML chain (bases first) <- `key=value` overrides; validated and read-only."""
+def load_config(path: Optional[str | Path] = None, overrides: list[str] | tuple[str, ...] = (),
+                base: Optional[dict] = None) -> Config:
+    """Schema defaults <- YAML chain (bases first) <- `base` values (a saved config, as a dict) <- `key=value`
+    overrides; validated and read-only. A saved config goes in as values, never as `key=value` text: a string
+    such as '[wip' or "'quoted" is not text to the override parser."""
     cfg = _schema()
     OmegaConf.set_struct(cfg, True)
     if path is not None:
@@ -446,6 +449,11 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] | tuple[
                 cfg = OmegaConf.merge(cfg, node)
             except OmegaConfBaseException as err:
                 raise _explain(err, str(file)) from None
+    if base is not None:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(base))
+        except OmegaConfBaseException as err:
+            raise _explain(err, "saved config") from None
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value (e.g. optim.lr=0.05)")

@@ -25,12 +25,11 @@ def evaluate_checkpoint(path: str, overrides: Sequence[str] = (), use_ema: bool 
     state = ckpt.load_checked(file, trusted=_trusted(overrides))
     if "config" not in state or "model" not in state:
         raise ConfigError(f"{file} is not a trainlab checkpoint (no 'config'/'model'); train with trainlab first")
-    cfg = config_mod.from_dict(state["config"])
-    values = config_mod.to_dict(cfg)
+    values = config_mod.to_dict(config_mod.from_dict(state["config"]))  # the saved config, validated
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ConfigError(f"override '{item}' is not section.key=value")
-    cfg = config_mod.load_config(None, [*_dotlist(values), *overrides])
+    cfg = config_mod.load_config(None, list(overrides), base=values)  # values as saved: they round-trip
     ctx = distributed.setup(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
     data = build_data(cfg, ctx.device)
     num_classes = state.get("num_classes") or cfg.model.num_classes or data.num_classes
@@ -38,13 +37,18 @@ def evaluate_checkpoint(path: str, overrides: Sequence[str] = (), use_ema: bool 
         raise DataError(f"the val split has {data.num_classes} classes but the model was trained for {num_classes}")
     model = models.from_config(cfg, num_classes, with_weights=False)  # the checkpoint's weights come next
     weights = "raw"
-    if use_ema:
-        if not state.get("ema"):
-            raise ConfigError(f"{file} has no EMA weights (train.ema_decay was not set); drop --ema")
-        model.load_state_dict(_ema_weights(state["ema"]))
-        weights = "ema"
-    else:
-        model.load_state_dict(state["model"])
+    if use_ema and not state.get("ema"):
+        raise ConfigError(f"{file} has no EMA weights (train.ema_decay was not set); drop --ema")
+    weights = "ema" if use_ema else "raw"
+    try:
+        model.load_state_dict(_ema_weights(state["ema"]) if use_ema else state["model"])
+    except (RuntimeError, KeyError, ValueError) as exc:  # weights of another architecture or class count
+        changed = [f"{k}={v}" for k, v in (i.split("=", 1) for i in overrides) if k.startswith("model.")]
+        why = f" (the overrides {', '.join(changed)} change the model)" if changed else ""
+        raise ConfigError(
+            f"{file}'s weights do not fit a {cfg.model.name} for {num_classes} classes{why}: "
+            f"{ckpt.load_error_line(exc)}; evaluate it with the model it was trained with"
+        ) from None
     model.to(ctx.device)
     precision = "bf16" if ctx.device.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
     result = evaluate(model, data.val, ctx.device, precision, tta=cfg.eval.tta)
@@ -62,18 +66,3 @@ def _trusted(overrides: Sequence[str]) -> bool:
 
 def _ema_weights(ema_state: dict) -> dict:
     return ema_state.get("module", ema_state.get("state_dict", ema_state))
-
-
-def _dotlist(values: dict, prefix: str = "") -> list[str]:
-    """Flatten a saved config back into key=value items (lists and nulls in OmegaConf syntax)."""
-    items = []
-    for section, keys in values.items():
-        for key, value in keys.items():
-            if value is None:
-                text = "null"
-            elif isinstance(value, list):
-                text = "[" + ",".join(str(v) for v in value) + "]"
-            else:
-                text = str(value)
-            items.append(f"{prefix}{section}.{key}={text}")
-    return items

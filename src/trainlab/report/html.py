@@ -28,6 +28,7 @@ th { background: #f4f6f8; } td.t, th.t { text-align: left; }
 tr:nth-child(even) td { background: #fafbfc; }
 .status-finished { color: #1e8449; font-weight: 600; } .status-failed { color: #c0392b; font-weight: 600; }
 .status-running { color: #2e86c1; font-weight: 600; } .status-stopped { color: #b9770e; font-weight: 600; }
+.status-interrupted { color: #c0392b; font-weight: 600; }
 .plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(600px, 1fr)); gap: 10px; }
 .plots img { display: block; border: 1px solid #eee; width: 100%; max-width: 900px; height: auto; }
 pre { background: #f7f7f7; padding: 8px; font-size: 12px; overflow-x: auto; max-height: 420px; }
@@ -53,7 +54,7 @@ window.addEventListener('load', function () {
 
 # The statuses with a colour in CSS. A status is text from summary.json, a file anyone can edit: it never
 # reaches the page's markup, only its text (a crafted status in the class attribute ran script).
-STATUS_CLASSES = ("finished", "failed", "running", "stopped")
+STATUS_CLASSES = ("finished", "failed", "running", "stopped", "interrupted")
 
 
 def _esc(value: object) -> str:

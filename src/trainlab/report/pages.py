@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from trainlab.errors import UsageError
-from trainlab.paths import check_output_dir
+from trainlab.paths import check_output_dir, open_no_follow, write_text_no_follow
 from trainlab.report import html, plots, text
 from trainlab.report.read import Run, find_runs, is_sweep_dir, load_run, load_runs, parse_time
 
@@ -38,10 +38,11 @@ def write_report(paths: list[str | Path], output: Optional[str | Path] = None) -
     files_dir = out.parent / f"{out.stem}_files"
     files_dir.mkdir(exist_ok=True)
     for plot in drawn:
-        (files_dir / f"{plot.name}.png").write_bytes(plot.png)
+        with open_no_follow(files_dir / f"{plot.name}.png", "wb") as f:  # often inside a run dir: no links
+            f.write(plot.png)
     title = f"trainlab report: {runs[0].name}" if len(runs) == 1 else f"trainlab report: {len(runs)} runs"
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html.render(runs, drawn, title), encoding="utf-8")
+    write_text_no_follow(tmp, html.render(runs, drawn, title))
     tmp.replace(out)  # a browser reloading the page never sees half of it
     return out
 

@@ -22,6 +22,7 @@ from typing import Any, Optional
 import yaml
 
 from trainlab.errors import UsageError
+from trainlab.state.lock import is_held
 
 RUN_MARKERS = ("config.yaml", "summary.json", "metrics.csv", "error.txt")
 SWEEP_FILE = "sweep.json"
@@ -60,18 +61,24 @@ class Run:
     error: Optional[str] = None  # error.txt written by a sweep when the run's process failed
     values: dict[str, str] = field(default_factory=dict)  # the varied settings when part of a sweep
     skipped: list[str] = field(default_factory=list)  # "FILE line N: why" for what the readers left out
+    # Whether a process holds the run dir's lock (trainlab.state.lock) when it was read; None for a run dir
+    # without a lock file (from before locks), whose status is told by its summary's age instead.
+    lock_held: Optional[bool] = None
 
     @property
     def status(self) -> str:
         status = str(self.summary.get("status") or "")
         if self.error is not None and status not in ("finished", "stopped", "failed"):
             return "failed"  # the process died without updating summary.json
+        if status == "running" and self.lock_held is False:
+            return "interrupted"  # its process ended without a last word (SIGKILL, OOM kill, power loss)
         return status or "started"
 
     def display_status(self, now: Optional[float] = None) -> str:
-        """`status`, with "running?" for a run whose summary has not been touched for a while."""
+        """`status`; a run whose lock is held is running however long its epoch; for a run dir without a
+        lock file, "running?" when its summary has not been touched for a while."""
         status = self.status
-        if status != "running":
+        if status != "running" or self.lock_held:
             return status
         updated = parse_time(self.summary.get("updated"))
         now = time.time() if now is None else now
@@ -380,6 +387,7 @@ def load_run(path: str | Path, name: Optional[str] = None, values: Optional[dict
         error=error,
         values={str(k): str(v) for k, v in (values or {}).items()},
         skipped=skipped,
+        lock_held=is_held(path),
     )
 
 

@@ -91,3 +91,24 @@ def test_resume_into_another_model_names_it_first_and_leaves_nothing(finished, t
         line = _one_line(run_in_process(argv, tmp_path), forced[0].split("=")[0])
         assert "run.resume_force" in line
         assert tree(tmp_path) == before, "a half-made run dir was left behind"
+
+
+def test_a_resume_with_skipped_images_names_them_not_the_step_cap(tmp_path):
+    """Stopped by an undecodable image after periodic checkpoints, resumed with data.skip_bad_images=true: the
+    refusal blamed train.max_steps_per_epoch, never changed, after a Python 'UserWarning' line."""
+    from tests.test_error_matrix import image_folder
+
+    image_folder(tmp_path / "images")
+    (tmp_path / "images" / "train" / "circle" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    argv = ["train", *TINY_RUN, "data.name=folder", f"data.root={tmp_path / 'images'}", "data.img_size=8",
+            "data.batch_size=1", "data.loader=torch", "train.epochs=2", "train.seed=3", "run.dir=run",
+            "run.checkpoint_every_steps=1"]  # fmt: skip
+    first = run_in_process(argv, tmp_path)
+    assert first.returncode == 2 and "cannot decode image" in first.stderr, first.stderr
+    assert list((tmp_path / "run" / "checkpoints").glob("periodic-*.pt")), "the image came first: pick a seed"
+    second = run_in_process([*argv, "data.skip_bad_images=true"], tmp_path)
+    lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert second.returncode == 2 and len(lines) == 2 and "Traceback" not in second.stderr, second.stderr
+    assert lines[0].startswith("WARNING: data.skip_bad_images: skipped 1 unreadable image(s)"), lines
+    assert "steps per epoch 4 -> 3 (data.skip_bad_images=true left unreadable images out" in lines[1], lines
+    assert "max_steps_per_epoch" not in second.stderr

@@ -155,3 +155,19 @@ def test_one_writer_per_run_dir_and_a_killed_run_leaves_no_lock(tmp_path):
     assert lock.acquire().pid == os.getpid()
     lock.release()
     assert (run_dir / LOCK_FILE).is_file()
+
+
+def test_a_stop_signal_after_done_leaves_a_finished_run_exit_0(tmp_path):
+    """The interpreter takes seconds to exit after "done"; a SIGTERM then (a scheduler ending the job) killed
+    the process and a finished run exited 143. It has nothing left to stop: exit 0."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *TINY_RUN, "run.dir=run"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("done in"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.stdout.read()
+    assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"

@@ -302,9 +302,11 @@ class Run:
         for warning in self.schedule_warnings:
             self.log_event("schedule", "warning", warning)
         self.logger.write_summary(self.summary("running"))
+        # From the first step until train() returns, a stop signal is a flag: during the loop it stops the run
+        # with a checkpoint; after the loop it changes nothing (a finished run must not end as killed, 143).
+        self.guard.__enter__()
         try:
-            with self.guard:
-                self._loop()
+            self._loop()
         except Preempted:
             self.logger.write_summary(self.summary("stopped"))
             raise
@@ -531,6 +533,7 @@ class Run:
 def train(cfg: Any, callbacks: Any = ()) -> dict:
     """Run `cfg` to the end (or a stop signal). Returns the run's summary."""
     ctx = distributed.setup(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
+    run: Optional[Run] = None
     try:
         run = Run(cfg, ctx, callbacks)
         try:
@@ -544,3 +547,5 @@ def train(cfg: Any, callbacks: Any = ()) -> dict:
     finally:
         distributed.cleanup(ctx)
         sys.stdout.flush()
+        if run is not None:
+            run.guard.__exit__(None, None, None)  # the caller's own handlers back (installed in execute)

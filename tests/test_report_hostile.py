@@ -15,7 +15,8 @@ from pathlib import Path
 from tests.report_fixtures import make_run
 from trainlab.commands.cli import main
 from trainlab.report import html as report_html
-from trainlab.report import interactive, load_run, report_text, runs_table, write_report
+from trainlab.report import interactive, load_run, load_runs, report_text, runs_table, write_report
+from trainlab.report.compare import table, to_markdown
 
 # What a file may hold to break out of HTML text, an attribute (quoted or not), a script, matplotlib's
 # mathtext ($...$ is parsed as TeX in plot labels), or a terminal (an escape sequence that sets its title).
@@ -105,6 +106,9 @@ def test_hostile_strings_in_every_field_stay_text(tmp_path):
     assert 'finished" onmouseover="alert(4)' in text
     tips = [attrs["data-tip"] for _, attrs in parsed.tags if "data-tip" in attrs]
     assert any(HOSTILE in tip for tip in tips)  # the event's message, in its tooltip attribute
+    # sweep.md: Markdown passes inline HTML to the page it renders
+    markdown = to_markdown(*table(load_runs(runs)))
+    assert "<" not in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
     # in a terminal the strings are shown, but no control character reaches it
     printed = report_text(runs) + runs_table(tmp_path)
     assert "\x1b" not in printed and "\x07" not in printed and "img src=x onerror=alert(1)" in printed

@@ -22,6 +22,7 @@ import os
 import socket
 import sys
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -125,8 +126,7 @@ class FileLock:
                       "dir would not be refused", file=sys.stderr, flush=True)  # fmt: skip
                 break
         self.fd = fd
-        # A forked child (a DataLoader worker) shares the lock; it closes its copy so the lock ends with us.
-        os.register_at_fork(after_in_child=self._close_in_child)
+        _HELD.add(self)  # a forked child (a DataLoader worker) closes its copy: the lock ends with this process
         return self._write_holder()
 
     def _write_holder(self) -> Holder:
@@ -147,6 +147,7 @@ class FileLock:
 
     def release(self) -> None:
         """Drop the lock (the file stays: removing it would race a process opening it)."""
+        _HELD.discard(self)
         if self.fd is None:
             return
         with contextlib.suppress(OSError):
@@ -154,6 +155,20 @@ class FileLock:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
         self.fd = None
+
+
+# The locks this process holds. A forked child inherits their descriptors, and flock belongs to the open file,
+# not the process: a DataLoader worker outliving a SIGKILLed run (seconds) would keep its run dir locked.
+_HELD: weakref.WeakSet[FileLock] = weakref.WeakSet()
+
+
+def _close_inherited_locks() -> None:
+    for lock in list(_HELD):
+        lock._close_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def held_by(run_dir: str | os.PathLike) -> Optional[Holder]:

@@ -171,3 +171,34 @@ def test_a_stop_signal_after_done_leaves_a_finished_run_exit_0(tmp_path):
     proc.stdout.read()
     assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_run_refused_by_the_lock_removes_nothing(tmp_path):
+    """While a refused run waits for the lock, the holder writes; the refused run's clean-up must not take
+    what appeared meanwhile for its own (it took the holder's summary.json temp file, which then crashed)."""
+    import threading
+
+    run_dir = _trainlab_run(tmp_path / "run")
+    holder = FileLock(run_dir)  # another run holds it (a second open file: flock refuses this process too)
+    holder.acquire()
+    written: list[str] = []
+    done = threading.Event()
+
+    def keep_writing() -> None:  # the holder at work: a new file every 10 ms
+        while not done.is_set():
+            name = f".summary.json.tmp-{len(written)}"
+            (run_dir / name).write_text("{}")
+            written.append(name)
+            time.sleep(0.01)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        result = run_in_process(["train", *TINY_RUN, f"run.dir={run_dir}"], tmp_path)
+    finally:
+        done.set()
+        writer.join()
+        holder.release()
+    assert result.returncode == 2 and "is in use by trainlab" in result.stderr, result.stderr
+    gone = [name for name in written if not (run_dir / name).exists()]
+    assert not gone and (run_dir / "notes.txt").is_file(), f"the refused run removed {gone[:3]}"

@@ -155,8 +155,8 @@ class MadeDirs:
 
 def make_run_dir(path: str | os.PathLike) -> MadeDirs:
     """Create the run dir and its missing parents one at a time, recording each folder this call created
-    (a folder another process made meanwhile is not recorded, so it is never removed); for a run dir that
-    exists, what it holds. Call it with the lock about to be taken (the lock file is the first new entry)."""
+    (a folder another process made meanwhile is not recorded, so it is never removed). Once the run holds
+    the run dir's lock, `note_entries` records what an existing run dir holds."""
     target = Path(os.path.realpath(run_dir_path(path)))
     missing = []
     current = target
@@ -164,8 +164,6 @@ def make_run_dir(path: str | os.PathLike) -> MadeDirs:
         missing.append(current)
         current = current.parent
     made = MadeDirs()
-    if not missing and target.is_dir():
-        made.entries_before = frozenset(entry.name for entry in target.iterdir())
     for folder in reversed(missing):
         try:
             os.mkdir(folder)
@@ -178,6 +176,13 @@ def make_run_dir(path: str | os.PathLike) -> MadeDirs:
     if not target.is_dir():
         raise RunDirError(f"run.dir {path} could not be created as a folder; choose another run.dir")
     return made
+
+
+def note_entries(made: MadeDirs, run_dir: str | os.PathLike, ours: tuple[str, ...] = ()) -> None:
+    """For a run dir that existed: the names in it now, with the run's lock held (so whatever appears beside
+    them later is this process's), less `ours` (the lock file, when taking the lock created it)."""
+    if made.run_dir is None:
+        made.entries_before = frozenset(entry.name for entry in Path(run_dir).iterdir()) - set(ours)
 
 
 def remove_made_dirs(made: MadeDirs, run_dir: Path) -> None:
@@ -212,13 +217,16 @@ def discard_new_run_dir(run: Any) -> Iterator[None]:
     """A run that fails on bad input (exit 2, e.g. an unreadable image found in the first batch) before its
     first checkpoint leaves nothing behind: the run dir and the parents (runs/) this process created are
     removed; in a run dir that existed before (a folder the user made, an earlier run's), only what this
-    run added (its lock file, config.yaml, checkpoints/...); files that were there stay. `run` is a Run: its
-    `run_dir` and `made_dirs` (MadeDirs, from make_run_dir) are read only after a failure."""
+    run added (its lock file, config.yaml, checkpoints/...); files that were there stay. Only a run that
+    holds the run dir's lock removes anything: one refused because another holds it removes nothing (what
+    appears there is the other run's). `run` is a Run: its `run_dir`, `made_dirs` (MadeDirs, from
+    make_run_dir) and `lock` are read only after a failure."""
     try:
         yield
     except TrainlabError as exc:
         run_dir, made = getattr(run, "run_dir", None), getattr(run, "made_dirs", None)
-        if exc.exit_code == 2 and run.ctx.is_main and run_dir is not None and made is not None:
+        holds = bool(getattr(getattr(run, "lock", None), "held", False))
+        if exc.exit_code == 2 and run.ctx.is_main and run_dir is not None and made is not None and holds:
             if not any(Path(run_dir).glob("checkpoints/*.pt")):
                 remove_made_dirs(made, Path(run_dir))
         raise

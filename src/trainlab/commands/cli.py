@@ -91,13 +91,17 @@ def _lost_peer(exc: BaseException) -> Optional[str]:
     return f"{type(exc).__name__}: {first}"[:240]
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    """trainlab's own warnings as one line (data.skip_bad_images' count...), not Python's two with a path."""
-    stream = file or sys.stderr
-    if category is UserWarning and Path(filename).resolve().is_relative_to(_PACKAGE):
-        stream.write(f"WARNING: {message}\n")
-    else:
-        stream.write(warnings.formatwarning(message, category, filename, lineno, line))
+def _one_line_warnings(previous):  # noqa: ANN001, ANN202 - warnings.showwarning's signature
+    """warnings.showwarning that prints trainlab's own warnings as one line (data.skip_bad_images' count...),
+    not Python's two with a path; every other warning goes where it went before."""
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        if category is UserWarning and Path(filename).resolve().is_relative_to(_PACKAGE):
+            (file or sys.stderr).write(f"WARNING: {message}\n")
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -149,7 +153,8 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    shown, warnings.showwarning = warnings.showwarning, _show_warning
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warnings(shown)
     try:
         return _main(argv)
     finally:

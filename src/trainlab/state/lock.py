@@ -129,6 +129,11 @@ class FileLock:
         _HELD.add(self)  # a forked child (a DataLoader worker) closes its copy: the lock ends with this process
         return self._write_holder()
 
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock now."""
+        return self.fd is not None
+
     def _write_holder(self) -> Holder:
         assert self.fd is not None
         self.holder = _this_process()

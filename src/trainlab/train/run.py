@@ -21,9 +21,11 @@ from trainlab import config as config_mod
 from trainlab import distributed, drills
 from trainlab.errors import ConfigError, NonFiniteLoss, Preempted
 from trainlab.paths import (
+    LOCK_FILE,
     check_run_dir,
     discard_new_run_dir,
     make_run_dir,
+    note_entries,
     remove_made_dirs,
     write_text_no_follow,
 )
@@ -260,6 +262,7 @@ class Run:
             self.made_dirs = make_run_dir(self.run_dir)
             self.lock = FileLock(self.run_dir)
             self.lock.acquire()
+            note_entries(self.made_dirs, self.run_dir, (LOCK_FILE,) if self.lock.created_file else ())
         if ctx.enabled:  # every rank uses rank 0's choice (its timestamp), once rank 0 holds it
             self.run_dir = Path(distributed.broadcast_object(str(getattr(self, "run_dir", "")), ctx))
         state = resume.load_resume_state(cfg, self.run_dir, self.console.info, self.console.warn)

@@ -463,6 +463,19 @@ def _parse_overrides(items: list[str]) -> DictConfig:
 
 
 
+def _unmergeable(cfg: Any, items: list[str]) -> ConfigError:
+    """The one-line error for the override OmegaConf cannot merge with TypeError (no full_key to name it)."""
+    for item in items:
+        try:
+            OmegaConf.merge(cfg, _parse_overrides([item]))
+        except (OmegaConfBaseException, TypeError) as err:
+            key = item.split("=", 1)[0].strip()
+            expected = _expected_type(key)
+            exp = f" (expected {expected})" if expected else ""
+            return ConfigError(f"command line: bad value for '{key}'{exp}: {str(err).splitlines()[0]}")
+    return ConfigError(f"command line: the overrides {' '.join(items)} cannot be merged into the config")
+
+
 def load_config(path: Optional[str | Path] = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Schema defaults <- YAML chain (bases first) <- `key=value` overrides; validated and read-only."""
     cfg = _schema()
@@ -486,6 +499,8 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] | tuple[
         cfg = OmegaConf.merge(cfg, _parse_overrides(list(overrides))) if overrides else cfg
     except OmegaConfBaseException as err:  # its full_key names the bad item
         raise _explain(err, "command line") from None
+    except TypeError:  # OmegaConf's own, for a list given to a mapping key (model.kwargs=[1]): find the item
+        raise _unmergeable(cfg, list(overrides)) from None
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg  # a DictConfig that behaves like Config (attribute access, typed)

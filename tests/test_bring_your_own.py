@@ -421,7 +421,7 @@ def test_bad_import_inputs_are_one_line_exit_2_and_leave_nothing(user_dir, tmp_p
 
 def test_a_bad_import_path_from_the_shell_is_one_line(user_dir, tmp_path):
     proc = subprocess.run(trainlab_cmd("train", "model.name=mynets:make_nett", "train.epochs=1", "run.dir=run"),
-                          cwd=tmp_path, env=_env(user_dir), capture_output=True, text=True, timeout=60)  # fmt: skip
+                          cwd=tmp_path, env=_env(user_dir), capture_output=True, text=True, timeout=180)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("trainlab: error: model.name=mynets:make_nett: mynets has no attribute "
                                    "'make_nett'; closest: make_net, make_data")

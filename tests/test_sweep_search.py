@@ -66,7 +66,7 @@ def test_bad_search_engine_and_extra_inputs_are_one_line_and_start_nothing(tmp_p
     port = _free_port()  # nobody listens there
     cases = [
         ([*search, "--space", "optim.lrr=1e-5:1:log"], "unknown config key 'optim.lrr'; did you mean 'optim.lr'"),
-        ([*search, "--space", "optim.lr=0:1"], "optim.lr=0.0 must be positive"),
+        ([*search, "--space", "optim.lr=0:1"], "--space optim.lr=0:1: optim.lr=0.0 must be"),
         ([*search, "--space", "train.epochs=1e-3:1"], "train.epochs"),
         ([*search, "--space", "optim.name=sgd,nosuch"], "optim.name='nosuch' is not valid"),
         (["optim.lr=0.1", *search, "--space", "optim.lr=1e-5:1"], "set the same key"),
@@ -105,8 +105,10 @@ def test_bad_search_engine_and_extra_inputs_are_one_line_and_start_nothing(tmp_p
 
 
 def test_a_running_trial_is_resumed_only_when_no_process_of_it_is_alive(tmp_path):
-    """Found RUNNING by a new sweep: its process ended (the sweep saw it, or its heartbeat stopped) -> resume it
-    under the same number; still beating (a driver killed, its run still training) -> wait for it."""
+    """Found RUNNING by a new sweep: its process ended (the sweep saw it, its run dir's lock is free, its heartbeat
+    stopped) -> resume it under the same number; still holding its run dir (a driver killed, its run still
+    training) or just launched -> wait for it."""
+    from trainlab.state.lock import FileLock
     from trainlab.sweep.engines import EngineOptions
     from trainlab.sweep.engines.local import LocalEngine
     from trainlab.sweep.optuna_search import Search, SearchSpec
@@ -118,18 +120,31 @@ def test_a_running_trial_is_resumed_only_when_no_process_of_it_is_alive(tmp_path
                     LocalEngine(EngineOptions()), url, 1, print)  # fmt: skip
     storage, now = study._storage, time.time()
 
-    def running(**attrs) -> object:
+    def running(run_dir=None, **attrs) -> object:
         trial = study.ask()
         for key, value in attrs.items():
             storage.set_trial_system_attr(trial._trial_id, key, value)
+        if run_dir is not None:
+            storage.set_trial_user_attr(trial._trial_id, "run_dir", str(run_dir))
         return storage.get_trial(trial._trial_id)
 
+    old = {LAUNCH: {"time": now - 3600}}
     assert search.classify(running(**{LAUNCH: {"time": now - 10}}), now) == "wait"  # launched, still starting
-    assert search.classify(running(**{LAUNCH: {"time": now - 3600}, HEARTBEAT: now - 20}), now) == "wait"
-    assert search.classify(running(**{LAUNCH: {"time": now - 3600}, HEARTBEAT: now - 600}), now) == "resume"
-    assert search.classify(running(**{LAUNCH: {"time": now - 3600}}), now) == "resume"  # never beat
+    assert search.classify(running(**old, **{HEARTBEAT: now - 20}), now) == "wait"  # no lock to see: it beats
+    assert search.classify(running(**old, **{HEARTBEAT: now - 600}), now) == "resume"
+    assert search.classify(running(**old), now) == "resume"  # never beat
     # the sweep saw its process exit 143 (stopped at a checkpoint) after the last launch: no need to wait
     assert search.classify(running(**{LAUNCH: {"time": now - 30}, HEARTBEAT: now - 5, ENDED: now - 1}), now) == "resume"
+    # a run dir's lock says it for sure: held -> a process trains it (whatever its heartbeat); free -> none does
+    held = tmp_path / "trial-run"
+    held.mkdir()
+    lock = FileLock(held)  # what `trainlab train` holds on its run dir while it runs
+    lock.acquire()
+    try:
+        assert search.classify(running(held, **old, **{HEARTBEAT: now - 600}), now) == "wait"
+    finally:
+        lock.release()
+    assert search.classify(running(held, **old, **{HEARTBEAT: now - 20}), now) == "resume"  # the run has ended
 
 
 # ---------------------------------------------------------------- a real study

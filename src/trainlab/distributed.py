@@ -272,10 +272,11 @@ def _strip_nproc(argv: list[str]) -> list[str]:
 
 
 def torchrun_command(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None) -> list[str]:
-    """``python -m torch.distributed.run ... <target>``; target is ``['-m', 'pkg', ...]`` or a script."""
+    """``python -m trainlab.distributed ... <target>``: torchrun's own agent and arguments (torch.distributed.run)
+    with the job's end reported in trainlab's words (``_agent``); target is ``['-m', 'pkg', ...]`` or a script."""
     if nproc < 1:
         raise UsageError(f"train.nproc={nproc} must be at least 1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    cmd = [sys.executable, "-m", "trainlab.distributed", f"--nproc-per-node={nproc}"]
     if nnodes > 1 or rdzv_endpoint:
         if not rdzv_endpoint:
             raise UsageError(f"--nnodes={nnodes} needs a rendezvous endpoint (host:port of the first node)")
@@ -372,6 +373,61 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: 
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _failure_sort_key(item: tuple[int, Any]) -> tuple[int, int, int]:
+    rank, failure = item
+    return (failure.timestamp, 0 if failure.exitcode < 0 else 1, rank)  # a kill before what it caused
+
+
+def job_outcome(failures: dict[int, Any]) -> tuple[int, str | None]:
+    """(exit code, trainlab line or None) for a torchrun job whose workers failed, from torch's own record of
+    each failed rank (``ChildFailedError.failures``: exit code, or a negative signal number; pid; time).
+
+    The agent SIGTERMs the other workers once one fails, so a SIGTERM death (-15) is taken for the
+    consequence and a saved stop (143) for a clean stop that rank 0 already announced. The cause is the
+    earliest other failure, a killed process before one that raised at the same second."""
+    causes = sorted(((r, f) for r, f in failures.items() if f.exitcode not in (143, -signal.SIGTERM)),
+                    key=_failure_sort_key)  # fmt: skip
+    if not causes:
+        if any(f.exitcode == 143 for f in failures.values()):
+            return 143, None
+        causes = sorted(failures.items(), key=_failure_sort_key)  # SIGTERMed before any rank could save
+    rank, failure = causes[0]
+    if failure.exitcode >= 0:
+        return failure.exitcode, None  # the rank printed its own error (a trainlab line, or its traceback)
+    name = failure.signal_name()
+    hint = " (the kernel's out-of-memory killer sends SIGKILL: see `dmesg`)" if -failure.exitcode == signal.SIGKILL else ""
+    return 128 - failure.exitcode, (
+        f"trainlab: rank {rank} (pid {failure.pid}) was killed by {name}{hint}; the job ended. Re-issue the same "
+        "command to continue from the last checkpoint"
+    )
+
+
+def _agent(argv: list[str]) -> int:
+    """torchrun's agent (``python -m torch.distributed.run ARGS`` does the same) that ends the job in trainlab's
+    words: torch's ChildFailedError traceback and its FAILED table, printed after a clean stop's own line,
+    become the job's exit code and, when a rank was killed by a signal, one line naming it (job_outcome)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # The agent's own log lines ("Sending process N closing signal SIGTERM", "failed (exitcode: 143) ...")
+    # say again, less clearly, what the ranks and job_outcome say (TRAINLAB_DEBUG=1 keeps them).
+    if not os.environ.get("TRAINLAB_DEBUG"):
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as err:
+        code, line = job_outcome(err.failures)
+        if line:
+            print(line, file=sys.stderr, flush=True)
+        return code
+    return 0
+
+
 def launch(argv: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None) -> int:
     """``trainlab train ... train.nproc=N``: re-run the same command under torchrun with N processes."""
     return run_torchrun(["-m", "trainlab", "train", *_strip_nproc(argv)], nproc, nnodes, rdzv_endpoint)
@@ -392,3 +448,7 @@ __all__ = [
     "unwrap",
     "wrap_model",
 ]
+
+
+if __name__ == "__main__":  # the torchrun agent of `trainlab train ... train.nproc=N` (torchrun_command)
+    sys.exit(_agent(sys.argv[1:]))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from trainlab.errors import UsageError
+from trainlab.paths import write_text_no_follow
 from trainlab.report import compare
 from trainlab.report.read import ERROR_FILE, SWEEP_FILE, load_sweep, read_json, read_sweep
 from trainlab.report.text import format_table
@@ -65,7 +66,7 @@ def outcome_of(job: Job, result: Result) -> Outcome:
     log = tail(job.err_path) or tail(job.out_path)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     head = f"exit code {result.returncode}" if result.returncode is not None else result.message
-    (job.run_dir / ERROR_FILE).write_text(f"{head}\n{log}\n", encoding="utf-8")
+    write_text_no_follow(job.run_dir / ERROR_FILE, f"{head}\n{log}\n")  # in a run dir: never through a link
     message = result.message if result.returncode is None else last_line(job)
     status = "stopped" if result.returncode == STOPPED else "failed"
     return Outcome(job.name, status, result.returncode, result.seconds, message)
@@ -87,7 +88,7 @@ def write_spec(sweep_dir: Path, config: Optional[str], grid: dict[str, list[str]
     if search is not None:
         spec["search"] = search
     tmp = sweep_dir / (SWEEP_FILE + ".tmp")
-    tmp.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    write_text_no_follow(tmp, json.dumps(spec, indent=2) + "\n")
     tmp.replace(sweep_dir / SWEEP_FILE)
 
 
@@ -107,8 +108,8 @@ def write_tables(sweep_dir: Path, extra: str = "") -> str:
         compare.to_markdown(headers, rows),
         "Times are per training epoch (means); `1st epoch s` vs `later ep s` shows warm-up such as compilation.",
     ]
-    (sweep_dir / "sweep.md").write_text("\n".join(line for line in md if line) + "\n", encoding="utf-8")
-    (sweep_dir / "sweep.csv").write_text(compare.to_csv(runs), encoding="utf-8")
+    write_text_no_follow(sweep_dir / "sweep.md", "\n".join(line for line in md if line) + "\n")
+    write_text_no_follow(sweep_dir / "sweep.csv", compare.to_csv(runs))
     return format_table(headers, rows)
 
 

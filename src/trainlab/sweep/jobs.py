@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from trainlab.paths import open_no_follow
+
 ERROR_TAIL_LINES = 40
 ATTEMPT_MARK = "=== trainlab train "  # the line each attempt of a job starts its logs with
 STOPPED = 143  # trainlab's exit code after a stop signal (or a callback's request_stop) and its checkpoint
@@ -94,7 +96,7 @@ class TrainProcess:
         self.job.logs.mkdir(parents=True, exist_ok=True)
         self.started = time.perf_counter()
         # appended: a job requeued or retried keeps the earlier attempts' lines above its own
-        with open(self.job.out_path, "a") as out, open(self.job.err_path, "a") as err:
+        with open_no_follow(self.job.out_path, "a") as out, open_no_follow(self.job.err_path, "a") as err:
             for log in (out, err):
                 log.write(f"{ATTEMPT_MARK}{self.job.name}: started {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
                 log.flush()

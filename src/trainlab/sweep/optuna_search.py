@@ -31,6 +31,7 @@ from typing import Any, Optional
 from trainlab.errors import TrainlabError, UsageError
 from trainlab.report.read import load_run
 from trainlab.report.search import ranking_markdown, ranking_text
+from trainlab.state.lock import is_held
 from trainlab.sweep import grid as grid_mod
 from trainlab.sweep.engines import Engine, EngineOptions, make_engine, require
 from trainlab.sweep.jobs import STOPPED, Job, Result, describe_exit, last_line
@@ -206,17 +207,29 @@ class Search:
         return sum(1 for t in self.trials() if t.state != TrialState.WAITING)
 
     def classify(self, frozen: Any, now: Optional[float] = None) -> str:
-        """A RUNNING trial found at start: 'resume' (no process of it is alive) or 'wait' (one may be)."""
+        """A RUNNING trial found at start: 'resume' (no process of it is alive) or 'wait' (one may be).
+
+        The signs, most certain first: its process ended with the trial RUNNING (stopped by a signal; recorded by
+        the run or the sweep that saw it) -> resume; the engine knows its job as queued or running -> wait; a
+        process holds its run dir's lock -> wait; launched moments ago (still starting) -> wait; its run dir's
+        lock is there and free -> resume; else its heartbeat decides (a run dir whose lock cannot be seen)."""
         now = time.time() if now is None else now
         attrs = frozen.system_attrs
-        launched = (attrs.get(LAUNCH) or {}).get("time") or 0.0
-        ended = attrs.get(ENDED) or 0.0
+        launched = float((attrs.get(LAUNCH) or {}).get("time") or 0.0)
+        ended = float(attrs.get(ENDED) or 0.0)
         if ended and ended >= launched:
             return "resume"
-        if self.runner.alive(attrs.get(LAUNCH) or {}) is True:  # the engine knows it as queued or running
+        if self.runner.alive(attrs.get(LAUNCH) or {}) is True:
             return "wait"
-        last_sign = max(float(attrs.get(HEARTBEAT) or 0.0), float(launched))
-        return "wait" if now - last_sign < self.spec.stale_after_s else "resume"
+        run_dir = Path(frozen.user_attrs.get("run_dir") or self.sweep_dir / trial_name(frozen.number))
+        held = is_held(run_dir) if run_dir.is_dir() else None
+        if held:
+            return "wait"
+        if now - launched < self.spec.stale_after_s:
+            return "wait"
+        if held is False:
+            return "resume"
+        return "wait" if now - float(attrs.get(HEARTBEAT) or 0.0) < self.spec.stale_after_s else "resume"
 
     # -- one trial as a run ------------------------------------------------------------------------
     def planned(self, number: int, params: dict[str, Any]) -> PlannedRun:

@@ -91,8 +91,10 @@ def trial_record(frozen: Any, study: str, objective: str) -> dict:
 
 def write_trial_file(run_dir: Path, record: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    from trainlab.paths import write_text_no_follow
+
     tmp = run_dir / (TRIAL_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    write_text_no_follow(tmp, json.dumps(record, indent=2, default=str) + "\n")  # never through a link
     tmp.replace(run_dir / TRIAL_FILE)
 
 

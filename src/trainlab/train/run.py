@@ -19,13 +19,22 @@ import torch
 
 from trainlab import config as config_mod
 from trainlab import distributed
-from trainlab.errors import NonFiniteLoss, Preempted
-from trainlab.paths import check_run_dir, discard_new_run_dir
+from trainlab.errors import ConfigError, NonFiniteLoss, Preempted
+from trainlab.paths import (
+    LOCK_FILE,
+    check_run_dir,
+    discard_new_run_dir,
+    make_run_dir,
+    note_entries,
+    remove_made_dirs,
+    write_text_no_follow,
+)
 from trainlab.runlog import trackers
 from trainlab.runlog.console import Console, epoch_block, farewell_lines
 from trainlab.runlog.writer import NullLogger, RunLogger
 from trainlab.state import checkpoint as ckpt
 from trainlab.state import resume
+from trainlab.state.lock import FileLock
 from trainlab.state.retention import CheckpointManager
 from trainlab.state.stops import PreemptionGuard
 from trainlab.train.build import build_parts
@@ -57,6 +66,7 @@ class Run:
         # Stop flags travel on the host: a gloo group beside nccl, so agreeing never waits for the device.
         self.control_group = distributed.control_group(ctx)
         self.boundaries = 0  # optimizer-step boundaries seen by this process (paces the stop agreement)
+        self.lock: Optional[FileLock] = None  # rank 0's lock on the run dir, held from start to end
 
     # -- building ----------------------------------------------------------------------------
     def _build(self, state: Optional[dict]) -> None:
@@ -145,12 +155,23 @@ class Run:
 
     def _load_state(self, state: dict) -> None:
         t = self.trainer
-        self.raw_model.load_state_dict(state["model"])
-        t.optimizer.load_state_dict(state["optimizer"])
-        t.scheduler.load_state_dict(state["scheduler"])
-        t.scaler.load_state_dict(state["scaler"])
-        if t.ema is not None and state.get("ema") is not None:
-            t.ema.load_state_dict(state["ema"])
+        parts = [("model", self.raw_model), ("optimizer", t.optimizer), ("scheduler", t.scheduler),
+                 ("scaler", t.scaler)] + ([("ema", t.ema)] if t.ema is not None and state.get("ema") is not None else [])
+        for name, part in parts:
+            try:
+                part.load_state_dict(state[name])
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # e.g. another class count, forced
+                section = {"model": "model.", "ema": "model.", "optimizer": "optim."}.get(name, "")
+                changed = [f"{k} {old!r} -> {new!r}" for k, old, new in
+                           resume.math_changes(state.get("config"), config_mod.to_dict(self.cfg))
+                           if section and k.startswith(section)]  # fmt: skip
+                why = f"{', '.join(changed[:2])}; " if changed else ""
+                forced = " (run.resume_force=true cannot change that)" if self.cfg.run.resume_force else ""
+                raise ConfigError(
+                    f"cannot resume: the checkpoint's {name} state does not fit this run ({why}"
+                    f"{type(exc).__name__}: {ckpt.load_error_line(exc)}){forced}; restore the settings it was "
+                    "made with, or start a new run.dir"
+                ) from None
         t.global_step = state["global_step"]
         t.batches_seen = state["batches_seen"]
         self.epoch = state["epoch"]
@@ -243,10 +264,17 @@ class Run:
     # -- the run -----------------------------------------------------------------------------
     def execute(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
-        self.run_dir = Path(resume.choose_run_dir(cfg, self.console.info))
-        if ctx.enabled:  # every rank uses rank 0's choice (its timestamp)
-            self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), ctx))
-        self.run_dir_existing = check_run_dir(self.run_dir)  # a bad run.dir fails here, in one line
+        if ctx.is_main:
+            # A bad run.dir (a file, a foreign folder, a link inside) fails here in one line; then the folders
+            # made for it are recorded (a failed start removes only those) and the run dir is locked for the
+            # run's life before anything in it is read or written: one writer per run dir.
+            self.run_dir = check_run_dir(resume.choose_run_dir(cfg, self.console.info))
+            self.made_dirs = make_run_dir(self.run_dir)
+            self.lock = FileLock(self.run_dir)
+            self.lock.acquire()
+            note_entries(self.made_dirs, self.run_dir, (LOCK_FILE,) if self.lock.created_file else ())
+        if ctx.enabled:  # every rank uses rank 0's choice (its timestamp), once rank 0 holds it
+            self.run_dir = Path(distributed.broadcast_object(str(getattr(self, "run_dir", "")), ctx))
         state = resume.load_resume_state(cfg, self.run_dir, self.console.info, self.console.warn)
         distributed.barrier(ctx)  # every rank has looked at the run dir before rank 0 writes into it
         if state is not None:
@@ -257,6 +285,8 @@ class Run:
                     f"run {self.run_dir} is finished ({saved_cfg['train']['epochs']} epochs); raise train.epochs "
                     "to extend it, or choose a new run.dir"
                 )
+                if ctx.is_main:  # nothing was written: a run dir made for this (run.resume=PATH) goes again
+                    remove_made_dirs(self.made_dirs, self.run_dir)
                 return {"status": "finished", "run_dir": str(self.run_dir), "already_finished": True}
 
         self._build(state)
@@ -264,7 +294,7 @@ class Run:
         if ctx.is_main:
             tracker_set = trackers.open_trackers(cfg, self.run_dir, (state or {}).get("trackers"))
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
+            write_text_no_follow(self.run_dir / "config.yaml", config_mod.to_yaml(cfg))
             self.logger = RunLogger(self.run_dir, trackers=tracker_set)
         self.manager = CheckpointManager(
             self.run_dir / "checkpoints", save_top_k=cfg.run.save_top_k, keep_periodic=cfg.run.keep_periodic
@@ -285,9 +315,11 @@ class Run:
         for warning in self.schedule_warnings:
             self.log_event("schedule", "warning", warning)
         self.logger.write_summary(self.summary("running"))
+        # From the first step until train() returns, a stop signal is a flag: during the loop it stops the run
+        # with a checkpoint; after the loop it changes nothing (a finished run must not end as killed, 143).
+        self.guard.__enter__()
         try:
-            with self.guard:
-                self._loop()
+            self._loop()
         except Preempted as stop:
             stop.summary = self.summary("stopped")  # what trainlab.fit returns
             self._end(stop.summary)
@@ -524,12 +556,19 @@ def train(cfg: Any, callbacks: Any = (), user: Any = None) -> dict:
     """Run `cfg` to the end (or a stop signal: Preempted). Returns the run's summary. `user`
     (trainlab.user.UserParts) carries the user's own model, data, loss and transforms."""
     ctx = distributed.setup(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
+    run: Optional[Run] = None
     try:
         run = Run(cfg, ctx, callbacks, user)
-        with discard_new_run_dir(run):  # a new run dir that failed on bad input is removed
-            summary = run.execute()
+        try:
+            with discard_new_run_dir(run):  # a new run dir that failed on bad input is removed
+                summary = run.execute()
+        finally:
+            if run.lock is not None:  # after the last word in summary.json: a reader then sees it ended
+                run.lock.release()
         distributed.barrier(ctx)  # no rank tears the process group down while a peer still uses it
         return summary
     finally:
         distributed.cleanup(ctx)
         sys.stdout.flush()
+        if run is not None:
+            run.guard.__exit__(None, None, None)  # the caller's own handlers back (installed in execute)

@@ -122,29 +122,45 @@ def objective_plots(runs: list[Run], search: dict) -> list[Plot]:
     for index, (key, spec) in enumerate(search.get("space", {}).items()):
         fig, ax = _new_figure()
         choices = [c.strip() for c in str(spec).split(",")] if "," in str(spec) else None
-        drawn = False
+        drawn, no_value, every_x = False, [], []
         for st in STATE_ORDER:
             xs, ys = [], []
             for run in runs:
                 v, x = value(run), (run.trial.get("params") or {}).get(key)
-                if state(run) != st or v is None or x is None:
+                if state(run) != st or x is None:
                     continue
                 if choices is not None:
                     x = choices.index(str(x)) if str(x) in choices else len(choices)
+                every_x.append(float(x))
+                if v is None:
+                    if st == "PRUNED":
+                        no_value.append(float(x))  # stopped before its first epoch's value
+                    continue
                 xs.append(float(x))
                 ys.append(v)
             if xs:
                 drawn = True
                 marker = "x" if st == "PRUNED" else "o"
                 ax.scatter(xs, ys, s=36, marker=marker, color=STATE_COLORS[st], label=f"{st.lower()} ({len(xs)})")
+        if no_value:  # along the bottom edge: where the watch stopped them, with no epoch to score
+            ax.scatter(no_value, [0.0] * len(no_value), s=40, marker="v", color=STATE_COLORS["PRUNED"], clip_on=False,
+                       transform=ax.get_xaxis_transform(), label=f"pruned before an epoch ended ({len(no_value)})")
+            drawn = True
         best = ranked(runs, search)[0] if runs else None
         if best is not None and state(best) == "COMPLETE" and (best.trial.get("params") or {}).get(key) is not None:
             ax.annotate(f"best: {best.name}", xy=(0.01, 0.97), xycoords="axes fraction", va="top", fontsize=8,
                         color=COLORS[0])  # fmt: skip
         if choices is not None:
             ax.set_xticks(range(len(choices)), choices)
-        elif ":log" in str(spec) and drawn:
+            ax.set_xlim(-0.5, len(choices) - 0.5)
+        elif ":log" in str(spec) and drawn and min(every_x) > 0:
             ax.set_xscale("log")
+            low, high = min(every_x), max(every_x)
+            ax.set_xlim(low / 1.5, high * 1.5)  # every trial in view, those drawn on the bottom edge too
+        elif every_x:
+            low, high = min(every_x), max(every_x)
+            pad = (high - low) * 0.05 or abs(high) * 0.05 or 1.0
+            ax.set_xlim(low - pad, high + pad)
         ax.set_title(f"{objective} against {key}", fontsize=11)
         ax.set_xlabel(key)
         ax.set_ylabel(f"{objective} (best epoch; pruned: last reported)")

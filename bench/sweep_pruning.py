@@ -7,9 +7,10 @@ Runs `trainlab sweep --search optuna --space optim.lr=1e-6:1:log` twice with the
 `--watch-prune` (a trial whose watch says not_learning, divergence or nonfinite stops at once) and
 `--no-watch-prune`; `--pruner` (default none) is the same in both, so the difference is the watch alone. The
 range holds hopeless values (the bottom decades cannot train the tiny model in its budget). Each condition's
-figures come from its trials' RUN/trial.json: optimizer steps trained (all trials, and the hopeless ones'),
-trials pruned, the best val_acc1 found and the trial that found it, and the sweep's wall time, printed as
-rows of the "Sweep: watch pruning on an LR search" table in BENCHMARKS.md.
+figures come from its trials' RUN/trial.json and summary.json: optimizer steps trained (all trials, and the
+hopeless ones', LR < 1e-3), trials pruned, the best val_acc1 found and the trial that found it, the runs' own
+time (summed wall_time_s) and the sweep's wall time (with the load average at its start), printed as rows of
+the "Sweep: watch pruning on an LR search" table in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -40,12 +41,16 @@ def run_condition(name: str, flag: str, args: argparse.Namespace, root: Path) ->
         "--dir", str(sweep),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    load = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode not in (0, 1):
         raise SystemExit(f"{name}: sweep exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     trials = [json.loads(p.read_text()) for p in sorted(sweep.glob("trial-*/trial.json"))]
+    # the runs' own time (summary.json wall_time_s: build, data, steps, validation, checkpoints), without the
+    # ~10 s each process spends importing before it starts
+    run_s = sum(json.loads(p.read_text()).get("wall_time_s") or 0 for p in sweep.glob("trial-*/summary.json"))
     steps = sum(int(t.get("steps") or 0) for t in trials)
     planned = sum(int(t.get("planned_steps") or 0) for t in trials)
     hopeless = sum(int(t.get("steps") or 0) for t in trials if t["params"]["optim.lr"] < HOPELESS_LR)
@@ -60,7 +65,7 @@ def run_condition(name: str, flag: str, args: argparse.Namespace, root: Path) ->
     best = max(complete, key=lambda t: t["value"]) if complete else None
     return {
         "name": name, "trials": len(trials), "steps": steps, "planned": planned, "hopeless_steps": hopeless,
-        "hopeless_n": hopeless_n, "pruned": len(pruned), "kinds": kinds, "wall": wall,
+        "hopeless_n": hopeless_n, "pruned": len(pruned), "kinds": kinds, "wall": wall, "run_s": run_s, "load": load,
         "best": best["value"] if best else None, "best_trial": best["number"] if best else None,
         "best_lr": best["params"]["optim.lr"] if best else None, "failed": sum(t["state"] == "FAIL" for t in trials),
     }  # fmt: skip
@@ -75,7 +80,7 @@ def row(result: dict, args: argparse.Namespace, machine: str, date: str) -> str:
     return (f"| {date} | {machine} | {result['trials']}, lr 1e-6..1 log, seed {args.seed}, {args.epochs} ep x "
             f"{args.train_size // 32} steps | {result['name']} | {result['steps']} | {result['steps'] / max(1, result['planned']):.0%} "
             f"| {result['hopeless_steps']} ({result['hopeless_n']} trials) | {result['pruned']} ({kinds}) | {best} "
-            f"| {result['wall']:.0f} | {torch.__version__} |")  # fmt: skip
+            f"| {result['run_s']:.0f} | {result['wall']:.0f} (load {result['load']:.1f}) | {torch.__version__} |")  # fmt: skip
 
 
 def main() -> None:
@@ -97,7 +102,8 @@ def main() -> None:
     on, off = results
     ratio = on["steps"] / max(1, off["steps"])
     summary = (f"steps with watch pruning / without: {on['steps']}/{off['steps']} = {ratio:.2f}; best val_acc1 "
-               f"{on['best']} vs {off['best']}; wall {on['wall']:.0f} s vs {off['wall']:.0f} s (sweeps in {root})")  # fmt: skip
+               f"{on['best']} vs {off['best']}; runs' own time {on['run_s']:.0f} s vs {off['run_s']:.0f} s; sweep wall "
+               f"{on['wall']:.0f} s vs {off['wall']:.0f} s (sweeps in {root})")  # fmt: skip
     print("\n".join(lines))
     print(summary)
 

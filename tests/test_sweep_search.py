@@ -76,6 +76,7 @@ def test_bad_search_engine_and_extra_inputs_are_one_line_and_start_nothing(tmp_p
         ([*search, "--space", "optim.lr=1e-5:1", "--grid", "optim.name=sgd,adam"], "--grid and --search"),
         ([*search, "--space", "optim.lr=1e-5:1", "--ray-address", "127.0.0.1:1"], "--ray-address is for --engine ray"),
         ([*search, "--space", "optim.lr=1e-5:1", "--storage", "nosuchdb://x/y"], "--storage nosuchdb://x/y: Optuna cannot open it"),
+        ([*search, "--space", "optim.lr=1e-5:1", "--storage", "sqlite://"], "an in-memory database is not shared"),
         ([*SEARCH_TINY, "--grid", "optim.lr=0.1,0.2", "--dir", str(sweep), "--engine", "ray",
           "--ray-address", f"127.0.0.1:{port}"], f"--ray-address 127.0.0.1:{port}: no Ray cluster answers there"),
         ([*SEARCH_TINY, "--grid", "optim.lr=0.1,0.2", "--dir", str(sweep), "--engine", "submitit"],

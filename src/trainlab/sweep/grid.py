@@ -53,6 +53,15 @@ def prepare(run_dir: Path) -> None:
         run_dir.rmdir()  # only the error was there: the run never started, start clean
 
 
+def portable_paths(engine: str | Engine, config: Optional[str], sweep_dir: Path) -> tuple[Optional[str], Path]:
+    """On another machine a relative path means another file: the config and the sweep dir made absolute for
+    the engines that run elsewhere (the local engine keeps them as given, as its start lines show)."""
+    name = engine.name if isinstance(engine, Engine) else engine
+    if name == "local":
+        return config, sweep_dir
+    return (str(Path(config).resolve()) if config else None), sweep_dir.resolve()
+
+
 def make_job(config: Optional[str], overrides: list[str], planned: PlannedRun, sweep_dir: Path, cfg: Any) -> Job:
     run_dir = sweep_dir / planned.name
     return Job(planned.name, train_args(config, overrides, planned, run_dir), run_dir, sweep_dir / "logs",
@@ -126,7 +135,7 @@ def run_grid(
     options = options or EngineOptions()
     if options.parallel is not None and options.parallel < 1:
         raise UsageError(f"--parallel {options.parallel}: give 1 or more")
-    sweep_dir = Path(sweep_dir)
+    config, sweep_dir = portable_paths(engine, config, Path(sweep_dir))
     planned = run_names(grid)
     configs = validate_runs(config, overrides, planned, sweep_dir)
     options.folder = options.folder or sweep_dir / "jobs"

@@ -35,6 +35,9 @@ class Job:
     device: str = "auto"  # train.device as configured
     threads: Optional[int] = None  # train.threads
     env: dict[str, str] = field(default_factory=dict)  # set in the run's environment on top of the engine's
+    # the sweep's working directory: the run starts there when that folder exists where it runs (a shared
+    # filesystem), so relative paths in the user's config mean the same on every node
+    cwd: str = field(default_factory=os.getcwd)
 
     @property
     def out_path(self) -> Path:
@@ -102,6 +105,7 @@ class TrainProcess:
                 log.flush()
             self.proc = subprocess.Popen(
                 self.command(), stdout=out, stderr=err, env=self.env, stdin=subprocess.DEVNULL,
+                cwd=self.job.cwd if os.path.isdir(self.job.cwd) else None,
                 preexec_fn=self._child_setup if (self.ignore or self.die_with_parent) else None,
             )  # fmt: skip
         threading.Thread(target=self._reap, name=f"wait-{self.job.name}", daemon=True).start()

@@ -84,6 +84,19 @@ def default_storage(sweep_dir: Path) -> str:
     return f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
 
 
+def shared_url(url: str) -> str:
+    """The storage as every trial's process must reach it: an SQLite file by its absolute path (a trial may
+    start in another folder), never an in-memory database (each process would get its own)."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if not path or path.startswith(":memory:"):
+            raise UsageError(f"--storage {url}: an in-memory database is not shared with the trials' processes; "
+                             "give a file, e.g. sqlite:///runs/study.db")  # fmt: skip
+        if not path.startswith("/"):
+            return f"sqlite:///{Path(path).resolve()}"
+    return url
+
+
 def check_storage(url: str) -> Any:
     """Open a storage the user named before the sweep writes anything; one line if Optuna cannot."""
     try:
@@ -118,7 +131,7 @@ def run_search(
     options = options or EngineOptions()
     require("optuna", "--search optuna")
     check_spec(spec, options)
-    sweep_dir = Path(sweep_dir)
+    config, sweep_dir = grid_mod.portable_paths(engine, config, Path(sweep_dir))
     from trainlab.config import load_config
     from trainlab.paths import check_output_dir
 
@@ -128,7 +141,7 @@ def run_search(
         base = load_config(config, overrides)
     except TrainlabError as exc:
         raise type(exc)(f"sweep: {exc} (no trial was started)") from None
-    url = spec.storage or default_storage(sweep_dir)
+    url = shared_url(spec.storage) if spec.storage else default_storage(sweep_dir)
     if spec.storage:
         check_storage(url)
     options.folder = options.folder or sweep_dir / "jobs"

@@ -49,7 +49,7 @@ def run_condition(name: str, flag: str, args: argparse.Namespace, root: Path) ->
         raise SystemExit(f"{name}: sweep exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     trials = [json.loads(p.read_text()) for p in sorted(sweep.glob("trial-*/trial.json"))]
     # the runs' own time (summary.json wall_time_s: build, data, steps, validation, checkpoints), without the
-    # ~10 s each process spends importing before it starts
+    # seconds each process spends importing before it starts
     run_s = sum(json.loads(p.read_text()).get("wall_time_s") or 0 for p in sweep.glob("trial-*/summary.json"))
     steps = sum(int(t.get("steps") or 0) for t in trials)
     planned = sum(int(t.get("planned_steps") or 0) for t in trials)

@@ -260,6 +260,12 @@ def barrier(ctx: DistContext) -> None:
             dist.barrier()
 
 
+def host_barrier(ctx: DistContext) -> None:
+    """A barrier on the host-side group (gloo beside nccl): waiting for a file never waits on the device."""
+    if ctx.enabled:
+        dist.barrier(group=control_group(ctx))
+
+
 # ---------------------------------------------------------------------------------------------
 # launching through torchrun
 

@@ -20,11 +20,13 @@ A reader therefore sees the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 import pickle
 import random
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +408,58 @@ def _as_python_state(state: Any) -> tuple:
     return (version, tuple(internal), gauss_next)
 
 
+# ---------------------------------------------------------------------------------------------
+# a state taken off the live objects
+
+
+def to_host(state: Any) -> Any:
+    """A copy of ``state`` that training can no longer change: every tensor copied into host memory
+    (device tensors moved, host tensors cloned, since the live ones are updated in place by the next
+    step), containers rebuilt, other values deep-copied. What a background write serialises."""
+    if isinstance(state, torch.Tensor):
+        tensor = state.detach()
+        return tensor.to("cpu", copy=True) if tensor.device.type != "cpu" else tensor.clone()
+    if isinstance(state, OrderedDict):  # a module's state_dict: keep its class and its version _metadata
+        copied = OrderedDict((key, to_host(value)) for key, value in state.items())
+        if hasattr(state, "_metadata"):
+            copied._metadata = copy.deepcopy(state._metadata)  # type: ignore[attr-defined]
+        return copied
+    if isinstance(state, dict):
+        return {key: to_host(value) for key, value in state.items()}
+    if isinstance(state, list):
+        return [to_host(value) for value in state]
+    if isinstance(state, tuple):
+        return tuple(to_host(value) for value in state)
+    return copy.deepcopy(state)
+
+
+def trailer_digest(path: str | Path) -> str | None:
+    """The sha256 a trainlab checkpoint's trailer records (hex), read from its last bytes; None when the
+    file has no trailer. Cheap: what an upload is compared by, besides its size."""
+    try:
+        with open(path, "rb") as file:
+            return parse_trailer(_read_tail(file))
+    except OSError:
+        return None
+
+
+def _read_tail(file: Any) -> bytes:
+    file.seek(0, os.SEEK_END)
+    size = file.tell()
+    file.seek(max(0, size - _TRAILER_LEN))
+    return file.read()
+
+
+TAIL_BYTES = _TRAILER_LEN  # how many bytes at the end of a checkpoint hold its checksum trailer
+
+
+def parse_trailer(tail: bytes) -> str | None:
+    """The hex sha256 in the last TAIL_BYTES of a checkpoint, or None."""
+    if len(tail) < _TRAILER_LEN or not tail[-_TRAILER_LEN:].startswith(_TRAILER_PREFIX):
+        return None
+    return tail[-_TRAILER_LEN:][len(_TRAILER_PREFIX):].decode("ascii", errors="replace")
+
+
 __all__ = [
     "CheckpointError",
     "UnsafeCheckpointError",
@@ -414,5 +468,7 @@ __all__ = [
     "restore_rng",
     "safe_torch_load",
     "save_atomic",
+    "to_host",
+    "trailer_digest",
     "verify",
 ]

@@ -7,6 +7,7 @@ top to bottom: execute() -> _loop() -> per epoch: train, validate, log, save.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ from trainlab.runlog.console import Console, epoch_block, farewell_lines
 from trainlab.runlog.writer import NullLogger, RunLogger
 from trainlab.state import checkpoint as ckpt
 from trainlab.state import resume
+from trainlab.state.background import BackgroundWriter
 from trainlab.state.retention import CheckpointManager
 from trainlab.state.stops import PreemptionGuard
 from trainlab.train.build import build_parts
@@ -52,6 +54,8 @@ class Run:
         self.last_periodic_time = time.time()
         self.logger: Any = NullLogger()
         self.guard = PreemptionGuard()
+        self.writer = BackgroundWriter()  # checkpoints are written (and uploaded) off the training path
+        self.store: Any = None  # remote.RunStore when run.dir is an object-store URL
         self.drill = drills.SelfSignal()
         self.rank_drills = drills.RankDrills(ctx.rank)
         self.collectives = drills.CollectiveCounter(ctx.rank)
@@ -185,21 +189,39 @@ class Run:
         torch.distributed.all_gather_object(gathered, mine, group=self.control_group)
         return gathered
 
-    def _save(self, kind: str, totals: Optional[EpochTotals] = None) -> Optional[Path]:
-        """Rank 0 writes; every rank waits, so nobody exits before the file is whole."""
-        path = None
+    def _save(self, kind: str, totals: Optional[EpochTotals] = None,
+              best: Optional[tuple[int, float]] = None) -> Path:
+        """Take the state to host memory here, at the step boundary, and hand the write (and upload) to the
+        background writer; training goes on meanwhile. Only rank 0 writes. `best` = (epoch, score) also keeps
+        the file as a top-k checkpoint (a link to the same file). Returns where the file will be."""
         if totals is not None and self.ctx.enabled:  # the job's sums; every rank takes part in the collective
             totals = totals.summed(self.ctx)
         rng = self._gather_rng()
+        step = self.trainer.global_step
+        path = self.manager.last_path if kind == "last" else self.manager.periodic_path(step)
         if self.ctx.is_main:
-            state = self.state(totals, rng)
-            with self.guard.saving():
-                if kind == "last":
-                    path = self.manager.save_last(state)
-                elif kind == "periodic":
-                    path = self.manager.save_periodic(state, self.trainer.global_step)
-        distributed.barrier(self.ctx)
+            state = ckpt.to_host(self.state(totals, rng))
+            self.writer.submit(lambda: self._write(kind, state, step, best))
         return path
+
+    def _write(self, kind: str, state: dict, step: int, best: Optional[tuple[int, float]]) -> None:
+        """On the writer thread: the files, then the copies in the object store (run.dir=s3://...)."""
+        if kind == "last":
+            written = [self.manager.save_last(state)]
+            if best is not None:
+                kept = self.manager.add_best(written[0], *best)
+                written += [kept] if kept is not None else []
+        else:
+            written = [self.manager.save_periodic(state, step)]
+        if self.store is not None:
+            self.store.push_checkpoints(written, step)
+            self.store.push_files()
+
+    def _drain(self) -> None:
+        """Wait for the write in flight (rank 0), then let every rank go on: nobody leaves a stop or the run's
+        end before the checkpoint is whole. The agreement is on the host-side group."""
+        self.writer.wait()
+        distributed.host_barrier(self.ctx)
 
     # -- summary -----------------------------------------------------------------------------
     def summary(self, status: str, error: Optional[str] = None) -> dict:
@@ -278,6 +300,7 @@ class Run:
         try:
             with self.guard:
                 self._loop()
+                self._drain()  # the last checkpoint is whole before the run says it finished
         except Preempted:
             self.logger.write_summary(self.summary("stopped"))
             raise
@@ -285,6 +308,8 @@ class Run:
             self.logger.write_summary(self.summary("failed", str(exc)))
             raise
         except BaseException as exc:
+            with contextlib.suppress(BaseException):  # a checkpoint already being written is finished
+                self.writer.wait()
             self.logger.write_summary(self.summary("failed", f"{type(exc).__name__}: {exc}"))
             raise
         finally:
@@ -342,6 +367,7 @@ class Run:
                 if t.nonfinite_stop is not None:
                     self.step_in_epoch = t.nonfinite_stop[1] + 1
                     self._save("last", totals)
+                    self._drain()
                     raise NonFiniteLoss(
                         f"non-finite loss at epoch {self.epoch}, batch {t.nonfinite_stop[1]} "
                         f"(watch.on_nonfinite=stop); checkpoint saved in {self.run_dir / 'checkpoints'}. "
@@ -364,12 +390,12 @@ class Run:
             self.metrics_rows.append(row)
             self.logger.append_metrics(row)
             self.console.print(epoch_block(row, epoch_report, cfg.train.epochs))
-            self._update_best(row)
+            best = self._update_best(row)
             self.phase = "done" if self.epoch == cfg.train.epochs else "train"
             if self.phase == "train":
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            self._save("last")
-            self.logger.write_summary(self.summary("running"))
+            self.logger.write_summary(self.summary("running"))  # before the save: its upload carries it
+            self._save("last", best=best)
             if self.phase == "done":
                 break
 
@@ -433,24 +459,18 @@ class Run:
                     row[key] = val[key]
         return row
 
-    def _update_best(self, row: dict) -> None:
+    def _update_best(self, row: dict) -> Optional[tuple[int, float]]:
+        """Track the best score; (epoch, score) when the epoch's checkpoint is a top-k candidate. The epoch
+        end writes the state once (last.pt) and keeps it as the best file too, ready to continue from the
+        next epoch."""
         score, weights = row.get("val_acc1"), "raw"
         if row.get("ema_val_acc1") is not None and (score is None or row["ema_val_acc1"] > score):
             score, weights = row["ema_val_acc1"], "ema"
         if score is None:
-            return
+            return None
         if self.best["val_acc1"] is None or score > self.best["val_acc1"]:
             self.best = {"val_acc1": score, "epoch": self.epoch, "weights": weights}
-        rng = self._gather_rng()  # a collective: every rank calls it
-        if self.ctx.is_main:
-            phase, epoch, step = self.phase, self.epoch, self.step_in_epoch
-            # The best files hold the state after this epoch, ready to continue from the next one.
-            done = epoch == self.cfg.train.epochs
-            self.phase, self.epoch, self.step_in_epoch = ("done", epoch, 0) if done else ("train", epoch + 1, 0)
-            state = self.state(None, rng)
-            self.phase, self.epoch, self.step_in_epoch = phase, epoch, step
-            with self.guard.saving():
-                self.manager.save_best(state, epoch, score)
+        return (self.epoch, float(score))
 
     # -- stops and periodic checkpoints --------------------------------------------------------
     def _agreed(self, *flags: bool) -> list[bool]:
@@ -492,6 +512,7 @@ class Run:
     def _preempt(self, totals: EpochTotals) -> None:
         sig = self.guard.signal_name or "a signal"
         path = self._save("last", totals)
+        self._drain()
         message = (
             f"stopped by {sig} at epoch {self.epoch}, batch {self.step_in_epoch}; checkpoint saved to "
             f"{path or self.run_dir / 'checkpoints' / 'last.pt'}. Continue with the same command "

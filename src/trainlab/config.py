@@ -129,6 +129,9 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests
     nproc: int = 1  # >1 launches itself through torchrun
     threads: Optional[int] = None  # torch CPU threads; null leaves torch's default
+    # >0: a rank that dies (SIGKILL, OOM kill, lost node) restarts the workers (torchrun --max-restarts) and
+    # the job continues in-job from the newest checkpoint; 0 keeps "a dead rank ends the job".
+    max_restarts: int = 0
     preflight: bool = False  # run the doctor's cheap checks before step 1; logged as `preflight` events
 
 
@@ -153,6 +156,14 @@ class RunConfig:
     keep_periodic: int = 2
     tensorboard: bool = True
     progress: str = "auto"  # auto | bar | lines | none
+    # run.dir may be an object-store URL (s3://bucket/runs/r50, gs://, az://, file://): the run works in this
+    # local folder (null: ~/.cache/trainlab/runs/<protocol>/<bucket>/<path>) and uploads to the store.
+    cache_dir: Optional[str] = None
+    storage_options: Any = field(default_factory=dict)  # passed to the fsspec file system (endpoint, profile...)
+    upload_wait_s: float = 120.0  # at a stop or the end: how long to retry uploads while the store fails
+    # aws | gcp | URL: poll the instance metadata for a spot/preemption notice and stop as on SIGTERM.
+    preemption_notice: Optional[str] = None
+    preemption_poll_s: float = 10.0  # seconds between two polls of the notice endpoint
 
 
 @dataclass
@@ -253,6 +264,7 @@ RANGES: dict[str, Range] = {
     "train.epochs": POSITIVE, "train.grad_accum": POSITIVE, "train.clip_grad": POSITIVE,
     "train.label_smoothing": Range(0, 1, high_open=True), "train.ema_decay": Range(0, 1, True, True),
     "train.max_steps_per_epoch": POSITIVE, "train.nproc": POSITIVE, "train.threads": POSITIVE,
+    "train.max_restarts": NON_NEGATIVE, "run.upload_wait_s": NON_NEGATIVE, "run.preemption_poll_s": POSITIVE,
     "eval.every": POSITIVE,
     "run.checkpoint_every_steps": NON_NEGATIVE, "run.checkpoint_every_minutes": NON_NEGATIVE,
     "run.keep_periodic": NON_NEGATIVE,
@@ -272,6 +284,12 @@ def _schema_template() -> DictConfig:
 def _schema() -> DictConfig:
     """A fresh config of schema defaults: a copy of one built once (building takes ~4x longer than copying)."""
     return copy.deepcopy(_schema_template())
+
+
+def _open_mappings(cfg: DictConfig) -> DictConfig:
+    """Keys whose value is a free mapping (the file system's own options) take any names under them."""
+    OmegaConf.set_struct(cfg.run.storage_options, False)
+    return cfg
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
@@ -368,6 +386,7 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] | tuple[
     """Schema defaults <- YAML chain (bases first) <- `key=value` overrides; validated and read-only."""
     cfg = _schema()
     OmegaConf.set_struct(cfg, True)
+    _open_mappings(cfg)
     if path is not None:
         for file, node in _read_yaml_chain(Path(path)):
             try:
@@ -473,6 +492,7 @@ def from_dict(values: dict) -> Any:
     """Rebuild a validated config from a saved dict (config.yaml, a checkpoint)."""
     cfg = _schema()
     OmegaConf.set_struct(cfg, True)
+    _open_mappings(cfg)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.create(values))
     except OmegaConfBaseException as err:

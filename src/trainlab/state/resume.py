@@ -19,7 +19,7 @@ from trainlab.state.retention import CheckpointManager
 # Keys that may change between a run and its resume without changing the math. train.epochs and
 # train.max_steps_per_epoch are here, but a schedule sized from them is checked apart (`schedule_change`).
 RESUMABLE_CHANGES = (
-    "train.epochs", "train.device", "train.nproc", "train.threads", "train.max_steps_per_epoch",
+    "train.epochs", "train.device", "train.nproc", "train.threads", "train.max_restarts", "train.max_steps_per_epoch",
     "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.root", "data.download",
     "data.skip_bad_images", "data.val_batch_size", "eval.every", "eval.tta", "run.", "watch.", "dist.",
     "sched.extend", "log.", "train.preflight",  # log.*: where the numbers are copied to (trackers), not the numbers

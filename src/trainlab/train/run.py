@@ -26,7 +26,7 @@ from trainlab.runlog import trackers
 from trainlab.runlog.console import Console, epoch_block, farewell_lines
 from trainlab.runlog.writer import NullLogger, RunLogger
 from trainlab.state import checkpoint as ckpt
-from trainlab.state import resume
+from trainlab.state import remote, resume
 from trainlab.state.background import BackgroundWriter
 from trainlab.state.retention import CheckpointManager
 from trainlab.state.stops import PreemptionGuard
@@ -223,6 +223,40 @@ class Run:
         self.writer.wait()
         distributed.host_barrier(self.ctx)
 
+    # -- the object store (run.dir=s3://...) ---------------------------------------------------------
+    @property
+    def run_label(self) -> str:
+        """The run dir as the user named it: the store URL, or the local folder."""
+        return self.store.url if self.store is not None else str(self.run_dir)
+
+    def _open_store(self) -> Path:
+        """Check the store (one line, exit 2, before anything trains) and bring the run from it into the
+        cache; one process per machine does both, the others wait and read the cache."""
+        from trainlab.state.remote import RunStore
+
+        cfg, ctx = self.cfg, self.ctx
+        self.store = RunStore(cfg.run.dir, cfg.run.cache_dir, dict(cfg.run.storage_options or {}),
+                              on_event=self._store_event)  # fmt: skip
+        if ctx.local_rank == 0:
+            self.store.check()
+            if str(cfg.run.resume) != "never":
+                self.store.pull(self.console.info)
+        distributed.host_barrier(ctx)
+        return self.store.cache
+
+    def _store_event(self, kind: str, severity: str, message: str, **data: Any) -> None:
+        if self.ctx.is_main:
+            self.log_event(kind, severity, message, **data)
+
+    def _finish_store(self, wait_s: Optional[float] = None) -> list[str]:
+        """At a stop or the end (rank 0): upload what is pending and the small files; what stays missing."""
+        self.not_uploaded: list[str] = []
+        if self.store is None or not self.ctx.is_main:
+            return []
+        wait = float(self.cfg.run.upload_wait_s) if wait_s is None else wait_s
+        self.not_uploaded = self.store.finish(wait, say=self.console.warn)
+        return self.not_uploaded
+
     # -- summary -----------------------------------------------------------------------------
     def summary(self, status: str, error: Optional[str] = None) -> dict:
         watcher = getattr(self, "watcher", None)  # absent when the run failed before it was built
@@ -249,15 +283,19 @@ class Run:
             "updated": datetime.now().isoformat(timespec="seconds"),
             "wall_time_s": round(self.wall_time(), 3),
             "error": error,
-            "run_dir": str(self.run_dir),
+            "run_dir": self.run_label if hasattr(self, "run_dir") else None,
+            **({"cache_dir": str(self.store.cache)} if self.store is not None else {}),
         }
 
     # -- the run -----------------------------------------------------------------------------
     def execute(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
-        self.run_dir = Path(resume.choose_run_dir(cfg, self.console.info))
-        if ctx.enabled:  # every rank uses rank 0's choice (its timestamp)
-            self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), ctx))
+        if remote.is_url(cfg.run.dir):  # an object store: work in the local cache, keep the store up to date
+            self.run_dir = self._open_store()
+        else:
+            self.run_dir = Path(resume.choose_run_dir(cfg, self.console.info))
+            if ctx.enabled:  # every rank uses rank 0's choice (its timestamp)
+                self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), ctx))
         self.run_dir_existing = check_run_dir(self.run_dir)  # a bad run.dir fails here, in one line
         state = resume.load_resume_state(cfg, self.run_dir, self.console.info, self.console.warn)
         distributed.barrier(ctx)  # every rank has looked at the run dir before rank 0 writes into it
@@ -269,7 +307,8 @@ class Run:
                     f"run {self.run_dir} is finished ({saved_cfg['train']['epochs']} epochs); raise train.epochs "
                     "to extend it, or choose a new run.dir"
                 )
-                return {"status": "finished", "run_dir": str(self.run_dir), "already_finished": True}
+                self._finish_store()  # what an earlier command could not upload goes up now
+                return {"status": "finished", "run_dir": self.run_label, "already_finished": True}
 
         self._build(state)
         cfg = self.cfg
@@ -281,6 +320,8 @@ class Run:
         self.manager = CheckpointManager(
             self.run_dir / "checkpoints", save_top_k=cfg.run.save_top_k, keep_periodic=cfg.run.keep_periodic
         )
+        if self.store is not None:
+            self.manager.hold = self.store.holds  # nothing leaves the cache before the store has it
         self._build_watcher()
         if state is not None:
             self._load_state(state)
@@ -303,14 +344,18 @@ class Run:
                 self._drain()  # the last checkpoint is whole before the run says it finished
         except Preempted:
             self.logger.write_summary(self.summary("stopped"))
+            self._finish_store()
             raise
         except NonFiniteLoss as exc:
             self.logger.write_summary(self.summary("failed", str(exc)))
+            self._finish_store()
             raise
         except BaseException as exc:
             with contextlib.suppress(BaseException):  # a checkpoint already being written is finished
                 self.writer.wait()
             self.logger.write_summary(self.summary("failed", f"{type(exc).__name__}: {exc}"))
+            with contextlib.suppress(Exception):
+                self._finish_store(wait_s=min(10.0, float(cfg.run.upload_wait_s)))
             raise
         finally:
             self.watcher.close()
@@ -318,11 +363,14 @@ class Run:
             self.console.close()
         final = self.summary("finished")
         self.logger.write_summary(final)
+        if self._finish_store():  # the store could not take everything: the summary says what is missing
+            final = {**final, "not_uploaded": self.not_uploaded}
+            self.logger.write_summary(final)
         self.rank_drills.write_weights_hash(self.raw_model)
         self.collectives.write(self.trainer.global_step, {"boundaries": self.boundaries,
                                                           "micro_batches": self.trainer.batches_seen})
         self.syncs.write(self.trainer.global_step, self.trainer.batches_seen)
-        for line in farewell_lines(final, self.run_dir):
+        for line in farewell_lines(final, self.run_label):
             self.console.info(line)
         return final
 
@@ -344,7 +392,11 @@ class Run:
                 f"lr {effective_lr(cfg.optim, self.global_batch):.6g} = optim.lr {cfg.optim.lr:g} x "
                 f"{self.global_batch}/{REFERENCE_BATCH} global batch (optim.lr_scale=linear)"
             )
-        self.console.info(f"run dir: {self.run_dir}")
+        if self.store is not None:
+            self.console.info(f"run dir: {self.store.url} (working in the cache {self.store.cache}; checkpoints are "
+                              "uploaded when written)")
+        else:
+            self.console.info(f"run dir: {self.run_dir}")
 
     def _loop(self) -> None:
         cfg, t = self.cfg, self.trainer
@@ -509,14 +561,19 @@ class Run:
             self.last_periodic_time = time.time()
         return False
 
+    def _where(self, path: Path) -> str:
+        if self.store is None:
+            return str(path)
+        return f"{self.store.url}/checkpoints/{path.name}"
+
     def _preempt(self, totals: EpochTotals) -> None:
         sig = self.guard.signal_name or "a signal"
         path = self._save("last", totals)
         self._drain()
         message = (
             f"stopped by {sig} at epoch {self.epoch}, batch {self.step_in_epoch}; checkpoint saved to "
-            f"{path or self.run_dir / 'checkpoints' / 'last.pt'}. Continue with the same command "
-            f"(run.dir={self.run_dir} run.resume=auto)"
+            f"{self._where(path)}. Continue with the same command "
+            f"(run.dir={self.run_label} run.resume=auto)"
         )
         self.log_event("preempted", "warning", f"stopped by {sig}", epoch=self.epoch, batch=self.step_in_epoch)
         raise Preempted(message)

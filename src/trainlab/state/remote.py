@@ -72,7 +72,7 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _open(url: str, storage_options: Optional[dict]) -> tuple[Any, str]:
+def _open(url: str, storage_options: Optional[dict], need_folder: bool = True) -> tuple[Any, str]:
     """(file system, path inside it) for `url`; a bad URL or a missing fsspec package is one line."""
     try:
         import fsspec
@@ -100,18 +100,20 @@ def _open(url: str, storage_options: Optional[dict]) -> tuple[Any, str]:
         raise ConfigError(f"run.storage_options for {url} are not accepted by the {protocol}:// file system "
                           f"({_first_line(exc)}); check their names") from None  # fmt: skip
     path = path.rstrip("/")
-    if not path or (protocol not in _LOCAL_PROTOCOLS and "/" not in path.strip("/")):
+    if need_folder and (not path or (protocol not in _LOCAL_PROTOCOLS and "/" not in path.strip("/"))):
         raise ConfigError(f"run.dir={url} names no folder inside the bucket; use {protocol}://BUCKET/PATH")
     return fs, path
 
 
-def _store_problem(url: str, exc: BaseException, bucket: str) -> ConfigError:
+def _endpoint(options: Optional[dict]) -> Optional[str]:
+    options = dict(options or {})
+    return (options.get("endpoint_url") or dict(options.get("client_kwargs") or {}).get("endpoint_url")
+            or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))  # fmt: skip
+
+
+def _store_problem(url: str, exc: BaseException, bucket: str, endpoint: Optional[str] = None) -> ConfigError:
     """One line for a store that cannot be used: missing bucket, refused credentials, unreachable."""
     name, text = type(exc).__name__, _first_line(exc)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text or "does not exist" in text:
-        return ConfigError(f"run.dir={url}: bucket '{bucket}' does not exist (or these credentials cannot see "
-                           f"it); create it or fix the URL")  # fmt: skip
     if name in ("NoCredentialsError", "PartialCredentialsError"):
         return ConfigError(f"run.dir={url}: no credentials found for the store; set AWS_ACCESS_KEY_ID and "
                            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run.storage_options")  # fmt: skip
@@ -119,6 +121,9 @@ def _store_problem(url: str, exc: BaseException, bucket: str) -> ConfigError:
                                                                      "SignatureDoesNotMatch", "Forbidden")):
         return ConfigError(f"run.dir={url}: the store refused the credentials ({text}); check "
                            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or run.storage_options")  # fmt: skip
+    if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text:
+        return ConfigError(f"run.dir={url}: bucket '{bucket}' does not exist (or these credentials cannot see "
+                           f"it); create it or fix the URL")  # fmt: skip
     where = f" at {endpoint}" if endpoint else ""
     return ConfigError(f"run.dir={url}: cannot reach the store{where} ({name}: {text}); check the network, "
                        "AWS_ENDPOINT_URL or run.storage_options")  # fmt: skip
@@ -135,6 +140,7 @@ class RunStore:
         self.url = url.rstrip("/")
         self.cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(self.url)
         self.fs, self.root = _open(self.url, storage_options)
+        self.endpoint = _endpoint(storage_options) if self.url.startswith(("s3://", "s3a://")) else None
         self.protocol = self.url.split("://", 1)[0].lower()
         self.on_event = on_event or (lambda *args, **kwargs: None)
         self.lock = threading.RLock()
@@ -179,7 +185,7 @@ class RunStore:
         except ConfigError:
             raise
         except Exception as exc:
-            raise _store_problem(self.url, exc, self.bucket) from None
+            raise _store_problem(self.url, exc, self.bucket, self.endpoint) from None
 
     def remote_checkpoints(self) -> dict[str, int]:
         """{name: size} of the checkpoint objects in the store."""
@@ -233,7 +239,7 @@ class RunStore:
         except ConfigError:
             raise
         except Exception as exc:
-            raise _store_problem(self.url, exc, self.bucket) from None
+            raise _store_problem(self.url, exc, self.bucket, self.endpoint) from None
         self.index = {**local_index, **{k: v for k, v in remote_index.items() if k in downloaded}}
         for name in downloaded:
             if name.endswith(".pt") and name not in self.index:
@@ -420,7 +426,7 @@ class RunStore:
 def fetch_run_dirs(url: str, dest: str | Path, storage_options: Optional[dict] = None) -> list[Path]:
     """Download the small files of every run dir at or under `url` into `dest` (mirroring the layout) and
     return the local folders, for the readers that work on local files. Checkpoints stay in the store."""
-    fs, root = _open(url, storage_options)
+    fs, root = _open(url, storage_options, need_folder=False)
     dest = Path(dest)
     try:
         found = [p for p in fs.find(root) if p.rsplit("/", 1)[-1] in (*SMALL_FILES, "sweep.json", "error.txt")]

@@ -29,7 +29,7 @@ from trainlab.state import checkpoint as ckpt
 from trainlab.state import remote, resume
 from trainlab.state.background import BackgroundWriter
 from trainlab.state.retention import CheckpointManager
-from trainlab.state.stops import PreemptionGuard
+from trainlab.state.stops import PreemptionGuard, PreemptionNotice
 from trainlab.train.build import build_parts
 from trainlab.train.callbacks import CallbackList
 from trainlab.train.engine import EpochTotals, evaluate
@@ -290,6 +290,10 @@ class Run:
     # -- the run -----------------------------------------------------------------------------
     def execute(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
+        self.notice = None
+        if cfg.run.preemption_notice:  # a bad value fails here, before anything else
+            self.notice = PreemptionNotice(cfg.run.preemption_notice, cfg.run.preemption_poll_s,
+                                           on_notice=self._on_notice, on_problem=self.console.warn)  # fmt: skip
         if remote.is_url(cfg.run.dir):  # an object store: work in the local cache, keep the store up to date
             self.run_dir = self._open_store()
         else:
@@ -338,6 +342,8 @@ class Run:
         for warning in self.schedule_warnings:
             self.log_event("schedule", "warning", warning)
         self.logger.write_summary(self.summary("running"))
+        if self.notice is not None and ctx.local_rank == 0:  # one poller per machine; ranks OR the stop flags
+            self.notice.start()
         try:
             with self.guard:
                 self._loop()
@@ -358,6 +364,8 @@ class Run:
                 self._finish_store(wait_s=min(10.0, float(cfg.run.upload_wait_s)))
             raise
         finally:
+            if self.notice is not None:
+                self.notice.stop()
             self.watcher.close()
             self.logger.close()
             self.console.close()
@@ -392,6 +400,8 @@ class Run:
                 f"lr {effective_lr(cfg.optim, self.global_batch):.6g} = optim.lr {cfg.optim.lr:g} x "
                 f"{self.global_batch}/{REFERENCE_BATCH} global batch (optim.lr_scale=linear)"
             )
+        if self.notice is not None:
+            self.console.info(self.notice.describe())
         if self.store is not None:
             self.console.info(f"run dir: {self.store.url} (working in the cache {self.store.cache}; checkpoints are "
                               "uploaded when written)")
@@ -560,6 +570,13 @@ class Run:
             self._save("periodic", totals)
             self.last_periodic_time = time.time()
         return False
+
+    def _on_notice(self, description: str) -> None:
+        """On the notice thread: stop as on SIGTERM (the ranks agree on the step, save, upload, exit 143)."""
+        self.guard.request(f"a preemption notice ({description})")
+        if self.ctx.is_main:
+            self.log_event("preemption_notice", "warning", f"preemption notice: {description}; stopping at the "
+                           "next agreed step", notice=description)  # fmt: skip
 
     def _where(self, path: Path) -> str:
         if self.store is None:

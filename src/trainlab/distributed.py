@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainlab.errors import ConfigError, UsageError
+from trainlab.errors import ConfigError, TrainlabError, UsageError
 
 # A rank that fails must end the job rather than leave the others blocked in a collective.
 _ENV_DEFAULTS = {
@@ -158,10 +158,49 @@ def setup(train_device: str = "auto", backend: str = "auto", timeout_s: float = 
         kwargs: dict[str, Any] = {}
         if backend == "nccl":
             kwargs["device_id"] = device  # binds the communicator to this rank's GPU eagerly
-        dist.init_process_group(
-            backend=backend, timeout=timedelta(seconds=timeout_s), rank=rank, world_size=world_size, **kwargs
-        )
+        try:
+            store = _attempt_store(rank, world_size, timeout_s)
+            if store is not None:
+                kwargs["store"] = store
+            dist.init_process_group(
+                backend=backend, timeout=timedelta(seconds=timeout_s), rank=rank, world_size=world_size, **kwargs
+            )
+        except (RuntimeError, dist.DistError) as exc:
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            after = f" after restart {attempt}" if attempt not in ("", "0") else ""
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise DistributedSetupError(
+                f"rank {rank} could not join the other {world_size - 1} process(es){after} within "
+                f"dist.timeout_s={timeout_s:g} s ({first}); the job ends here instead of waiting"
+            ) from None
     return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device, backend=backend)
+
+
+class DistributedSetupError(TrainlabError):
+    """A rank could not form the process group (a peer never came, a restarted job hung): exit 1, one line."""
+
+    exit_code = 1
+
+
+def _attempt_store(rank: int, world_size: int, timeout_s: float) -> Any:
+    """The store this attempt's process group meets in, when torchrun shares its own with the workers.
+
+    torchrun (2.4 and later) lets workers use the agent's TCPStore, which outlives a restart: the restarted
+    workers then read the keys of the attempt before, and gloo connects to the dead worker's old port
+    ("connectFullMesh failed ... Connection refused") or waits forever. Each attempt gets its own key prefix
+    here (TORCHELASTIC_RESTART_COUNT, the same for every worker a single agent restarts), so nothing of an
+    earlier attempt is read. Multi-node elastic jobs whose agents restart separately should also set
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (what `trainlab train --nnodes` does): each attempt then gets a new
+    store on a new port. None: let init_process_group build its own store from the environment."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not host or not port:
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    client = dist.TCPStore(host, int(port), world_size, is_master=False, timeout=timedelta(seconds=timeout_s))
+    return dist.PrefixStore(f"trainlab/{run_id}/attempt-{attempt}", client)
 
 
 def cleanup(ctx: DistContext | None = None) -> None:
@@ -277,17 +316,35 @@ def _strip_nproc(argv: list[str]) -> list[str]:
     return [a for a in argv if not re.match(r"^(\+{0,2})train\.nproc=", a)]
 
 
-def torchrun_command(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None) -> list[str]:
+def parse_nnodes(value: int | str) -> tuple[int, int]:
+    """--nnodes N or MIN:MAX (an elastic job: it runs while at least MIN machines take part)."""
+    text = str(value).strip()
+    try:
+        low, _, high = text.partition(":")
+        low_n, high_n = int(low), int(high or low)
+    except ValueError:
+        raise UsageError(f"--nnodes={value}: give a number of machines, or MIN:MAX for an elastic job") from None
+    if low_n < 1 or high_n < low_n:
+        raise UsageError(f"--nnodes={value}: MIN must be at least 1 and MAX at least MIN")
+    return low_n, high_n
+
+
+def torchrun_command(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endpoint: str | None = None,
+                     max_restarts: int = 0) -> list[str]:  # fmt: skip
     """``python -m torch.distributed.run ... <target>``; target is ``['-m', 'pkg', ...]`` or a script."""
     if nproc < 1:
         raise UsageError(f"train.nproc={nproc} must be at least 1")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
-    if nnodes > 1 or rdzv_endpoint:
+    low, high = parse_nnodes(nnodes)
+    if high > 1 or rdzv_endpoint:
         if not rdzv_endpoint:
             raise UsageError(f"--nnodes={nnodes} needs a rendezvous endpoint (host:port of the first node)")
-        cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
+        cmd += [f"--nnodes={low}:{high}" if low != high else f"--nnodes={low}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={rdzv_endpoint}"]  # fmt: skip
     else:
         cmd += ["--standalone"]
+    if max_restarts:
+        cmd += [f"--max-restarts={int(max_restarts)}"]
     return cmd + list(target)
 
 
@@ -302,8 +359,11 @@ def _worker_pids(agent_pid: int) -> list[int]:
         return []
 
 
-def run_torchrun(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None,
-                 env: dict[str, str] | None = None) -> int:
+_WORKER_FAILED_RE = re.compile(rb"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
+
+
+def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endpoint: str | None = None,
+                 env: dict[str, str] | None = None, max_restarts: int = 0, record_dir: Any = None) -> int:
     """Run ``target`` under torch's launcher; relay output and stop signals; return the job's exit code.
 
     Stop signals (SIGTERM, SIGINT, SIGUSR1) received here are sent straight to the worker processes,
@@ -312,12 +372,14 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: 
     exits 1 whenever a worker fails, so the first failed rank's exit code is read from its failure
     summary and returned instead (143 for a preempted job, 2 for bad input, 128+N for a signal).
     """
-    cmd = torchrun_command(target, nproc, nnodes, rdzv_endpoint)
+    cmd = torchrun_command(target, nproc, nnodes, rdzv_endpoint, max_restarts)
     env = dict(os.environ if env is None else env)
     # The agent ignores stop signals (SIG_IGN, inherited through exec); it still shuts the workers
     # down on SIGHUP/SIGQUIT. Read by torchrun's process context (same as --signals-to-handle).
     env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
     env[_RESET_SIGNALS_ENV] = "1"  # workers put the default dispositions back in setup()
+    if max_restarts and parse_nnodes(nnodes)[1] > 1:  # agents restart separately: a new store per attempt
+        env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
 
     def agent_preexec() -> None:  # pragma: no cover - runs in the child
         for signum in _STOP_SIGNALS:
@@ -328,6 +390,21 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: 
         start_new_session=True,  # a terminal Ctrl-C reaches only this process, which relays it once
     )
     tail = bytearray()
+    pending_line = bytearray()
+
+    def note_failures(chunk: bytes) -> None:
+        # With restarts, the agent's note of a failed worker (its exit code or signal) is kept for the next
+        # attempt, which cannot learn it otherwise (trainlab.state.attempts).
+        pending_line.extend(chunk)
+        *lines, rest = bytes(pending_line).split(b"\n")
+        pending_line[:] = rest
+        for line in lines:
+            found = _WORKER_FAILED_RE.search(line)
+            if found and record_dir is not None:
+                from trainlab.state.attempts import record_exit
+
+                with contextlib.suppress(OSError):
+                    record_exit(record_dir, int(found.group(3)), int(found.group(1)), int(found.group(2)))
 
     def relay_stderr() -> None:
         assert proc.stderr is not None
@@ -336,6 +413,8 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: 
             chunk = os.read(proc.stderr.fileno(), 65536)
             if not chunk:
                 break
+            if max_restarts:
+                note_failures(chunk)
             tail.extend(chunk)
             del tail[:-65536]
             if out is not None:
@@ -378,9 +457,13 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: 
     return 128 - returncode if returncode < 0 else returncode
 
 
-def launch(argv: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None) -> int:
-    """``trainlab train ... train.nproc=N``: re-run the same command under torchrun with N processes."""
-    return run_torchrun(["-m", "trainlab", "train", *_strip_nproc(argv)], nproc, nnodes, rdzv_endpoint)
+def launch(argv: list[str], nproc: int, nnodes: int | str = 1, rdzv_endpoint: str | None = None,
+           max_restarts: int = 0, record_dir: Any = None) -> int:
+    """``trainlab train ... train.nproc=N``: re-run the same command under torchrun with N processes
+    (``train.max_restarts``: torchrun restarts the workers that many times when one dies; the exit codes
+    of the workers it restarts are noted in ``record_dir``, the run's local folder, when known)."""
+    return run_torchrun(["-m", "trainlab", "train", *_strip_nproc(argv)], nproc, nnodes, rdzv_endpoint,
+                        max_restarts=max_restarts, record_dir=record_dir)
 
 
 __all__ = [

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from trainlab.commands.argtypes import positive_int
 from trainlab.errors import TrainlabError, UsageError
 
 # Subcommands registered by their own module's `register_cli(subparsers)`. Only the module of the command
@@ -42,12 +41,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config_path, overrides = split_config_and_overrides(args.items)
     cfg = load_config(config_path, overrides)
-    if (cfg.train.nproc > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
+    _, max_nodes = distributed.parse_nnodes(args.nnodes)
+    if (cfg.train.nproc > 1 or max_nodes > 1) and "LOCAL_RANK" not in os.environ:
         # Re-launch through torch's own launcher; each worker runs this command with nproc left to torchrun.
         argv = [a for a in args.items if not a.startswith("train.nproc=")]
-        return distributed.launch(argv, nproc=cfg.train.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint)
+        return distributed.launch(argv, nproc=cfg.train.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint,
+                                  max_restarts=cfg.train.max_restarts, record_dir=_local_run_dir(cfg))
     train(cfg, callbacks=[StartChecks()])
     return 0
+
+
+def _local_run_dir(cfg) -> Optional[str]:
+    """The folder the run's files are in on this machine (the cache of an object-store run dir), when fixed."""
+    from trainlab.state import remote
+
+    if not cfg.run.dir:
+        return None
+    if remote.is_url(cfg.run.dir):
+        return str(cfg.run.cache_dir or remote.default_cache_dir(cfg.run.dir))
+    return str(cfg.run.dir)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -72,7 +84,8 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model: trainlab train [CONFIG] [key=value ...]")
     p.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="a YAML config, then overrides")
-    p.add_argument("--nnodes", type=positive_int, default=1, help="with train.nproc>1: number of machines (torchrun --nnodes)")
+    p.add_argument("--nnodes", default="1", metavar="N|MIN:MAX",
+                   help="with train.nproc>1: number of machines, or MIN:MAX for an elastic job (torchrun --nnodes)")
     p.add_argument("--rdzv-endpoint", default=None, help="with train.nproc>1 on several machines: HOST:PORT")
     p.set_defaults(func=cmd_train)
 

@@ -8,6 +8,7 @@ top to bottom: execute() -> _loop() -> per epoch: train, validate, log, save.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -25,8 +26,8 @@ from trainlab.paths import check_run_dir, discard_new_run_dir
 from trainlab.runlog import trackers
 from trainlab.runlog.console import Console, epoch_block, farewell_lines
 from trainlab.runlog.writer import NullLogger, RunLogger
+from trainlab.state import attempts, remote, resume
 from trainlab.state import checkpoint as ckpt
-from trainlab.state import remote, resume
 from trainlab.state.background import BackgroundWriter
 from trainlab.state.retention import CheckpointManager
 from trainlab.state.stops import PreemptionGuard, PreemptionNotice
@@ -56,6 +57,8 @@ class Run:
         self.guard = PreemptionGuard()
         self.writer = BackgroundWriter()  # checkpoints are written (and uploaded) off the training path
         self.store: Any = None  # remote.RunStore when run.dir is an object-store URL
+        self.attempt: Optional[attempts.AttemptRecord] = None
+        self.restarts: list[dict] = []  # torchrun restarts of this run (train.max_restarts)
         self.drill = drills.SelfSignal()
         self.rank_drills = drills.RankDrills(ctx.rank)
         self.collectives = drills.CollectiveCounter(ctx.rank)
@@ -284,6 +287,7 @@ class Run:
             "wall_time_s": round(self.wall_time(), 3),
             "error": error,
             "run_dir": self.run_label if hasattr(self, "run_dir") else None,
+            **({"restarts": self.restarts} if self.restarts else {}),
             **({"cache_dir": str(self.store.cache)} if self.store is not None else {}),
         }
 
@@ -301,6 +305,9 @@ class Run:
             if ctx.enabled:  # every rank uses rank 0's choice (its timestamp)
                 self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), ctx))
         self.run_dir_existing = check_run_dir(self.run_dir)  # a bad run.dir fails here, in one line
+        self.attempt = attempts.AttemptRecord(self.run_dir, ctx.rank) if attempts.max_restarts() else None
+        if self.attempt is not None:  # torchrun may restart this job: leave a note for the next attempt
+            self.attempt.begin()
         state = resume.load_resume_state(cfg, self.run_dir, self.console.info, self.console.warn)
         distributed.barrier(ctx)  # every rank has looked at the run dir before rank 0 writes into it
         if state is not None:
@@ -331,11 +338,14 @@ class Run:
             self._load_state(state)
             if self.phase == "done":  # extending a finished run with more epochs
                 self.epoch, self.step_in_epoch, self.phase = self.epoch + 1, 0, "train"
+            self._note_restart()
             self.logger.rewrite_metrics(self.metrics_rows)
             self.logger.truncate_jsonl(self.trainer.batches_seen)
             self.log_event("resumed", "info", f"resumed at epoch {self.epoch}, batch {self.step_in_epoch}",
                         global_step=self.trainer.global_step)  # fmt: skip
 
+        if state is None:
+            self._note_restart()
         self._announce()
         self.resumed = state is not None
         self.callbacks.on_train_start(self)  # the doctor's start checks among them (trainlab.doctor.start)
@@ -349,6 +359,7 @@ class Run:
                 self._loop()
                 self._drain()  # the last checkpoint is whole before the run says it finished
         except Preempted:
+            self._end_attempt("stopped")
             self.logger.write_summary(self.summary("stopped"))
             self._finish_store()
             raise
@@ -357,6 +368,7 @@ class Run:
             self._finish_store()
             raise
         except BaseException as exc:
+            self._end_attempt(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
             with contextlib.suppress(BaseException):  # a checkpoint already being written is finished
                 self.writer.wait()
             self.logger.write_summary(self.summary("failed", f"{type(exc).__name__}: {exc}"))
@@ -369,6 +381,7 @@ class Run:
             self.watcher.close()
             self.logger.close()
             self.console.close()
+        self._end_attempt("finished")
         final = self.summary("finished")
         self.logger.write_summary(final)
         if self._finish_store():  # the store could not take everything: the summary says what is missing
@@ -577,6 +590,34 @@ class Run:
         if self.ctx.is_main:
             self.log_event("preemption_notice", "warning", f"preemption notice: {description}; stopping at the "
                            "next agreed step", notice=description)  # fmt: skip
+
+    def _note_restart(self) -> None:
+        """On a torchrun restart (rank 0): say which rank ended the attempt before and how, where this one
+        continues and how many steps are done again; in events.jsonl (`restart`) and summary.json."""
+        attempt = attempts.attempt_number()
+        if self.attempt is None or attempt == 0 or not self.ctx.is_main:
+            return
+        steps_path, last_logged = self.run_dir / "steps.jsonl", 0
+        if steps_path.exists():  # read before the resume truncates what the lost attempt logged
+            for line in steps_path.read_text().splitlines():
+                with contextlib.suppress(ValueError, AttributeError, TypeError):
+                    last_logged = max(last_logged, int(json.loads(line).get("step") or 0))
+        ranks = attempts.previous_attempt(self.run_dir, attempt)
+        record = {"attempt": attempt, "max_restarts": attempts.max_restarts(), "ranks": ranks,
+                  "resumed_step": self.trainer.global_step,
+                  "steps_redone": max(0, last_logged - self.trainer.batches_seen)}  # fmt: skip
+        with contextlib.suppress(OSError, ValueError):
+            self.restarts = list(json.loads((self.run_dir / "summary.json").read_text()).get("restarts") or [])
+        self.restarts.append(record)
+        lost = [r for r in ranks if "without a word" in r["ended"] or "killed" in r["ended"]] or ranks
+        who = "; ".join(f"rank {r['rank']} (pid {r['pid']}) {r['ended']}" for r in lost) or "a worker failed"
+        self.log_event("restart", "warning", f"restart {attempt} of {record['max_restarts']}: {who}; continuing "
+                       f"from step {record['resumed_step']} ({record['steps_redone']} steps done again)",
+                       **record)  # fmt: skip
+
+    def _end_attempt(self, how: str) -> None:
+        if self.attempt is not None:
+            self.attempt.end(how)
 
     def _where(self, path: Path) -> str:
         if self.store is None:

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from trainlab import distributed as D
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, UsageError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -69,6 +69,12 @@ def test_launch_command_drops_nproc_and_uses_torch_launcher():
     assert single[-4:] == ["-m", "trainlab", "train", "cfg.yaml"]
     multi = D.torchrun_command(["x.py"], nproc=8, nnodes=2, rdzv_endpoint="node0:29400")
     assert "--nnodes=2" in multi and "--rdzv-endpoint=node0:29400" in multi and "--standalone" not in multi
+    assert "--max-restarts=3" in D.torchrun_command(["x.py"], nproc=2, max_restarts=3)
+    assert not any(a.startswith("--max-restarts") for a in single)  # off by default: a dead rank ends the job
+    elastic = D.torchrun_command(["x.py"], nproc=8, nnodes="2:4", rdzv_endpoint="node0:29400", max_restarts=2)
+    assert "--nnodes=2:4" in elastic and "--max-restarts=2" in elastic
+    with pytest.raises(UsageError, match="--nnodes=3:2"):
+        D.torchrun_command(["x.py"], nproc=2, nnodes="3:2", rdzv_endpoint="h:1")
 
 
 def _gloo_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:

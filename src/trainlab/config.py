@@ -438,6 +438,9 @@ def validate(cfg: Any) -> None:
         if str(name).strip().lower() not in TRACKERS:
             raise ConfigError(f"log.trackers: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
     _validate_aug(cfg)
+    if not OmegaConf.is_dict(cfg.run.storage_options) and not isinstance(cfg.run.storage_options, dict):
+        raise ConfigError(f"run.storage_options={cfg.run.storage_options!r} must be a mapping of the file "
+                          "system's options, e.g. run.storage_options={endpoint_url: http://host:9000}")  # fmt: skip
     if cfg.data.memory_budget_gb is not None and cfg.data.memory_budget_gb <= 0:
         raise ConfigError(f"data.memory_budget_gb={cfg.data.memory_budget_gb} must be positive (or null)")
 

@@ -16,6 +16,7 @@ How a failing rank ends the job:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -359,6 +360,20 @@ def _worker_pids(agent_pid: int) -> list[int]:
         return []
 
 
+ATTEMPTS_FOLDER = os.path.join(".trainlab", "attempts")  # in the run's local folder (state.attempts reads it)
+
+
+def record_exit(run_dir: Any, pid: int, exitcode: int, local_rank: int) -> None:
+    """The launcher's note of a worker torchrun's agent saw fail, for the next attempt to read."""
+    folder = os.path.join(str(run_dir), ATTEMPTS_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"exit-{pid}.json")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as file:
+        json.dump({"pid": pid, "exitcode": exitcode, "local_rank": local_rank}, file)
+    os.replace(tmp, path)
+
+
 _WORKER_FAILED_RE = re.compile(rb"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
 
 
@@ -401,8 +416,6 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endp
         for line in lines:
             found = _WORKER_FAILED_RE.search(line)
             if found and record_dir is not None:
-                from trainlab.state.attempts import record_exit
-
                 with contextlib.suppress(OSError):
                     record_exit(record_dir, int(found.group(3)), int(found.group(1)), int(found.group(2)))
 

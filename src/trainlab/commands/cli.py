@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from trainlab.commands.argtypes import node_count
 from trainlab.errors import TrainlabError, UsageError
 
 # Subcommands registered by their own module's `register_cli(subparsers)`. Only the module of the command
@@ -84,7 +85,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model: trainlab train [CONFIG] [key=value ...]")
     p.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="a YAML config, then overrides")
-    p.add_argument("--nnodes", default="1", metavar="N|MIN:MAX",
+    p.add_argument("--nnodes", type=node_count, default="1", metavar="N|MIN:MAX",
                    help="with train.nproc>1: number of machines, or MIN:MAX for an elastic job (torchrun --nnodes)")
     p.add_argument("--rdzv-endpoint", default=None, help="with train.nproc>1 on several machines: HOST:PORT")
     p.set_defaults(func=cmd_train)

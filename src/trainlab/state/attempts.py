@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-FOLDER = Path(".trainlab") / "attempts"
+from trainlab.distributed import ATTEMPTS_FOLDER
+
+FOLDER = Path(ATTEMPTS_FOLDER)
 
 
 def attempt_number() -> int:
@@ -58,11 +60,6 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
-
-
-def record_exit(run_dir: Path, pid: int, exitcode: int, local_rank: int) -> None:
-    """The launcher's note of a worker torchrun's agent saw fail (read by the next attempt)."""
-    _write(Path(run_dir) / FOLDER / f"exit-{pid}.json", {"pid": pid, "exitcode": exitcode, "local_rank": local_rank})
 
 
 class AttemptRecord:

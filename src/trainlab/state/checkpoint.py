@@ -433,6 +433,61 @@ def to_host(state: Any) -> Any:
     return copy.deepcopy(state)
 
 
+class HostSnapshot:
+    """``to_host`` into host memory kept from one snapshot to the next.
+
+    Fresh host memory is the expensive part of a copy (the page faults of ~200 MB cost ~10x the copy
+    itself): the buffers of the previous snapshot are reused when the tensors keep their shape, dtype and
+    strides, which they do from one checkpoint to the next. Only safe when the previous snapshot is no
+    longer read: the run takes a new one after the previous write has finished. Device tensors go to pinned
+    memory with one synchronisation at the end."""
+
+    def __init__(self) -> None:
+        self._buffers: list[torch.Tensor] = []
+        self.reused = 0  # tensors copied into a kept buffer by the last take (what a test or bench reads)
+
+    def take(self, state: Any) -> Any:
+        fresh: list[torch.Tensor] = []
+        self.reused = 0
+        device_copies = [False]
+        out = self._copy(state, fresh, device_copies)
+        if device_copies[0] and torch.cuda.is_available():
+            torch.cuda.synchronize()  # the non-blocking copies have landed before the writer reads them
+        self._buffers = fresh
+        return out
+
+    def _buffer_for(self, source: torch.Tensor, index: int) -> torch.Tensor:
+        if index < len(self._buffers):
+            kept = self._buffers[index]
+            if kept.shape == source.shape and kept.dtype == source.dtype and kept.stride() == source.stride():
+                self.reused += 1
+                return kept
+        buffer = torch.empty_like(source, device="cpu")  # keeps a dense layout (channels_last stays so)
+        return buffer.pin_memory() if source.device.type == "cuda" else buffer
+
+    def _copy(self, obj: Any, fresh: list, device_copies: list) -> Any:
+        if isinstance(obj, torch.Tensor):
+            source = obj.detach()
+            buffer = self._buffer_for(source, len(fresh))
+            on_device = source.device.type != "cpu"
+            buffer.copy_(source, non_blocking=on_device and buffer.is_pinned())
+            device_copies[0] = device_copies[0] or on_device
+            fresh.append(buffer)
+            return buffer
+        if isinstance(obj, OrderedDict):
+            copied = OrderedDict((key, self._copy(value, fresh, device_copies)) for key, value in obj.items())
+            if hasattr(obj, "_metadata"):
+                copied._metadata = copy.deepcopy(obj._metadata)  # type: ignore[attr-defined]
+            return copied
+        if isinstance(obj, dict):
+            return {key: self._copy(value, fresh, device_copies) for key, value in obj.items()}
+        if isinstance(obj, list):
+            return [self._copy(value, fresh, device_copies) for value in obj]
+        if isinstance(obj, tuple):
+            return tuple(self._copy(value, fresh, device_copies) for value in obj)
+        return copy.deepcopy(obj)
+
+
 def trailer_digest(path: str | Path) -> str | None:
     """The sha256 a trainlab checkpoint's trailer records (hex), read from its last bytes; None when the
     file has no trailer. Cheap: what an upload is compared by, besides its size."""
@@ -462,6 +517,7 @@ def parse_trailer(tail: bytes) -> str | None:
 
 __all__ = [
     "CheckpointError",
+    "HostSnapshot",
     "UnsafeCheckpointError",
     "capture_rng",
     "load_checked",

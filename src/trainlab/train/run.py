@@ -56,6 +56,7 @@ class Run:
         self.logger: Any = NullLogger()
         self.guard = PreemptionGuard()
         self.writer = BackgroundWriter()  # checkpoints are written (and uploaded) off the training path
+        self.snapshot = ckpt.HostSnapshot()  # the host copy of the state a background write reads
         self.store: Any = None  # remote.RunStore when run.dir is an object-store URL
         self.attempt: Optional[attempts.AttemptRecord] = None
         self.restarts: list[dict] = []  # torchrun restarts of this run (train.max_restarts)
@@ -203,7 +204,8 @@ class Run:
         step = self.trainer.global_step
         path = self.manager.last_path if kind == "last" else self.manager.periodic_path(step)
         if self.ctx.is_main:
-            state = ckpt.to_host(self.state(totals, rng))
+            self.writer.wait()  # one write in flight: its host copy is the one reused for this state
+            state = self.snapshot.take(self.state(totals, rng))
             self.writer.submit(lambda: self._write(kind, state, step, best))
         return path
 

@@ -69,7 +69,7 @@ def workload(seconds_hint: int = 12) -> float:
 def part1(rounds: int, folder: Path) -> dict:
     state = resnet50_state()
     print(f"state: {state_mb(state):.0f} MB of tensors (resnet50 + SGD momentum)", flush=True)
-    sync_s, stall_s, write_s, alone_s, beside_s = [], [], [], [], []
+    sync_s, stall_s, write_s, alone_s, beside_s, copy_s = [], [], [], [], [], []
     snapshot = HostSnapshot()  # as in the run: host buffers kept from one checkpoint to the next
     started = time.perf_counter()
     snapshot.take(state)
@@ -90,6 +90,7 @@ def part1(rounds: int, folder: Path) -> dict:
 
         started = time.perf_counter()
         taken = snapshot.take(state)
+        copy_s.append(time.perf_counter() - started)
         writer.submit(lambda taken=taken: job(taken))
         stall_s.append(time.perf_counter() - started)
         beside = workload()  # the training thread goes on while the file is written
@@ -99,10 +100,11 @@ def part1(rounds: int, folder: Path) -> dict:
         alone_s.append(workload())
         load_checked(path, require_checksum=True)  # the background file is whole
         print(f"round {round_index + 1}: sync {sync_s[-1]:.2f} s, background stall {stall_s[-1] * 1000:.0f} ms "
+              f"(of which the host copy {copy_s[-1] * 1000:.0f} ms) "
               f"(file whole after {write_s[-1]:.2f} s), workload alone {alone_s[-1]:.2f} s / beside the "
               f"write {beside_s[-1]:.2f} s", flush=True)  # fmt: skip
     return {"sync_s": sync_s, "stall_s": stall_s, "write_s": write_s, "alone_s": alone_s, "beside_s": beside_s,
-            "first_take_s": [first_take_s]}
+            "first_take_s": [first_take_s], "copy_s": copy_s}
 
 
 class Notice:
@@ -161,7 +163,7 @@ def part2(model: str, folder: Path, poll_s: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--poll-s", type=float, default=5.0)
     parser.add_argument("--skip-notice", action="store_true")

@@ -205,3 +205,36 @@ def test_a_store_that_cannot_be_used_is_one_line_and_exit_2(s3, tmp_path, case, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "cache" / "checkpoints").exists()  # nothing was built
+
+
+def test_what_the_store_did_not_take_stays_pending_then_goes_up(s3, tmp_path):
+    """The store side alone (RunStore, in this process): a store that refuses every upload keeps the files
+    pending, the cache keeps them (the checkpoint manager is told not to prune them), the end names them; a
+    later command with the store back uploads them."""
+    from trainlab.state.remote import RunStore
+    from trainlab.state.retention import CheckpointManager
+
+    cache = tmp_path / "cache"
+    events: list[tuple] = []
+    dead = {"endpoint_url": "http://127.0.0.1:9", "key": s3.env["AWS_ACCESS_KEY_ID"],
+            "secret": s3.env["AWS_SECRET_ACCESS_KEY"], "config_kwargs": {"retries": {"max_attempts": 1}}}  # fmt: skip
+    down = RunStore("s3://runs/exp/pending", cache, dead, on_event=lambda *a, **k: events.append(a))
+    manager = CheckpointManager(cache / "checkpoints", keep_periodic=1)
+    manager.hold = down.holds
+    first = manager.save_periodic({"weights": torch.ones(3)}, 1)
+    down.push_checkpoints([first], 1)
+    (cache / "summary.json").write_text('{"status": "finished"}')
+    second = manager.save_periodic({"weights": torch.ones(3) * 2}, 2)  # would prune step 1: it is pending
+    assert first.exists() and second.exists()
+    assert [e[0] for e in events] == ["upload_failed"]  # one warning per outage
+    missing = down.finish(0.0, say=lambda line: events.append(("said", line)))
+    assert missing == ["checkpoints/periodic-step=0000001.pt", "summary.json"]
+    assert "not uploaded to s3://runs/exp/pending yet" in events[-1][1]
+
+    live = {"endpoint_url": s3.endpoint, "key": s3.env["AWS_ACCESS_KEY_ID"], "secret": s3.env["AWS_SECRET_ACCESS_KEY"]}
+    back = RunStore("s3://runs/exp/pending", cache, live)
+    back.pull(say=lambda line: None)  # a later command: the cache's notes say what is pending
+    assert back.finish(5.0) == []
+    stored = s3.filesystem().find("runs/exp/pending")
+    assert "runs/exp/pending/checkpoints/periodic-step=0000002.pt" in stored
+    assert "runs/exp/pending/summary.json" in stored

@@ -360,10 +360,8 @@ class Run:
             with self.guard:
                 self._loop()
                 self._drain()  # the last checkpoint is whole before the run says it finished
-        except Preempted:
+        except Preempted:  # _preempt wrote the summary and finished the uploads
             self._end_attempt("stopped")
-            self.logger.write_summary(self.summary("stopped"))
-            self._finish_store()
             raise
         except NonFiniteLoss as exc:
             self.logger.write_summary(self.summary("failed", str(exc)))
@@ -629,13 +627,18 @@ class Run:
     def _preempt(self, totals: EpochTotals) -> None:
         sig = self.guard.signal_name or "a signal"
         path = self._save("last", totals)
-        self._drain()
+        self.writer.wait()
         message = (
             f"stopped by {sig} at epoch {self.epoch}, batch {self.step_in_epoch}; checkpoint saved to "
             f"{self._where(path)}. Continue with the same command "
             f"(run.dir={self.run_label} run.resume=auto)"
         )
         self.log_event("preempted", "warning", f"stopped by {sig}", epoch=self.epoch, batch=self.step_in_epoch)
+        # Rank 0 finishes the stop's files and uploads before any rank leaves: under torchrun, the first rank
+        # to exit makes the agent end the others, which would cut an upload still going.
+        self.logger.write_summary(self.summary("stopped"))
+        self._finish_store()
+        distributed.host_barrier(self.ctx)
         raise Preempted(message)
 
 

@@ -182,7 +182,7 @@ def test_a_kill_during_an_upload_keeps_the_previous_checkpoint_and_an_outage_is_
     assert "upload_recovered" in bucket_events
 
 
-@pytest.mark.parametrize("case", ["protocol", "bucket", "credentials", "unreachable"])
+@pytest.mark.parametrize("case", ["protocol", "bucket", "credentials", "unreachable", "never"])
 def test_a_store_that_cannot_be_used_is_one_line_and_exit_2(s3, tmp_path, case, capsys):
     """Checked before anything is built or trained (in this process: no subprocess start to pay)."""
     from trainlab.commands.cli import main
@@ -194,7 +194,10 @@ def test_a_store_that_cannot_be_used_is_one_line_and_exit_2(s3, tmp_path, case, 
                         "the store refused the credentials"),
         "unreachable": ("s3://runs/x", ["run.storage_options={endpoint_url: 'http://127.0.0.1:9'}"],
                         "cannot reach the store"),
+        "never": ("s3://runs/exp/never", ["run.resume=never"], "already holds a run and run.resume=never"),
     }[case]  # fmt: skip
+    if case == "never":
+        s3.filesystem().pipe_file("runs/exp/never/summary.json", b'{"status": "stopped"}')
     saved = {k: os.environ.get(k) for k in s3.env}
     os.environ.update(s3.env)
     try:

@@ -187,6 +187,13 @@ class RunStore:
         except Exception as exc:
             raise _store_problem(self.url, exc, self.bucket, self.endpoint) from None
 
+    def has_run(self) -> bool:
+        """Whether the store already holds a run here (a summary or a checkpoint)."""
+        try:
+            return bool(self.remote_checkpoints()) or self.fs.exists(self.remote("summary.json"))
+        except Exception as exc:
+            raise _store_problem(self.url, exc, self.bucket, self.endpoint) from None
+
     def remote_checkpoints(self) -> dict[str, int]:
         """{name: size} of the checkpoint objects in the store."""
         try:

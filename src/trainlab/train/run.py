@@ -21,7 +21,7 @@ import torch
 
 from trainlab import config as config_mod
 from trainlab import distributed, drills
-from trainlab.errors import NonFiniteLoss, Preempted
+from trainlab.errors import ConfigError, NonFiniteLoss, Preempted
 from trainlab.paths import check_run_dir, discard_new_run_dir
 from trainlab.runlog import trackers
 from trainlab.runlog.console import Console, epoch_block, farewell_lines
@@ -246,6 +246,9 @@ class Run:
             self.store.check()
             if str(cfg.run.resume) != "never":
                 self.store.pull(self.console.info)
+            elif self.store.has_run():  # as for a local folder: never start over on top of a run
+                raise ConfigError(f"run.dir {self.store.url} already holds a run and run.resume=never; choose a "
+                                  "new run.dir or run.resume=auto")  # fmt: skip
         distributed.host_barrier(ctx)
         return self.store.cache
 

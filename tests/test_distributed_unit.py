@@ -186,3 +186,21 @@ def test_torchrun_failing_rank_ends_job_with_its_exit_code(tmp_path, monkeypatch
     assert code in (2, -6, 134), output
     assert "rank 1 fails on purpose" in output
     assert time.monotonic() - started < 90  # rank 0 was ended, not left waiting in its loop
+
+
+def test_an_elastic_restart_on_fewer_processes_keeps_the_global_batch(monkeypatch):
+    """torchrun --nnodes MIN:MAX came back with 1 process instead of 2: 2 x 16 becomes 1 x 32 by itself (no
+    person is there to set data.batch_size); on a first attempt the number is taken as given (and a changed
+    global batch is refused, as on a manual resume); 3 processes cannot keep 32 and keep 16."""
+    from trainlab.config import load_config
+    from trainlab.state.resume import resume_batch_size, same_global_batch
+
+    cfg = load_config(None, ["data.batch_size=16"])
+    state = {"world_size": 2, "config": {"data": {"batch_size": 16}, "train": {"nproc": 2, "grad_accum": 1}}}
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert resume_batch_size(cfg, state, 1) == 32 and same_global_batch(cfg, state, 1)
+    assert resume_batch_size(cfg, state, 3) == 16
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert resume_batch_size(cfg, state, 1) == 16
+    with pytest.raises(ConfigError, match="global batch is 32"):
+        same_global_batch(cfg, state, 1)

@@ -96,6 +96,7 @@ def test_the_three_notice_kinds_against_the_endpoint(monkeypatch):
         PreemptionNotice("azure", 1.0, on_notice=print)
 
 
+@pytest.mark.slow
 def test_a_notice_mid_run_stops_at_an_agreed_step_and_the_run_resumes(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "run.progress=none", "watch.print_every=2", f"run.dir={run_dir}"]

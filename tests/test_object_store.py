@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY, read_metrics
+from tests.drills import self_signal
 from tests.s3_server import S3Server, kill_on_put
 from trainlab.state.checkpoint import load_checked
 
@@ -84,7 +85,7 @@ def continued(s3, tmp_path_factory) -> dict:
     """A run to s3:// stopped by SIGTERM mid-epoch 2, its cache deleted, the same command re-issued."""
     root = tmp_path_factory.mktemp("continued")
     url, cache = "s3://runs/exp/a", root / "cache"
-    stopped = _train(s3, url, cache, env=_env(s3, TRAINLAB_SELF_SIGNAL="train:2:3"))
+    stopped = _train(s3, url, cache, self_signal("train:2:3"))  # SIGTERM to itself at epoch 2, batch 3
     after_stop = {"summary": json.loads(s3.filesystem().cat_file("runs/exp/a/summary.json"))}
     after_stop["last"] = _bucket_checkpoint(s3, "exp/a/checkpoints/last.pt", root)
     shutil.rmtree(cache)  # the machine is gone with its disk

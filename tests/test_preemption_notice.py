@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY, read_metrics
+from tests.drills import callback
 from trainlab.errors import ConfigError
 from trainlab.state.checkpoint import load_checked
 from trainlab.state.stops import PreemptionNotice
@@ -103,10 +104,10 @@ def test_a_notice_mid_run_stops_at_an_agreed_step_and_the_run_resumes(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINLAB_")}
     env.update(PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
     with Metadata() as meta:
-        noticed = dict(env, AWS_EC2_METADATA_SERVICE_ENDPOINT=meta.endpoint,
-                       TRAINLAB_SLOW_HOOK="0.05")  # 50 ms per step: the run lasts past a few polls
+        noticed = dict(env, AWS_EC2_METADATA_SERVICE_ENDPOINT=meta.endpoint)
+        slow = callback("SlowHook", seconds=0.05)  # 50 ms per step: the run lasts past a few polls
         proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *args, "run.preemption_notice=aws",
-                                 "run.preemption_poll_s=0.2"], env=noticed, stdout=subprocess.PIPE,
+                                 "run.preemption_poll_s=0.2", slow], env=noticed, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:

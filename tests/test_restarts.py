@@ -16,6 +16,8 @@ import psutil
 import pytest
 import torch
 
+from tests.drills import callback
+
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 JOB = [
@@ -23,13 +25,13 @@ JOB = [
     "model.norm=none", "data.batch_size=16", "train.epochs=2", "train.threads=1", "optim.lr=0.05",
     "run.tensorboard=false", "run.progress=none", "watch.print_every=1", "dist.stop_check_every=1",
     "train.nproc=2", "run.checkpoint_every_steps=3",
+    callback("SlowHook", seconds=0.1),  # 100 ms per step: time to kill a worker mid-epoch
 ]  # fmt: skip
 
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINLAB_")}
-    env.update(PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1",
-               TRAINLAB_SLOW_HOOK="0.1", **extra)  # 100 ms per step: time to kill a worker mid-epoch
+    env.update(PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1", **extra)
     return env
 
 

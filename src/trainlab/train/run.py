@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 
 from trainlab import config as config_mod
-from trainlab import distributed, drills
+from trainlab import distributed
 from trainlab.errors import ConfigError, NonFiniteLoss, Preempted
 from trainlab.paths import check_run_dir, discard_new_run_dir
 from trainlab.runlog import trackers
@@ -39,9 +39,11 @@ from trainlab.train.engine import EpochTotals, evaluate
 class Run:
     """Everything one run holds; `execute()` runs it."""
 
-    def __init__(self, cfg: Any, ctx: distributed.DistContext, callbacks: Any = ()):
+    def __init__(self, cfg: Any, ctx: distributed.DistContext, callbacks: Any = (), user: Any = None):
         self.cfg = cfg
+        self.user = user  # trainlab.user.UserParts: the user's own model, data, loss, transforms
         self.callbacks = CallbackList(callbacks)
+        self.stop_reason: Optional[str] = None  # set by a callback's request_stop
         self.ctx = ctx
         self.device = ctx.device
         self.console = Console(enabled=ctx.is_main, progress=cfg.run.progress)
@@ -57,20 +59,18 @@ class Run:
         self.guard = PreemptionGuard()
         self.writer = BackgroundWriter()  # checkpoints are written (and uploaded) off the training path
         self.snapshot = ckpt.HostSnapshot()  # the host copy of the state a background write reads
+        self.written: list[Path] = []  # files the writer finished, for the on_checkpoint hooks (main thread)
         self.store: Any = None  # remote.RunStore when run.dir is an object-store URL
         self.attempt: Optional[attempts.AttemptRecord] = None
         self.restarts: list[dict] = []  # torchrun restarts of this run (train.max_restarts)
-        self.drill = drills.SelfSignal()
-        self.rank_drills = drills.RankDrills(ctx.rank)
-        self.collectives = drills.CollectiveCounter(ctx.rank)
-        self.syncs = drills.SyncCounter(ctx.rank)
         # Stop flags travel on the host: a gloo group beside nccl, so agreeing never waits for the device.
         self.control_group = distributed.control_group(ctx)
         self.boundaries = 0  # optimizer-step boundaries seen by this process (paces the stop agreement)
 
     # -- building ----------------------------------------------------------------------------
     def _build(self, state: Optional[dict]) -> None:
-        parts = build_parts(self.cfg, self.ctx, state, say=self.console.info, on_batch=self._on_batch)
+        parts = build_parts(self.cfg, self.ctx, state, say=self.console.info, on_batch=self._on_batch,
+                            user=self.user)  # fmt: skip
         self.cfg = parts.cfg
         self.data, self.raw_model, self.trainer = parts.data, parts.raw_model, parts.trainer
         self.num_classes, self.params, self.precision = parts.num_classes, parts.params, parts.precision
@@ -102,12 +102,15 @@ class Run:
 
     def _on_batch(self, epoch: int, index: int) -> None:
         self.console.advance()
-        self.drill.check("train", epoch, index)
-        self.rank_drills.after_batch(epoch, index)
 
     def _on_event(self, event: Any) -> None:
         record = event.to_dict() if hasattr(event, "to_dict") else dict(event)
         self.logger.log_event(record)
+        self.callbacks.on_event(self, record)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop cleanly at the next optimizer step (every rank agrees): checkpoint, then status "stopped"."""
+        self.stop_reason = str(reason)
 
     def log_event(self, kind: str, severity: str, message: str, **data: Any) -> None:
         """An event of the run itself (or of a callback): events.jsonl, the trackers, the console."""
@@ -115,6 +118,7 @@ class Run:
                   "message": message, "data": data}  # fmt: skip
         self.logger.log_event(record)
         (self.console.warn if severity != "info" else self.console.info)(message)
+        self.callbacks.on_event(self, record)
 
     # -- checkpoint state --------------------------------------------------------------------
     def state(self, totals: Optional[EpochTotals], rng_per_rank: list[dict]) -> dict:
@@ -144,6 +148,8 @@ class Run:
             "wall_time_s": self.wall_time(),
             "world_size": self.ctx.world_size,
             "trackers": self.logger.tracker_ids(),
+            # a user's iterable of batches keeps its generators' state at the epoch's start (data/user_data.py)
+            "loader": self.data.train.state_dict() if hasattr(self.data.train, "state_dict") else None,
         }
 
     def _load_state(self, state: dict) -> None:
@@ -166,6 +172,8 @@ class Run:
         self.resumed_wall = state.get("wall_time_s", 0.0)
         if state.get("watch") is not None:
             self.watcher.load_state_dict(state["watch"])
+        if state.get("loader") is not None and hasattr(self.data.train, "load_state_dict"):
+            self.data.train.load_state_dict(state["loader"])
         self._restore_rng(state)
 
     def _restore_rng(self, state: dict) -> None:
@@ -205,6 +213,7 @@ class Run:
         path = self.manager.last_path if kind == "last" else self.manager.periodic_path(step)
         if self.ctx.is_main:
             self.writer.wait()  # one write in flight: its host copy is the one reused for this state
+            self._announce_written()
             state = self.snapshot.take(self.state(totals, rng))
             self.writer.submit(lambda: self._write(kind, state, step, best))
         return path
@@ -218,6 +227,7 @@ class Run:
                 written += [kept] if kept is not None else []
         else:
             written = [self.manager.save_periodic(state, step)]
+        self.written.extend(written)  # complete on disk: their on_checkpoint hooks run on the training thread
         if self.store is not None:
             self.store.push_checkpoints(written, step)
             self.store.push_files()
@@ -226,7 +236,14 @@ class Run:
         """Wait for the write in flight (rank 0), then let every rank go on: nobody leaves a stop or the run's
         end before the checkpoint is whole. The agreement is on the host-side group."""
         self.writer.wait()
+        self._announce_written()
         distributed.host_barrier(self.ctx)
+
+    def _announce_written(self) -> None:
+        """The on_checkpoint hooks of the files the writer finished, here on the training thread (a user's
+        callback need not be thread-safe): called at each step boundary, save and stop."""
+        while self.written:
+            self.callbacks.on_checkpoint(self, self.written.pop(0))
 
     # -- the object store (run.dir=s3://...) ---------------------------------------------------------
     @property
@@ -291,6 +308,7 @@ class Run:
             "updated": datetime.now().isoformat(timespec="seconds"),
             "wall_time_s": round(self.wall_time(), 3),
             "error": error,
+            "stop_reason": getattr(self, "stopped_by", None) if status == "stopped" else None,
             "run_dir": self.run_label if hasattr(self, "run_dir") else None,
             **({"restarts": self.restarts} if self.restarts else {}),
             **({"cache_dir": str(self.store.cache)} if self.store is not None else {}),
@@ -363,18 +381,20 @@ class Run:
             with self.guard:
                 self._loop()
                 self._drain()  # the last checkpoint is whole before the run says it finished
-        except Preempted:  # _preempt wrote the summary and finished the uploads
+        except Preempted as stop:  # _preempt wrote the summary and finished the uploads
             self._end_attempt("stopped")
+            stop.summary = self.stop_summary  # what trainlab.fit returns
+            self.callbacks.on_train_end(self, stop.summary)
             raise
         except NonFiniteLoss as exc:
-            self.logger.write_summary(self.summary("failed", str(exc)))
+            self._end(self.summary("failed", str(exc)))
             self._finish_store()
             raise
         except BaseException as exc:
             self._end_attempt(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
             with contextlib.suppress(BaseException):  # a checkpoint already being written is finished
                 self.writer.wait()
-            self.logger.write_summary(self.summary("failed", f"{type(exc).__name__}: {exc}"))
+            self._end(self.summary("failed", f"{type(exc).__name__}: {exc}"))
             with contextlib.suppress(Exception):
                 self._finish_store(wait_s=min(10.0, float(cfg.run.upload_wait_s)))
             raise
@@ -386,17 +406,16 @@ class Run:
             self.console.close()
         self._end_attempt("finished")
         final = self.summary("finished")
-        self.logger.write_summary(final)
         if self._finish_store():  # the store could not take everything: the summary says what is missing
             final = {**final, "not_uploaded": self.not_uploaded}
-            self.logger.write_summary(final)
-        self.rank_drills.write_weights_hash(self.raw_model)
-        self.collectives.write(self.trainer.global_step, {"boundaries": self.boundaries,
-                                                          "micro_batches": self.trainer.batches_seen})
-        self.syncs.write(self.trainer.global_step, self.trainer.batches_seen)
+        self._end(final)
         for line in farewell_lines(final, self.run_label):
             self.console.info(line)
         return final
+
+    def _end(self, summary: dict) -> None:
+        self.logger.write_summary(summary)
+        self.callbacks.on_train_end(self, summary)
 
     def _announce(self) -> None:
         cfg = self.cfg
@@ -435,12 +454,10 @@ class Run:
             if self.phase == "train":
                 self.watcher.start_epoch(self.epoch)
                 self.console.start_epoch(self.epoch, cfg.train.epochs, n_batches, self.step_in_epoch)
-                self.collectives.phase = self.syncs.phase = "train"
                 _, stopped_at = t.train_epoch(
                     self.data.train, self.epoch, start=self.step_in_epoch, totals=totals,
                     on_boundary=lambda epoch, done, totals=totals: self._at_boundary(epoch, done, totals),
                 )  # fmt: skip
-                self.collectives.phase = self.syncs.phase = "epoch"
                 self.console.end_epoch()
                 if t.nonfinite_stop is not None:
                     self.step_in_epoch = t.nonfinite_stop[1] + 1
@@ -468,6 +485,7 @@ class Run:
             self.metrics_rows.append(row)
             self.logger.append_metrics(row)
             self.console.print(epoch_block(row, epoch_report, cfg.train.epochs))
+            self.callbacks.on_epoch_end(self, row)
             best = self._update_best(row)
             self.phase = "done" if self.epoch == cfg.train.epochs else "train"
             if self.phase == "train":
@@ -496,11 +514,9 @@ class Run:
         every = max(1, int(cfg.dist.stop_check_every)) if self.ctx.enabled else 1
 
         def should_stop(index: int) -> bool:  # before val batch `index`
-            if index:
-                self.drill.check("val", self.epoch, index - 1)
             if index >= common or index % every:
                 return False
-            return self._agreed(self.guard.requested)[0]
+            return self._agreed(self._stop_wanted())[0]
 
         result = evaluate(self.trainer.model, self.data.val, self.device, self.precision, self.channels_last,
                           tta=cfg.eval.tta, ctx=self.ctx, should_stop=should_stop)  # fmt: skip
@@ -567,7 +583,9 @@ class Run:
         steps, counted identically on every rank so the all-reduces pair up."""
         self.step_in_epoch = done
         self.boundaries += 1
-        self.rank_drills.in_boundary_hook()
+        if self.written:
+            self._announce_written()
+        self.callbacks.on_step_end(self, self.trainer.global_step)
         cfg = self.cfg
         every_steps = cfg.run.checkpoint_every_steps
         every_min = cfg.run.checkpoint_every_minutes
@@ -576,9 +594,9 @@ class Run:
             if self.boundaries % max(1, int(cfg.dist.stop_check_every)):
                 stop, due_by_time = False, False
             else:  # clocks differ between ranks: the time-based decision is agreed with the stop
-                stop, due_by_time = self._agreed(self.guard.requested, due_by_time)
+                stop, due_by_time = self._agreed(self._stop_wanted(), due_by_time)
         else:
-            stop = self.guard.requested
+            stop = self._stop_wanted()
         if stop:
             return True
         due = (every_steps and self.trainer.global_step % every_steps == 0) or due_by_time
@@ -627,10 +645,20 @@ class Run:
             return str(path)
         return f"{self.store.url}/checkpoints/{path.name}"
 
+    def _stop_wanted(self) -> bool:
+        return self.guard.requested or self.stop_reason is not None
+
     def _preempt(self, totals: EpochTotals) -> None:
-        sig = self.guard.signal_name or "a signal"
+        if self.guard.requested:
+            sig = self.guard.signal_name or "a signal"
+        elif self.stop_reason is not None:
+            sig = f"callback: {self.stop_reason}"
+        else:  # the agreement said stop: a signal or a callback on another rank
+            sig = "a stop on another rank"
+        self.stopped_by = sig
         path = self._save("last", totals)
         self.writer.wait()
+        self._announce_written()
         message = (
             f"stopped by {sig} at epoch {self.epoch}, batch {self.step_in_epoch}; checkpoint saved to "
             f"{self._where(path)}. Continue with the same command "
@@ -639,17 +667,19 @@ class Run:
         self.log_event("preempted", "warning", f"stopped by {sig}", epoch=self.epoch, batch=self.step_in_epoch)
         # Rank 0 finishes the stop's files and uploads before any rank leaves: under torchrun, the first rank
         # to exit makes the agent end the others, which would cut an upload still going.
-        self.logger.write_summary(self.summary("stopped"))
+        self.stop_summary = self.summary("stopped")
+        self.logger.write_summary(self.stop_summary)
         self._finish_store()
         distributed.host_barrier(self.ctx)
         raise Preempted(message)
 
 
-def train(cfg: Any, callbacks: Any = ()) -> dict:
-    """Run `cfg` to the end (or a stop signal). Returns the run's summary."""
+def train(cfg: Any, callbacks: Any = (), user: Any = None) -> dict:
+    """Run `cfg` to the end (or a stop signal: Preempted). Returns the run's summary. `user`
+    (trainlab.user.UserParts) carries the user's own model, data, loss and transforms."""
     ctx = distributed.setup(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
     try:
-        run = Run(cfg, ctx, callbacks)
+        run = Run(cfg, ctx, callbacks, user)
         with discard_new_run_dir(run):  # a new run dir that failed on bad input is removed
             summary = run.execute()
         distributed.barrier(ctx)  # no rank tears the process group down while a peer still uses it

@@ -96,14 +96,18 @@ def fit(
 def _launch_self(cfg: Any) -> FitResult:
     """Run this script again under torchrun with train.nproc processes; the job's summary from its run dir."""
     from trainlab import distributed
+    from trainlab.state import remote
     from trainlab.state.resume import choose_run_dir
 
     run_dir = Path(cfg.run.dir) if cfg.run.dir else choose_run_dir(cfg, print)
+    if remote.is_url(cfg.run.dir):  # an object-store run dir: its files are in the local cache
+        run_dir = Path(cfg.run.cache_dir or remote.default_cache_dir(cfg.run.dir)).expanduser()
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     target = ["-m", spec.name, *sys.argv[1:]] if spec is not None and spec.name else [sys.argv[0], *sys.argv[1:]]
     env = {**os.environ, RUN_DIR_ENV: str(run_dir)}
-    code = distributed.run_torchrun(target, int(cfg.train.nproc), env=env)
+    code = distributed.run_torchrun(target, int(cfg.train.nproc), env=env, max_restarts=int(cfg.train.max_restarts),
+                                    record_dir=run_dir)  # fmt: skip
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if code == 0:

@@ -406,6 +406,7 @@ class Run:
             self.console.close()
         self._end_attempt("finished")
         final = self.summary("finished")
+        self.logger.write_summary(final)  # on disk before the last upload carries it
         if self._finish_store():  # the store could not take everything: the summary says what is missing
             final = {**final, "not_uploaded": self.not_uploaded}
         self._end(final)

@@ -65,7 +65,7 @@ def test_launch_command_drops_nproc_and_uses_torch_launcher():
     argv = ["cfg.yaml", "train.nproc=2", "optim.lr=0.1", "++train.nproc=4"]
     assert D._strip_nproc(argv) == ["cfg.yaml", "optim.lr=0.1"]
     single = D.torchrun_command(["-m", "trainlab", "train", "cfg.yaml"], nproc=2)
-    assert single[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node=2"] and "--standalone" in single
+    assert single[1:4] == ["-m", "trainlab.distributed", "--nproc-per-node=2"] and "--standalone" in single
     assert single[-4:] == ["-m", "trainlab", "train", "cfg.yaml"]
     multi = D.torchrun_command(["x.py"], nproc=8, nnodes=2, rdzv_endpoint="node0:29400")
     assert "--nnodes=2" in multi and "--rdzv-endpoint=node0:29400" in multi and "--standalone" not in multi
@@ -133,6 +133,9 @@ WORKER_SCRIPT = textwrap.dedent(
     if mode == "fail" and ctx.rank == 1:
         print("rank 1 fails on purpose", file=sys.stderr, flush=True)
         sys.exit(2)
+    if mode == "kill" and ctx.rank == 1:  # as the kernel's OOM killer does it
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
     with PreemptionGuard() as guard:
         open(f"{sys.argv[2]}/ready{ctx.rank}", "w").close()
         give_up = time.monotonic() + 90  # never hang the test suite if no signal arrives
@@ -175,6 +178,19 @@ def test_torchrun_stop_signal_reaches_workers_and_exit_code_is_143(tmp_path, mon
     output = capfd.readouterr().err
     assert code == 143, output
     assert "rank 0 stopped by SIGTERM" in output and "rank 1 stopped by SIGTERM" in output
+    # a clean stop ends there: torchrun's ChildFailedError traceback and FAILED table used to follow (issue 24)
+    assert "Traceback" not in output and "ChildFailedError" not in output and "FAILED" not in output, output
+
+
+def test_torchrun_killed_rank_is_named_with_its_signal(tmp_path, monkeypatch, capfd):
+    """A worker SIGKILLed (an OOM kill): the job's exit code is 137 and one trainlab line names the rank and
+    the signal, instead of torchrun's ChildFailedError traceback alone."""
+    code = _run_launcher(tmp_path, "kill", monkeypatch)
+    output = capfd.readouterr().err
+    assert code == 128 + signal.SIGKILL, output
+    lines = [ln for ln in output.splitlines() if ln.startswith("trainlab: rank")]
+    assert len(lines) == 1 and "trainlab: rank 1 (pid " in lines[0] and "was killed by SIGKILL" in lines[0], output
+    assert "ChildFailedError" not in output and "FAILED" not in output, output
 
 
 def test_torchrun_failing_rank_ends_job_with_its_exit_code(tmp_path, monkeypatch, capfd):

@@ -332,10 +332,11 @@ def parse_nnodes(value: int | str) -> tuple[int, int]:
 
 def torchrun_command(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endpoint: str | None = None,
                      max_restarts: int = 0) -> list[str]:  # fmt: skip
-    """``python -m torch.distributed.run ... <target>``; target is ``['-m', 'pkg', ...]`` or a script."""
+    """``python -m trainlab.distributed ... <target>``: torchrun's own agent and arguments (torch.distributed.run)
+    with the job's end reported in trainlab's words (``_agent``); target is ``['-m', 'pkg', ...]`` or a script."""
     if nproc < 1:
         raise UsageError(f"train.nproc={nproc} must be at least 1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    cmd = [sys.executable, "-m", "trainlab.distributed", f"--nproc-per-node={nproc}"]
     low, high = parse_nnodes(nnodes)
     if high > 1 or rdzv_endpoint:
         if not rdzv_endpoint:
@@ -374,7 +375,7 @@ def record_exit(run_dir: Any, pid: int, exitcode: int, local_rank: int) -> None:
     os.replace(tmp, path)
 
 
-_WORKER_FAILED_RE = re.compile(rb"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
+_RECORD_DIR_ENV = "TRAINLAB_ATTEMPTS_DIR"  # launcher -> agent: the run's local folder for the exit notes
 
 
 def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endpoint: str | None = None,
@@ -395,6 +396,8 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endp
     env[_RESET_SIGNALS_ENV] = "1"  # workers put the default dispositions back in setup()
     if max_restarts and parse_nnodes(nnodes)[1] > 1:  # agents restart separately: a new store per attempt
         env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    if max_restarts and record_dir is not None:
+        env[_RECORD_DIR_ENV] = str(record_dir)  # the agent (_agent) notes failed workers there
 
     def agent_preexec() -> None:  # pragma: no cover - runs in the child
         for signum in _STOP_SIGNALS:
@@ -405,19 +408,6 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endp
         start_new_session=True,  # a terminal Ctrl-C reaches only this process, which relays it once
     )
     tail = bytearray()
-    pending_line = bytearray()
-
-    def note_failures(chunk: bytes) -> None:
-        # With restarts, the agent's note of a failed worker (its exit code or signal) is kept for the next
-        # attempt, which cannot learn it otherwise (trainlab.state.attempts).
-        pending_line.extend(chunk)
-        *lines, rest = bytes(pending_line).split(b"\n")
-        pending_line[:] = rest
-        for line in lines:
-            found = _WORKER_FAILED_RE.search(line)
-            if found and record_dir is not None:
-                with contextlib.suppress(OSError):
-                    record_exit(record_dir, int(found.group(3)), int(found.group(1)), int(found.group(2)))
 
     def relay_stderr() -> None:
         assert proc.stderr is not None
@@ -426,8 +416,6 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endp
             chunk = os.read(proc.stderr.fileno(), 65536)
             if not chunk:
                 break
-            if max_restarts:
-                note_failures(chunk)
             tail.extend(chunk)
             del tail[:-65536]
             if out is not None:
@@ -470,6 +458,86 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endp
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _failure_sort_key(item: tuple[int, Any]) -> tuple[int, int, int]:
+    rank, failure = item
+    return (failure.timestamp, 0 if failure.exitcode < 0 else 1, rank)  # a kill before what it caused
+
+
+def job_outcome(failures: dict[int, Any]) -> tuple[int, str | None]:
+    """(exit code, trainlab line or None) for a torchrun job whose workers failed, from torch's own record of
+    each failed rank (``ChildFailedError.failures``: exit code, or a negative signal number; pid; time).
+
+    The agent SIGTERMs the other workers once one fails, so a SIGTERM death (-15) is taken for the
+    consequence and a saved stop (143) for a clean stop that rank 0 already announced. The cause is the
+    earliest other failure, a killed process before one that raised at the same second."""
+    causes = sorted(((r, f) for r, f in failures.items() if f.exitcode not in (143, -signal.SIGTERM)),
+                    key=_failure_sort_key)  # fmt: skip
+    if not causes:
+        if any(f.exitcode == 143 for f in failures.values()):
+            return 143, None
+        causes = sorted(failures.items(), key=_failure_sort_key)  # SIGTERMed before any rank could save
+    rank, failure = causes[0]
+    if failure.exitcode >= 0:
+        return failure.exitcode, None  # the rank printed its own error (a trainlab line, or its traceback)
+    name = failure.signal_name()
+    hint = " (the kernel's out-of-memory killer sends SIGKILL: see `dmesg`)" if -failure.exitcode == signal.SIGKILL else ""
+    return 128 - failure.exitcode, (
+        f"trainlab: rank {rank} (pid {failure.pid}) was killed by {name}{hint}; the job ended. Re-issue the same "
+        "command to continue from the last checkpoint"
+    )
+
+
+def _agent(argv: list[str]) -> int:
+    """torchrun's agent (``python -m torch.distributed.run ARGS`` does the same) that ends the job in trainlab's
+    words: torch's ChildFailedError traceback and its FAILED table, printed after a clean stop's own line,
+    become the job's exit code and, when a rank was killed by a signal, one line naming it (job_outcome)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # The agent's own log lines ("Sending process N closing signal SIGTERM", "failed (exitcode: 143) ...")
+    # say again, less clearly, what the ranks and job_outcome say (TRAINLAB_DEBUG=1 keeps them).
+    if not os.environ.get("TRAINLAB_DEBUG"):
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+
+    _note_restarted_failures()
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as err:
+        code, line = job_outcome(err.failures)
+        if line:
+            print(line, file=sys.stderr, flush=True)
+        return code
+    return 0
+
+
+def _note_restarted_failures() -> None:
+    """With restarts, the agent's record of each failed worker (exit code or signal, pid) is kept in the run's
+    folder for the next attempt, which cannot learn it otherwise (trainlab.state.attempts). The record is the
+    arguments of torch's own log call (multiprocessing.api: "failed (exitcode: %s) local_rank: %s (pid: %s)"),
+    caught by a handler; nothing is printed."""
+    record_dir = os.environ.get(_RECORD_DIR_ENV)
+    if not record_dir:
+        return
+    import logging
+
+    class ExitNotes(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            args = record.args if isinstance(record.args, tuple) else ()
+            if str(record.msg).startswith("failed (exitcode") and len(args) >= 3:
+                with contextlib.suppress(OSError, TypeError, ValueError):
+                    record_exit(record_dir, int(args[2]), int(args[0]), int(args[1]))
+
+    source = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    source.addHandler(ExitNotes(level=logging.ERROR))
+    if source.level > logging.ERROR or source.level == logging.NOTSET:
+        source.setLevel(logging.ERROR)  # its ERROR records reach the handler, not the terminal:
+        source.propagate = bool(os.environ.get("TRAINLAB_DEBUG"))
+
+
 def launch(argv: list[str], nproc: int, nnodes: int | str = 1, rdzv_endpoint: str | None = None,
            max_restarts: int = 0, record_dir: Any = None) -> int:
     """``trainlab train ... train.nproc=N``: re-run the same command under torchrun with N processes
@@ -494,3 +562,7 @@ __all__ = [
     "unwrap",
     "wrap_model",
 ]
+
+
+if __name__ == "__main__":  # the torchrun agent of `trainlab train ... train.nproc=N` (torchrun_command)
+    sys.exit(_agent(sys.argv[1:]))

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from trainlab.errors import TrainlabError
-from trainlab.paths import disk_full, is_disk_full
+from trainlab.paths import disk_full, is_disk_full, open_no_follow
 from trainlab.rng import capture_rng, restore_rng  # noqa: F401  (part of this module's interface)
 
 _ZIP_END_SIGNATURE = b"PK\x05\x06"
@@ -116,7 +116,7 @@ def save_atomic(state: dict, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
     try:
-        with open(tmp, "w+b") as file:
+        with open_no_follow(tmp, "w+b") as file:  # a link planted at the temp name is refused, not followed
             writer = _HashingWriter(file)
             try:
                 torch.save(state, writer)
@@ -356,6 +356,14 @@ def _holds_legacy(obj: Any) -> bool:
     values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
     return any(isinstance(v, _LegacyArray) or (isinstance(v, (dict, list, tuple)) and _holds_legacy(v))
                for v in values)
+
+
+def load_error_line(exc: BaseException) -> str:
+    """The line of a load_state_dict error that says what does not fit (torch's first line only names the
+    module): 'size mismatch for fc.weight: ...', 'Missing key(s) in state_dict: ...'."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    detail = next((line for line in lines[1:] if line), lines[0] if lines else type(exc).__name__)
+    return detail if len(detail) <= 300 else detail[:297] + "..."
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,13 +22,22 @@ import torch
 from trainlab import config as config_mod
 from trainlab import distributed
 from trainlab.errors import ConfigError, NonFiniteLoss, Preempted
-from trainlab.paths import check_run_dir, discard_new_run_dir
+from trainlab.paths import (
+    LOCK_FILE,
+    check_run_dir,
+    discard_new_run_dir,
+    make_run_dir,
+    note_entries,
+    remove_made_dirs,
+    write_text_no_follow,
+)
 from trainlab.runlog import trackers
 from trainlab.runlog.console import Console, epoch_block, farewell_lines
 from trainlab.runlog.writer import NullLogger, RunLogger
 from trainlab.state import attempts, remote, resume
 from trainlab.state import checkpoint as ckpt
 from trainlab.state.background import BackgroundWriter
+from trainlab.state.lock import FileLock
 from trainlab.state.retention import CheckpointManager
 from trainlab.state.stops import PreemptionGuard, PreemptionNotice
 from trainlab.train.build import build_parts
@@ -66,6 +75,7 @@ class Run:
         # Stop flags travel on the host: a gloo group beside nccl, so agreeing never waits for the device.
         self.control_group = distributed.control_group(ctx)
         self.boundaries = 0  # optimizer-step boundaries seen by this process (paces the stop agreement)
+        self.lock: Optional[FileLock] = None  # rank 0's lock on the run dir, held from start to end
 
     # -- building ----------------------------------------------------------------------------
     def _build(self, state: Optional[dict]) -> None:
@@ -154,12 +164,23 @@ class Run:
 
     def _load_state(self, state: dict) -> None:
         t = self.trainer
-        self.raw_model.load_state_dict(state["model"])
-        t.optimizer.load_state_dict(state["optimizer"])
-        t.scheduler.load_state_dict(state["scheduler"])
-        t.scaler.load_state_dict(state["scaler"])
-        if t.ema is not None and state.get("ema") is not None:
-            t.ema.load_state_dict(state["ema"])
+        parts = [("model", self.raw_model), ("optimizer", t.optimizer), ("scheduler", t.scheduler),
+                 ("scaler", t.scaler)] + ([("ema", t.ema)] if t.ema is not None and state.get("ema") is not None else [])
+        for name, part in parts:
+            try:
+                part.load_state_dict(state[name])
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # e.g. another class count, forced
+                section = {"model": "model.", "ema": "model.", "optimizer": "optim."}.get(name, "")
+                changed = [f"{k} {old!r} -> {new!r}" for k, old, new in
+                           resume.math_changes(state.get("config"), config_mod.to_dict(self.cfg))
+                           if section and k.startswith(section)]  # fmt: skip
+                why = f"{', '.join(changed[:2])}; " if changed else ""
+                forced = " (run.resume_force=true cannot change that)" if self.cfg.run.resume_force else ""
+                raise ConfigError(
+                    f"cannot resume: the checkpoint's {name} state does not fit this run ({why}"
+                    f"{type(exc).__name__}: {ckpt.load_error_line(exc)}){forced}; restore the settings it was "
+                    "made with, or start a new run.dir"
+                ) from None
         t.global_step = state["global_step"]
         t.batches_seen = state["batches_seen"]
         self.epoch = state["epoch"]
@@ -254,11 +275,8 @@ class Run:
     def _open_store(self) -> Path:
         """Check the store (one line, exit 2, before anything trains) and bring the run from it into the
         cache; one process per machine does both, the others wait and read the cache."""
-        from trainlab.state.remote import RunStore
-
         cfg, ctx = self.cfg, self.ctx
-        self.store = RunStore(cfg.run.dir, cfg.run.cache_dir, dict(cfg.run.storage_options or {}),
-                              on_event=self._store_event)  # fmt: skip
+        self._store_for(cfg)
         if ctx.local_rank == 0:
             self.store.check()
             if str(cfg.run.resume) != "never":
@@ -268,6 +286,13 @@ class Run:
                                   "new run.dir or run.resume=auto")  # fmt: skip
         distributed.host_barrier(ctx)
         return self.store.cache
+
+    def _store_for(self, cfg: Any) -> Any:
+        """The RunStore of run.dir (made once; a bad URL or a missing fsspec package is one line, exit 2)."""
+        if self.store is None:
+            self.store = remote.RunStore(cfg.run.dir, cfg.run.cache_dir, dict(cfg.run.storage_options or {}),
+                                         on_event=self._store_event)  # fmt: skip
+        return self.store
 
     def _store_event(self, kind: str, severity: str, message: str, **data: Any) -> None:
         if self.ctx.is_main:
@@ -321,13 +346,24 @@ class Run:
         if cfg.run.preemption_notice:  # a bad value fails here, before anything else
             self.notice = PreemptionNotice(cfg.run.preemption_notice, cfg.run.preemption_poll_s,
                                            on_notice=self._on_notice, on_problem=self.console.warn)  # fmt: skip
-        if remote.is_url(cfg.run.dir):  # an object store: work in the local cache, keep the store up to date
-            self.run_dir = self._open_store()
-        else:
-            self.run_dir = Path(resume.choose_run_dir(cfg, self.console.info))
-            if ctx.enabled:  # every rank uses rank 0's choice (its timestamp)
-                self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), ctx))
-        self.run_dir_existing = check_run_dir(self.run_dir)  # a bad run.dir fails here, in one line
+        remote_dir = remote.is_url(cfg.run.dir)  # an object store: work in a local cache, keep the store up to date
+        if ctx.is_main:
+            # A bad run.dir (a file, a foreign folder, a link inside) fails here in one line; then the folders
+            # made for it are recorded (a failed start removes only those) and the run dir is locked for the
+            # run's life before anything in it is read or written: one writer per run dir (for a store URL,
+            # its cache on this machine).
+            local = self._store_for(cfg).cache if remote_dir else resume.choose_run_dir(cfg, self.console.info)
+            self.run_dir = check_run_dir(local)
+            self.made_dirs = make_run_dir(self.run_dir)
+            self.lock = FileLock(self.run_dir)
+            self.lock.acquire()
+            note_entries(self.made_dirs, self.run_dir, (LOCK_FILE,) if self.lock.created_file else ())
+        if ctx.enabled:  # every rank uses rank 0's choice (its timestamp), once rank 0 holds it
+            self.run_dir = Path(distributed.broadcast_object(str(getattr(self, "run_dir", "")), ctx))
+        if remote_dir:  # the store checked (one line, exit 2, before anything trains), the run pulled from it
+            cache = self._open_store()
+            if not ctx.is_main:  # this machine's own cache (rank 0 has locked its own)
+                self.run_dir = cache
         self.attempt = attempts.AttemptRecord(self.run_dir, ctx.rank) if attempts.max_restarts() else None
         if self.attempt is not None:  # torchrun may restart this job: leave a note for the next attempt
             self.attempt.begin()
@@ -341,6 +377,8 @@ class Run:
                     f"run {self.run_dir} is finished ({saved_cfg['train']['epochs']} epochs); raise train.epochs "
                     "to extend it, or choose a new run.dir"
                 )
+                if ctx.is_main:  # nothing was written: a run dir made for this (run.resume=PATH) goes again
+                    remove_made_dirs(self.made_dirs, self.run_dir)
                 self._finish_store()  # what an earlier command could not upload goes up now
                 return {"status": "finished", "run_dir": self.run_label, "already_finished": True}
 
@@ -349,7 +387,7 @@ class Run:
         if ctx.is_main:
             tracker_set = trackers.open_trackers(cfg, self.run_dir, (state or {}).get("trackers"))
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
+            write_text_no_follow(self.run_dir / "config.yaml", config_mod.to_yaml(cfg))
             self.logger = RunLogger(self.run_dir, trackers=tracker_set)
         self.manager = CheckpointManager(
             self.run_dir / "checkpoints", save_top_k=cfg.run.save_top_k, keep_periodic=cfg.run.keep_periodic
@@ -377,10 +415,12 @@ class Run:
         self.logger.write_summary(self.summary("running"))
         if self.notice is not None and ctx.local_rank == 0:  # one poller per machine; ranks OR the stop flags
             self.notice.start()
+        # From the first step until train() returns, a stop signal is a flag: during the loop it stops the run
+        # with a checkpoint; after the loop it changes nothing (a finished run must not end as killed, 143).
+        self.guard.__enter__()
         try:
-            with self.guard:
-                self._loop()
-                self._drain()  # the last checkpoint is whole before the run says it finished
+            self._loop()
+            self._drain()  # the last checkpoint is whole before the run says it finished
         except Preempted as stop:  # _preempt wrote the summary and finished the uploads
             self._end_attempt("stopped")
             stop.summary = self.stop_summary  # what trainlab.fit returns
@@ -679,12 +719,19 @@ def train(cfg: Any, callbacks: Any = (), user: Any = None) -> dict:
     """Run `cfg` to the end (or a stop signal: Preempted). Returns the run's summary. `user`
     (trainlab.user.UserParts) carries the user's own model, data, loss and transforms."""
     ctx = distributed.setup(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
+    run: Optional[Run] = None
     try:
         run = Run(cfg, ctx, callbacks, user)
-        with discard_new_run_dir(run):  # a new run dir that failed on bad input is removed
-            summary = run.execute()
+        try:
+            with discard_new_run_dir(run):  # a new run dir that failed on bad input is removed
+                summary = run.execute()
+        finally:
+            if run.lock is not None:  # after the last word in summary.json: a reader then sees it ended
+                run.lock.release()
         distributed.barrier(ctx)  # no rank tears the process group down while a peer still uses it
         return summary
     finally:
         distributed.cleanup(ctx)
         sys.stdout.flush()
+        if run is not None:
+            run.guard.__exit__(None, None, None)  # the caller's own handlers back (installed in execute)

@@ -46,6 +46,7 @@ from trainlab.watch.settings import WatchSettings, coerce_settings
 _UNSET: Any = object()
 _SKIP_FIRST_STEPS = 2  # per epoch: loader warm-up (worker start, first prefetch) is not a bottleneck
 _NONFINITE_STEPS_KEPT = 1000
+_DEVICE_SLOTS = 1024  # losses kept on the device between reads: one sync per 1024 steps of a long interval
 
 
 def _batch_size_of(batch: Any) -> Optional[int]:
@@ -339,11 +340,16 @@ class Watcher:
                 value = value.reshape(()) if value.numel() == 1 else value.float().mean()
             if self._buf is None or self._buf.device != value.device:
                 self._flush_device_losses()
-                # One slot per step of the interval, plus one for the latest gradient norm.
-                self._buf = torch.zeros(self.reduce_every + 1, dtype=torch.float32, device=value.device)
+                # One slot per step of the interval (at most _DEVICE_SLOTS: print_every=10**7 made ten million
+                # views, 6 GB, and 10**12 asked for a 4 TB buffer), plus one for the latest gradient norm.
+                self._buf = torch.zeros(min(self.reduce_every, _DEVICE_SLOTS) + 1, dtype=torch.float32,
+                                        device=value.device)  # fmt: skip
                 self._slots = list(self._buf.unbind(0))  # views made once: no indexing cost per step
                 self._norm_slot = self._slots[-1]
-            self._slots[index].copy_(value)  # an async device copy, no sync
+            slot = index % (len(self._slots) - 1)
+            if slot == 0 and index:  # a long interval filled the buffer: read it (one sync) before reusing it
+                self._flush_device_losses()
+            self._slots[slot].copy_(value)  # an async device copy, no sync
             self._chunk_sources.append(1)
         else:
             self._host_losses[index] = float(loss)
@@ -352,10 +358,10 @@ class Watcher:
     def _flush_device_losses(self) -> None:
         """Read the device buffer into host values (before it is replaced, or to save the interval)."""
         if self._buf is not None and (1 in self._chunk_sources or self._chunk_grad_norm == "buffer"):
-            values = self._buf.tolist()
+            values, slots = self._buf.tolist(), len(self._slots) - 1
             for i, src in enumerate(self._chunk_sources):
                 if src == 1:
-                    self._host_losses[i] = values[i]
+                    self._host_losses[i] = values[i % slots]
                     self._chunk_sources[i] = 2
             if self._chunk_grad_norm == "buffer":
                 self._chunk_grad_norm = values[-1]
@@ -379,10 +385,11 @@ class Watcher:
         first_step = self.step_count - n + 1
         in_buffer = 1 in self._chunk_sources or self._chunk_grad_norm == "buffer"
         device_values = self._buf.tolist() if in_buffer else []  # the one sync of the interval
+        slots = max(1, len(self._slots) - 1)
         steps_losses = []
         for i, src in enumerate(self._chunk_sources):
             if src:
-                steps_losses.append((first_step + i, device_values[i] if src == 1 else self._host_losses[i]))
+                steps_losses.append((first_step + i, device_values[i % slots] if src == 1 else self._host_losses[i]))
         finite = [v for _, v in steps_losses if math.isfinite(v)]
         bad = [s for s, v in steps_losses if not math.isfinite(v)]
         self._epoch_losses += finite

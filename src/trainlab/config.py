@@ -179,7 +179,7 @@ class RunConfig:
     # run.dir may be an object-store URL (s3://bucket/runs/r50, gs://, az://, file://): the run works in this
     # local folder (null: ~/.cache/trainlab/runs/<protocol>/<bucket>/<path>) and uploads to the store.
     cache_dir: Optional[str] = None
-    storage_options: Any = field(default_factory=dict)  # passed to the fsspec file system (endpoint, profile...)
+    storage_options: dict[str, Any] = field(default_factory=dict)  # passed to the fsspec file system (endpoint, profile...)
     upload_wait_s: float = 120.0  # at a stop or the end: how long to retry uploads while the store fails
     # aws | gcp | URL: poll the instance metadata for a spot/preemption notice and stop as on SIGTERM.
     preemption_notice: Optional[str] = None

@@ -249,7 +249,6 @@ def test_fit_with_python_objects_trains_and_returns_the_summary(user_dir, tmp_pa
     import mynets
 
     import trainlab
-
     from tests.drills import Record
 
     train, val, _ = mynets.make_data(kind="tensor")

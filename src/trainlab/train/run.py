@@ -65,6 +65,7 @@ class Run:
         self.totals_state: Optional[dict] = None
         self.last_periodic_time = time.time()
         self.logger: Any = NullLogger()
+        self.trackers: Any = None  # runlog.trackers.TrackerSet on rank 0
         self.guard = PreemptionGuard()
         self.writer = BackgroundWriter()  # checkpoints are written (and uploaded) off the training path
         self.snapshot = ckpt.HostSnapshot()  # the host copy of the state a background write reads
@@ -96,7 +97,7 @@ class Run:
             print_every=s.print_every, show_gpu=s.show_gpu, warn_on_leak=s.warn_on_leak,
             warn_on_bottleneck=s.warn_on_bottleneck, warn_on_variance=s.warn_on_variance,
             settings=s, device=self.device, printer=self.console.print, on_event=self._on_event,
-            on_log=self.logger.log_step, model=self.raw_model, optimizer=self.trainer.optimizer,
+            on_log=self._on_log, model=self.raw_model, optimizer=self.trainer.optimizer,
             rank=self.ctx.rank, world_size=self.ctx.world_size, verbose=self.ctx.is_main and s.enabled,
             planned_steps=self.cfg.train.epochs * self.trainer.batches_per_epoch(self.data.train),  # watch budget
             num_classes=self.num_classes, lr_at=self._planned_lr(),
@@ -114,9 +115,11 @@ class Run:
         self.console.advance()
 
     def _on_event(self, event: Any) -> None:
-        record = event.to_dict() if hasattr(event, "to_dict") else dict(event)
-        self.logger.log_event(record)
+        record = self.logger.log_event(event.to_dict() if hasattr(event, "to_dict") else dict(event))
         self.callbacks.on_event(self, record)
+
+    def _on_log(self, record: dict) -> None:
+        self.callbacks.on_log(self, self.logger.log_step(record))
 
     def request_stop(self, reason: str) -> None:
         """Stop cleanly at the next optimizer step (every rank agrees): checkpoint, then status "stopped"."""
@@ -126,7 +129,7 @@ class Run:
         """An event of the run itself (or of a callback): events.jsonl, the trackers, the console."""
         record = {"kind": kind, "severity": severity, "step": self.trainer.batches_seen, "epoch": self.epoch,
                   "message": message, "data": data}  # fmt: skip
-        self.logger.log_event(record)
+        record = self.logger.log_event(record)
         (self.console.warn if severity != "info" else self.console.info)(message)
         self.callbacks.on_event(self, record)
 
@@ -157,7 +160,7 @@ class Run:
             "class_names": list(self.data.class_names),
             "wall_time_s": self.wall_time(),
             "world_size": self.ctx.world_size,
-            "trackers": self.logger.tracker_ids(),
+            "trackers": self.trackers.ids() if self.trackers is not None else {},
             # a user's iterable of batches keeps its generators' state at the epoch's start (data/user_data.py)
             "loader": self.data.train.state_dict() if hasattr(self.data.train, "state_dict") else None,
         }
@@ -385,10 +388,14 @@ class Run:
         self._build(state)
         cfg = self.cfg
         if ctx.is_main:
-            tracker_set = trackers.open_trackers(cfg, self.run_dir, (state or {}).get("trackers"))
+            self.trackers = trackers.open_trackers(cfg, self.run_dir, (state or {}).get("trackers"))
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             write_text_no_follow(self.run_dir / "config.yaml", config_mod.to_yaml(cfg))
-            self.logger = RunLogger(self.run_dir, trackers=tracker_set)
+            self.logger = RunLogger(self.run_dir)
+            # The trackers are the run's first callback: each row, step and event right after the run dir has it
+            self.trackers.on_failure = self.logger.tracker_failed
+            self.trackers.start()
+            self.callbacks.insert_first(self.trackers)
         self.manager = CheckpointManager(
             self.run_dir / "checkpoints", save_top_k=cfg.run.save_top_k, keep_periodic=cfg.run.keep_periodic
         )
@@ -442,7 +449,6 @@ class Run:
             if self.notice is not None:
                 self.notice.stop()
             self.watcher.close()
-            self.logger.close()
             self.console.close()
         self._end_attempt("finished")
         final = self.summary("finished")

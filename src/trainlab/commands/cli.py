@@ -55,9 +55,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         return distributed.launch(argv, nproc=cfg.train.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint,
                                   max_restarts=cfg.train.max_restarts, record_dir=_local_run_dir(cfg))
     train_config(cfg)
-    # The run is over and its files are complete: a stop signal now (a scheduler's SIGTERM in the seconds the
-    # interpreter takes to exit) has nothing to stop, and must not turn a finished run's exit 0 into 143.
-    _ignore_stop_signals()
     return 0
 
 
@@ -221,7 +218,13 @@ def _main(argv: list[str]) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if code == 0:
+        # The command is over and its files are complete: a stop signal now (a scheduler's SIGTERM in the
+        # seconds the interpreter takes to exit) has nothing to stop, and must not turn exit 0 into 143. Only
+        # the process's own entry does this: main() called in-process (tests, scripts) leaves the handlers be.
+        _ignore_stop_signals()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -249,6 +249,7 @@ def test_fit_with_python_objects_trains_and_returns_the_summary(user_dir, tmp_pa
     import mynets
 
     import trainlab
+    from tests.drills import Record
 
     train, val, _ = mynets.make_data(kind="tensor")
     seen = []
@@ -259,10 +260,16 @@ def test_fit_with_python_objects_trains_and_returns_the_summary(user_dir, tmp_pa
 
     result = trainlab.fit(None, *BASE, "train.epochs=3", "data.batch_size=32", "optim.lr=0.05", "sched.name=cosine",
                           f"run.dir={tmp_path / 'run'}", model=mynets.SmallCNN(4), train_data=train, val_data=val,
-                          loss_fn=mynets.ScaledCE(1.0), callbacks=[Spy()])  # fmt: skip
+                          loss_fn=mynets.ScaledCE(1.0), callbacks=[Spy(), Record(str(tmp_path / "hooks.jsonl"))])  # fmt: skip
     assert result.status == "finished" and result.run_dir == tmp_path / "run"
     assert result.summary == read_summary(tmp_path / "run")
     assert result.summary["best_val_acc1"] > 70.0 and seen == [1, 2, 3]
+    hooks = _jsonl(tmp_path / "hooks.jsonl")
+    calls = [h["hook"] for h in hooks]
+    assert calls[0] == "on_train_start" and calls[-1] == "on_train_end" and hooks[-1]["status"] == "finished"
+    assert [h["step"] for h in hooks if h["hook"] == "on_step_end"] == list(range(1, 25))  # 3 epochs x 8 steps
+    assert [h["step"] for h in hooks if h["hook"] == "on_log"] == [r["step"] for r in _jsonl(result.run_dir / "steps.jsonl")]
+    assert {Path(h["path"]).name for h in hooks if h["hook"] == "on_checkpoint"} >= {"last.pt"}
     saved = json.loads(json.dumps(read_summary(tmp_path / "run")))
     assert saved["model"] == "<mynets.SmallCNN>" and saved["data"] == "<mynets.Quadrants>"
     assert "your Dataset (256 train, 64 val, 4 classes)" in capsys.readouterr().out

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from trainlab import distributed as D
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, UsageError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -69,6 +69,12 @@ def test_launch_command_drops_nproc_and_uses_torch_launcher():
     assert single[-4:] == ["-m", "trainlab", "train", "cfg.yaml"]
     multi = D.torchrun_command(["x.py"], nproc=8, nnodes=2, rdzv_endpoint="node0:29400")
     assert "--nnodes=2" in multi and "--rdzv-endpoint=node0:29400" in multi and "--standalone" not in multi
+    assert "--max-restarts=3" in D.torchrun_command(["x.py"], nproc=2, max_restarts=3)
+    assert not any(a.startswith("--max-restarts") for a in single)  # off by default: a dead rank ends the job
+    elastic = D.torchrun_command(["x.py"], nproc=8, nnodes="2:4", rdzv_endpoint="node0:29400", max_restarts=2)
+    assert "--nnodes=2:4" in elastic and "--max-restarts=2" in elastic
+    with pytest.raises(UsageError, match="--nnodes=3:2"):
+        D.torchrun_command(["x.py"], nproc=2, nnodes="3:2", rdzv_endpoint="h:1")
 
 
 def _gloo_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
@@ -196,3 +202,21 @@ def test_torchrun_failing_rank_ends_job_with_its_exit_code(tmp_path, monkeypatch
     assert code in (2, -6, 134), output
     assert "rank 1 fails on purpose" in output
     assert time.monotonic() - started < 90  # rank 0 was ended, not left waiting in its loop
+
+
+def test_an_elastic_restart_on_fewer_processes_keeps_the_global_batch(monkeypatch):
+    """torchrun --nnodes MIN:MAX came back with 1 process instead of 2: 2 x 16 becomes 1 x 32 by itself (no
+    person is there to set data.batch_size); on a first attempt the number is taken as given (and a changed
+    global batch is refused, as on a manual resume); 3 processes cannot keep 32 and keep 16."""
+    from trainlab.config import load_config
+    from trainlab.state.resume import resume_batch_size, same_global_batch
+
+    cfg = load_config(None, ["data.batch_size=16"])
+    state = {"world_size": 2, "config": {"data": {"batch_size": 16}, "train": {"nproc": 2, "grad_accum": 1}}}
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert resume_batch_size(cfg, state, 1) == 32 and same_global_batch(cfg, state, 1)
+    assert resume_batch_size(cfg, state, 3) == 16
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert resume_batch_size(cfg, state, 1) == 16
+    with pytest.raises(ConfigError, match="global batch is 32"):
+        same_global_batch(cfg, state, 1)

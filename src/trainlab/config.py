@@ -142,6 +142,9 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests
     nproc: int = 1  # >1 launches itself through torchrun
     threads: Optional[int] = None  # torch CPU threads; null leaves torch's default
+    # >0: a rank that dies (SIGKILL, OOM kill, lost node) restarts the workers (torchrun --max-restarts) and
+    # the job continues in-job from the newest checkpoint; 0 keeps "a dead rank ends the job".
+    max_restarts: int = 0
     preflight: bool = False  # run the doctor's cheap checks before step 1; logged as `preflight` events
     # cross_entropy (with label_smoothing), or an import path to loss(logits, targets) -> scalar: a function
     # (called with loss_kwargs too) or a class such as torch.nn:CrossEntropyLoss (built with loss_kwargs)
@@ -173,6 +176,14 @@ class RunConfig:
     keep_periodic: int = 2
     tensorboard: bool = True
     progress: str = "auto"  # auto | bar | lines | none
+    # run.dir may be an object-store URL (s3://bucket/runs/r50, gs://, az://, file://): the run works in this
+    # local folder (null: ~/.cache/trainlab/runs/<protocol>/<bucket>/<path>) and uploads to the store.
+    cache_dir: Optional[str] = None
+    storage_options: dict[str, Any] = field(default_factory=dict)  # passed to the fsspec file system (endpoint, profile...)
+    upload_wait_s: float = 120.0  # at a stop or the end: how long to retry uploads while the store fails
+    # aws | gcp | URL: poll the instance metadata for a spot/preemption notice and stop as on SIGTERM.
+    preemption_notice: Optional[str] = None
+    preemption_poll_s: float = 10.0  # seconds between two polls of the notice endpoint
     config_dir: Optional[str] = None  # the config file's folder (set when loading it): user modules import from it
 
 
@@ -298,10 +309,12 @@ RANGES: dict[str, Range] = {
     "train.epochs": _upto(1, 10**6), "train.grad_accum": _upto(1, 10**5), "train.clip_grad": _upto(0, BIG, True),
     "train.label_smoothing": FRACTION, "train.seed": _upto(0, 2**63 - 1), "train.ema_decay": Range(0, 1, True, True),
     "train.max_steps_per_epoch": _upto(1, 10**12), "train.nproc": _upto(1, 4096), "train.threads": _upto(1, 4096),
+    "train.max_restarts": _upto(0, 10**4),
     "eval.every": _upto(1, 10**6),
     "run.save_top_k": _upto(-1, 10**6),  # -1: keep every best file
     "run.checkpoint_every_steps": STEPS, "run.checkpoint_every_minutes": _upto(0, 10**7),
     "run.keep_periodic": _upto(0, 10**6),
+    "run.upload_wait_s": _upto(0, 10**7), "run.preemption_poll_s": _upto(0, 86400, low_open=True),
     "dist.timeout_s": _upto(0, 10**7, low_open=True), "dist.stop_check_every": _upto(1, 10**6),
     # the watch: print_every=0 prints no step lines; a window or interval counts steps (at least 1); the
     # trend detectors need two samples; shares are of a window, of free memory, of the planned steps
@@ -347,6 +360,12 @@ def _schema() -> DictConfig:
     for dotted in FREE_FORM:  # any keys (a user's factory decides), where the rest of the schema is strict
         section, key = dotted.split(".")
         OmegaConf.set_struct(cfg[section][key], False)
+    return cfg
+
+
+def _open_mappings(cfg: DictConfig) -> DictConfig:
+    """Keys whose value is a free mapping (the file system's own options) take any names under them."""
+    OmegaConf.set_struct(cfg.run.storage_options, False)
     return cfg
 
 
@@ -480,6 +499,7 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] | tuple[
     """Schema defaults <- YAML chain (bases first) <- `key=value` overrides; validated and read-only."""
     cfg = _schema()
     OmegaConf.set_struct(cfg, True)
+    _open_mappings(cfg)
     if path is not None:
         for file, node in _read_yaml_chain(Path(path)):
             try:
@@ -567,6 +587,9 @@ def validate(cfg: Any) -> None:
         if str(name).strip().lower() not in TRACKERS:
             raise ConfigError(f"log.trackers: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
     _validate_aug(cfg)
+    if not OmegaConf.is_dict(cfg.run.storage_options) and not isinstance(cfg.run.storage_options, dict):
+        raise ConfigError(f"run.storage_options={cfg.run.storage_options!r} must be a mapping of the file "
+                          "system's options, e.g. run.storage_options={endpoint_url: http://host:9000}")  # fmt: skip
     for key in ("mean", "std"):  # normalisation is per channel, and images are RGB
         value = cfg.data[key]
         if value is not None and len(value) != 3:
@@ -626,6 +649,7 @@ def from_dict(values: dict) -> Any:
     """Rebuild a validated config from a saved dict (config.yaml, a checkpoint)."""
     cfg = _schema()
     OmegaConf.set_struct(cfg, True)
+    _open_mappings(cfg)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.create(values))
     except OmegaConfBaseException as err:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from trainlab.commands.argtypes import positive_int
+from trainlab.commands.argtypes import node_count
 from trainlab.errors import TrainlabError, UsageError
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # src/trainlab: whose UserWarnings are shown as one line
@@ -48,15 +48,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainlab import distributed
     from trainlab.commands.fit import train_config
 
-    if (cfg.train.nproc > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
+    _, max_nodes = distributed.parse_nnodes(args.nnodes)
+    if (cfg.train.nproc > 1 or max_nodes > 1) and "LOCAL_RANK" not in os.environ:
         # Re-launch through torch's own launcher; each worker runs this command with nproc left to torchrun.
         argv = [a for a in args.items if not a.startswith("train.nproc=")]
-        return distributed.launch(argv, nproc=cfg.train.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint)
+        return distributed.launch(argv, nproc=cfg.train.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint,
+                                  max_restarts=cfg.train.max_restarts, record_dir=_local_run_dir(cfg))
     train_config(cfg)
-    # The run is over and its files are complete: a stop signal now (a scheduler's SIGTERM in the seconds the
-    # interpreter takes to exit) has nothing to stop, and must not turn a finished run's exit 0 into 143.
-    _ignore_stop_signals()
     return 0
+
+
+def _local_run_dir(cfg) -> Optional[str]:
+    """The folder the run's files are in on this machine (the cache of an object-store run dir), when fixed."""
+    from trainlab.state import remote
+
+    if not cfg.run.dir:
+        return None
+    if remote.is_url(cfg.run.dir):
+        return str(cfg.run.cache_dir or remote.default_cache_dir(cfg.run.dir))
+    return str(cfg.run.dir)
 
 
 def _ignore_stop_signals() -> None:
@@ -135,7 +145,8 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model: trainlab train [CONFIG] [key=value ...]")
     p.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="a YAML config, then overrides")
-    p.add_argument("--nnodes", type=positive_int, default=1, help="with train.nproc>1: number of machines (torchrun --nnodes)")
+    p.add_argument("--nnodes", type=node_count, default="1", metavar="N|MIN:MAX",
+                   help="with train.nproc>1: number of machines, or MIN:MAX for an elastic job (torchrun --nnodes)")
     p.add_argument("--rdzv-endpoint", default=None, help="with train.nproc>1 on several machines: HOST:PORT")
     p.set_defaults(func=cmd_train)
 
@@ -207,7 +218,13 @@ def _main(argv: list[str]) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if code == 0:
+        # The command is over and its files are complete: a stop signal now (a scheduler's SIGTERM in the
+        # seconds the interpreter takes to exit) has nothing to stop, and must not turn exit 0 into 143. Only
+        # the process's own entry does this: main() called in-process (tests, scripts) leaves the handlers be.
+        _ignore_stop_signals()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -62,29 +62,21 @@ def _clean(value: Any) -> Any:
 
 
 class RunLogger:
-    """Appends to the run's log files. Only rank 0 makes one; other ranks get `NullLogger`."""
+    """Appends to the run's log files. Only rank 0 makes one; other ranks get `NullLogger`. The records it
+    writes are returned (with their `time`), for the run's callbacks: the trackers among them."""
 
-    def __init__(self, run_dir: Path, trackers: Any = None):
+    def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.csv"
         self.steps_path = self.run_dir / "steps.jsonl"
         self.events_path = self.run_dir / "events.jsonl"
         self.summary_path = self.run_dir / "summary.json"
-        # The experiment trackers (trainlab.runlog.trackers.TrackerSet: TensorBoard, MLflow, wandb) get a copy of
-        # every row, step and event after it is on disk; a tracker's failure never reaches the files here.
-        self.trackers = trackers
-        if trackers is not None:
-            trackers.on_failure = self._tracker_failed
-            trackers.start()
 
-    def _tracker_failed(self, name: str, message: str) -> None:
+    def tracker_failed(self, name: str, message: str) -> None:
+        """A tracker's failure: one warning and an event in events.jsonl (not sent on to the trackers)."""
         print(f"WARNING: {message}", file=sys.stderr, flush=True)
         self._write_event({"kind": "tracker_failed", "severity": "warning", "step": None, "epoch": None,
                            "message": message, "data": {"tracker": name}})  # fmt: skip
-
-    def tracker_ids(self) -> dict:
-        """{tracker: run id}, kept in the checkpoint so a resume continues the same tracker runs."""
-        return self.trackers.ids() if self.trackers else {}
 
     # -- rows ---------------------------------------------------------------
     def rewrite_metrics(self, rows: list[dict]) -> None:
@@ -95,7 +87,7 @@ class RunLogger:
                 writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
                 writer.writeheader()
                 for row in rows:
-                    writer.writerow(_csv_row(row))
+                    writer.writerow(csv_row(row))
             os.replace(tmp, self.metrics_path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -108,10 +100,7 @@ class RunLogger:
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            csv_row = _csv_row(row)
-            writer.writerow(csv_row)
-        if self.trackers:  # the numbers exactly as metrics.csv holds them, so the two always agree
-            self.trackers.log_epoch({k: float(v) for k, v in csv_row.items() if v != ""})
+            writer.writerow(csv_row(row))
 
     def truncate_jsonl(self, max_step: int) -> None:
         """After a resume, drop step lines written after the checkpoint so no step appears twice. The files
@@ -140,18 +129,15 @@ class RunLogger:
                     tmp.unlink()
                 raise
 
-    def log_step(self, record: dict) -> None:
+    def log_step(self, record: dict) -> dict:
         record = {**record, "time": record.get("time", time.time())}
         line = json.dumps(_clean(record), default=_jsonable) + "\n"
         with writing(self.steps_path, len(line)), open_no_follow(self.steps_path, "a") as f:
             f.write(line)
-        if self.trackers:
-            self.trackers.log_step(record)
+        return record
 
-    def log_event(self, event: dict) -> None:
-        event = self._write_event(event)
-        if self.trackers:
-            self.trackers.log_event(event)
+    def log_event(self, event: dict) -> dict:
+        return self._write_event(event)
 
     def _write_event(self, event: dict) -> dict:
         event = {**event, "time": event.get("time", time.time())}
@@ -162,25 +148,23 @@ class RunLogger:
 
     def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.summary_path, _clean(summary))
-        # The run's last word (finished, stopped by a signal, failed) ends the tracker runs, after the file
-        # they upload is complete. A resume reopens the same runs from the ids in the checkpoint.
-        if self.trackers and summary.get("status") in ("finished", "stopped", "failed"):
-            self.trackers.finish(summary["status"], summary)
-
-    def close(self) -> None:
-        """Flush the trackers. They end with the final summary (which run.py writes after close())."""
-        if self.trackers:
-            self.trackers.flush()
 
 
 class NullLogger:
-    """What non-zero ranks log: nothing."""
+    """What non-zero ranks log: nothing (the records go on to the callbacks as they are)."""
+
+    def log_step(self, record: dict) -> dict:
+        return record
+
+    def log_event(self, event: dict) -> dict:
+        return event
 
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None
 
 
-def _csv_row(row: dict) -> dict:
+def csv_row(row: dict) -> dict:
+    """A metrics row as metrics.csv writes it (6 decimals; the trackers get these very numbers)."""
     out = {}
     for key in METRIC_COLUMNS:
         value: Optional[Any] = row.get(key)

@@ -21,7 +21,7 @@ from trainlab.state.retention import CheckpointManager
 # Keys that may change between a run and its resume without changing the math. train.epochs and
 # train.max_steps_per_epoch are here, but a schedule sized from them is checked apart (`schedule_change`).
 RESUMABLE_CHANGES = (
-    "train.epochs", "train.device", "train.nproc", "train.threads", "train.max_steps_per_epoch",
+    "train.epochs", "train.device", "train.nproc", "train.threads", "train.max_restarts", "train.max_steps_per_epoch",
     "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.root", "data.download",
     "data.skip_bad_images", "data.val_batch_size", "eval.every", "eval.tta", "run.", "watch.", "dist.",
     "sched.extend", "log.", "train.preflight",  # log.*: where the numbers are copied to (trackers), not the numbers
@@ -236,7 +236,13 @@ def same_global_batch(cfg: Any, state: dict, world_size: int) -> bool:
 
 def resume_batch_size(cfg: Any, state: dict, world_size: int) -> int:
     """The per-process batch a resumed run uses. `auto` keeps the global batch the run resolved when it
-    started (searching again could pick another size and change the math); a number is taken as given."""
+    started (searching again could pick another size and change the math); a number is taken as given,
+    except on an elastic restart with another process count, where the global batch is kept when it divides."""
+    from trainlab.state.attempts import attempt_number
+
+    kept = elastic_batch_size(cfg, state, world_size, restarted=attempt_number() > 0)
+    if kept is not None:
+        return kept
     if cfg.data.batch_size != "auto":
         return int(cfg.data.batch_size)
     saved = state.get("config", {})
@@ -251,3 +257,21 @@ def resume_batch_size(cfg: Any, state: dict, world_size: int) -> int:
             f"{saved_global} does not split evenly; use {saved_world} processes"
         )
     return saved_global // world_size
+
+
+def elastic_batch_size(cfg: Any, state: dict, world_size: int, restarted: bool) -> Optional[int]:
+    """The per-process batch that keeps the checkpoint's global batch when an elastic job came back with
+    another number of processes (torchrun --nnodes MIN:MAX restarted it: no person is there to set
+    data.batch_size). None when nothing needs to change, it does not divide, or this is not a restart."""
+    if not restarted or cfg.data.batch_size == "auto":
+        return None
+    saved = state.get("config", {})
+    try:
+        saved_world = int(state.get("world_size") or saved["train"]["nproc"])
+        saved_global = int(saved["data"]["batch_size"]) * saved_world * int(saved["train"]["grad_accum"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    per_step = world_size * int(cfg.train.grad_accum)
+    if saved_world == world_size or saved_global % per_step:
+        return None
+    return saved_global // per_step

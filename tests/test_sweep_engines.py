@@ -80,6 +80,7 @@ def local_rows(tmp_path_factory) -> list[dict[str, str]]:
 @pytest.fixture
 def ray_head():
     """`ray start --head` on the loopback in its own session, stopped (with every process it started) at the end."""
+    pytest.importorskip("ray")
     temp_dir = tempfile.mkdtemp(prefix="trl-ray-")  # short: Ray's socket paths must fit in 107 characters
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,6 +132,7 @@ def test_grid_on_ray_matches_the_local_engine_and_a_killed_worker_is_retried(loc
 
 @pytest.mark.slow
 def test_grid_on_submitit_matches_the_local_engine_and_the_time_limit_signal_requeues(local_rows, tmp_path):
+    pytest.importorskip("submitit")
     sweep = tmp_path / "grid"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     driver = subprocess.Popen(trainlab_cmd("sweep", *GRID_TINY, *GRID, "--dir", str(sweep), "--engine", "submitit",

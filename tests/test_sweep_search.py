@@ -228,3 +228,27 @@ def test_optuna_study_prunes_hopeless_trials_by_the_watch_and_a_rerun_continues_
     assert (sweep / "report_files" / "search-0-optim_lr.png").stat().st_size > 1000
     text = run_trainlab("report", str(sweep), "--text").stdout
     assert "rank" in text and "PRUNED" in text and "COMPLETE" in text
+
+
+def test_a_second_driver_and_a_changed_space_are_refused_before_any_trial(tmp_path, capsys):
+    from trainlab.state.lock import FileLock
+    from trainlab.sweep.trial import open_storage
+
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    argv = ["sweep", *SEARCH_TINY, "--search", "optuna", "--space", "optim.lr=1e-5:1:log", "--dir", str(sweep)]
+    driver = FileLock(sweep)  # what a running `trainlab sweep` holds on its directory
+    driver.acquire()
+    try:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"sweep {sweep} is being run by another trainlab sweep (pid" in err and len(err.splitlines()) == 1
+    finally:
+        driver.release()
+    # a study this sweep dir already holds, searched over another space: continuing it would mix two searches
+    study = optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{sweep / 'study.db'}"))
+    study.set_user_attr("trainlab", {"space": {"optim.lr": "1e-3:1"}, "objective": "val_acc1"})
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "study s was searched with --space optim.lr=1e-3:1, not optim.lr=1e-5:1:log" in err
+    assert study.trials == [] and not list(sweep.glob("trial-*"))

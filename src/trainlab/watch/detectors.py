@@ -13,6 +13,9 @@ import numpy as np
 from trainlab.watch.events import Episode, Event
 from trainlab.watch.settings import WatchSettings
 from trainlab.watch.stats import MAD_TO_SIGMA, median_mad, theil_sen
+from trainlab.watch.stragglers import straggler_events  # the old import path
+
+__all__ = ["BottleneckDetector", "BudgetProgress", "LeakDetector", "LossDetectors", "straggler_events"]
 
 WARNING, CRITICAL = 1, 2
 _SEVERITY = {WARNING: "warning", CRITICAL: "critical"}
@@ -311,24 +314,6 @@ class BottleneckDetector:
             {"data_wait_frac": share, "wait_ms": wait_ms, "step_ms": float(np.median(walls)) * 1000,
              "window": len(waits), **{k: v for k, v in loader_info.items() if v is not None}},
         )
-
-
-def straggler_events(step_times: list[float], step: int, epoch: int, ratio: float,
-                     episodes: dict[int, Episode]) -> list[Event]:
-    """straggler: ranks whose mean step time is `ratio` times the median rank's or more."""
-    med = float(np.median(step_times))
-    events = []
-    for rank, t in enumerate(step_times):
-        slow = med > 0 and t > ratio * med
-        if episodes.setdefault(rank, Episode()).update(WARNING if slow else 0):
-            events.append(Event(
-                "straggler", "warning", step, epoch,
-                f"rank {rank} is {t / med:.2f}x slower than the median rank ({t * 1000:.1f} ms vs {med * 1000:.1f} "
-                f"ms per step); every rank waits for it at each all-reduce. Check that host's load, its data "
-                f"loading (data.num_workers) and its GPU clocks/thermals.",
-                {"rank": rank, "step_time_s": t, "median_step_time_s": med, "all_ranks_s": step_times},
-            ))
-    return events
 
 
 class BudgetProgress:

@@ -77,7 +77,7 @@ class Run:
             on_log=self.logger.log_step, model=self.raw_model, optimizer=self.trainer.optimizer,
             rank=self.ctx.rank, world_size=self.ctx.world_size, verbose=self.ctx.is_main and s.enabled,
             planned_steps=self.cfg.train.epochs * self.trainer.batches_per_epoch(self.data.train),  # watch budget
-            num_classes=self.num_classes, lr_at=self._planned_lr(),
+            num_classes=self.num_classes, lr_at=self._planned_lr(), advice="trainlab",  # fixes named as config keys
         )  # fmt: skip
         self.watcher.print_epoch_block = False
         self.trainer.watcher = self.watcher

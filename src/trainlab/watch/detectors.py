@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from trainlab.watch.advice import CODE, Advice
 from trainlab.watch.events import Episode, Event
 from trainlab.watch.settings import WatchSettings
 from trainlab.watch.stats import MAD_TO_SIGMA, median_mad, theil_sen
@@ -19,6 +20,10 @@ __all__ = ["BottleneckDetector", "BudgetProgress", "LeakDetector", "LossDetector
 
 WARNING, CRITICAL = 1, 2
 _SEVERITY = {WARNING: "warning", CRITICAL: "critical"}
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _fmt(x: float) -> str:
@@ -41,8 +46,9 @@ class LossDetectors:
 
     REFERENCE_STEPS = 20  # the run's first finite losses: what "has the loss gone down?" compares against
 
-    def __init__(self, s: WatchSettings) -> None:
+    def __init__(self, s: WatchSettings, advice: Advice = CODE) -> None:
         self.s = s
+        self.advice = advice
         self.recent: deque[float] = deque(maxlen=max(s.spike_window, s.divergence_window, 8))
         self.reference: list[float] = []
         self.finite_seen = 0
@@ -81,11 +87,11 @@ class LossDetectors:
         return events
 
     def _nonfinite(self, step: int, epoch: int, loss: float) -> Event:
+        a = self.advice
         return Event(
             "nonfinite", "critical", step, epoch,
-            f"loss is {loss} at step {step}: the weights are probably corrupted from here on. Try a lower "
-            f"optim.lr, train.clip_grad=1.0, train.precision=32 (fp16 overflows), and check the inputs for NaN "
-            f"(watch.on_nonfinite=stop checkpoints and stops at the first one).",
+            f"loss is {loss} at step {step}: the weights are probably corrupted from here on. Check that step's "
+            f"inputs for NaN/Inf, {a.join('lower_lr', 'clip', 'precision')}; {a('stop_at_nan')}.",
             {"loss": str(loss), "first_bad_step": step},
         )
 
@@ -108,8 +114,7 @@ class LossDetectors:
             "loss_spike", "warning", step, epoch,
             f"loss spiked to {_fmt(loss)} at step {step}, {loss / max(med, 1e-12):.1f}x the median "
             f"{_fmt(med)} of the {window} steps before (threshold {_fmt(threshold)}). One bad batch or an LR "
-            f"jump: check that step's data, lower optim.lr or add warm-up (sched.warmup_epochs), "
-            f"or set train.clip_grad.",
+            f"jump: check that step's data (and labels), {self.advice.join('lower_lr', 'warmup', 'clip')}.",
             {"loss": loss, "median": med, "mad": mad, "threshold": threshold, "window": window},
         )
 
@@ -131,7 +136,7 @@ class LossDetectors:
             "divergence", "warning", step, epoch,
             f"loss is trending up: median {_fmt(last_med)} over the last {q} steps vs {_fmt(first_med)} "
             f"{w} steps ago ({last_med / max(first_med, 1e-12):.1f}x; later loss higher in {higher:.0%} of pairs). "
-            f"The LR is likely too high: lower optim.lr (try /3 to /10), add warm-up, or set train.clip_grad.",
+            f"The LR is likely too high: {self.advice.join('lower_lr_much', 'warmup', 'clip')}.",
             {"window": w, "first_median": first_med, "last_median": last_med, "ratio": last_med / max(first_med, 1e-12)},
         )
 
@@ -149,9 +154,9 @@ class LossDetectors:
         return Event(
             "not_learning", "warning", step, epoch,
             f"the loss has not gone down in {self.finite_seen} steps: median {_fmt(now)} over the last {n} steps "
-            f"vs {_fmt(ref)} at the start (needs a drop of {s.not_learning_min_drop:.0%}). Check that labels match "
-            f"inputs, that the LR is neither tiny nor huge (optim.lr), and that the model's output size is the "
-            f"class count.",
+            f"vs {_fmt(ref)} at the start (needs a drop of {s.not_learning_min_drop:.0%}). "
+            f"{_cap(self.advice('labels'))}; check that the LR is neither tiny nor huge, and "
+            f"{self.advice('head')}.",
             {"steps": self.finite_seen, "start_median": ref, "recent_median": now},
         )
 
@@ -170,8 +175,8 @@ class LossDetectors:
         return Event(
             "not_learning", "warning", step, epoch,
             f"validation accuracy is at chance: best {best:.1%} over the last {k} epochs, chance is {chance:.1%} "
-            f"({num_classes} classes). The model is not learning: check that labels match inputs (a shuffled or "
-            f"constant label column), the LR (optim.lr), and the data normalisation.",
+            f"({num_classes} classes). The model is not learning: {self.advice('labels')}; check the LR and "
+            f"{self.advice('normalise')}.",
             {"best_val_acc": best, "chance": chance, "limit": limit, "epochs": k},
         )
 
@@ -268,8 +273,9 @@ class LeakDetector:
 class BottleneckDetector:
     """data_bottleneck: the median share of step time spent blocked on the loader, over a window of steps."""
 
-    def __init__(self, s: WatchSettings, on_cpu: bool = False) -> None:
+    def __init__(self, s: WatchSettings, on_cpu: bool = False, advice: Advice = CODE) -> None:
         self.s = s
+        self.advice = advice
         # On a CPU device the loader and the model share the same cores: a small wait is the price of that
         # sharing, not an idle accelerator, so only a wait that dominates the step is worth a warning.
         self.on_cpu = on_cpu
@@ -297,14 +303,11 @@ class BottleneckDetector:
         if not self.episode.update(level):
             return None
         workers = loader_info.get("num_workers")
-        tips = []
-        if workers is not None:
-            tips.append(f"more loader workers (data.num_workers={max(2, 2 * workers)}, now {workers})")
-        else:
-            tips.append("more loader workers (data.num_workers)")
-        if loader_info.get("pin_memory") is False:
-            tips.append("data.pin_memory=true")
-        tips.append("the in-memory loader (data.loader=tensor) when the data fits in memory")
+        a = self.advice
+        tips = [a("workers", suggested=max(2, 2 * workers), now=workers) if workers is not None else a("workers_unknown")]
+        if loader_info.get("pin_memory") is False and not self.on_cpu:
+            tips.append(a("pin_memory"))
+        tips.append(a("in_memory"))
         return Event(
             "data_bottleneck", _SEVERITY[level], step, epoch,
             f"the loop waits for data {share:.0%} of each step (median over the last {len(waits)} steps: "
@@ -328,8 +331,10 @@ class BudgetProgress:
 
     START_STEPS = 20
 
-    def __init__(self, s: WatchSettings, planned_steps: Optional[int], num_classes: Optional[int]) -> None:
+    def __init__(self, s: WatchSettings, planned_steps: Optional[int], num_classes: Optional[int],
+                 advice: Advice = CODE) -> None:
         self.s = s
+        self.advice = advice
         self.planned = int(planned_steps) if planned_steps else None
         self.num_classes = num_classes
         self.start: list[float] = []
@@ -388,14 +393,14 @@ class BudgetProgress:
         if not self.loss_episode.update(WARNING if self.streak >= s.progress_confirm else 0):
             return None
         chance = f" (chance level ln({self.num_classes}) = {math.log(self.num_classes):.3f})" if self.num_classes else ""
+        a = self.advice
         return Event(
             "not_learning", "warning", step, epoch,
             f"the loss has not moved after {step} of the {self.planned} planned steps ({step / self.planned:.0%}): "
             f"median {_fmt(now)} over the last {w} steps vs {_fmt(start)} at the start{chance}, while the LR has been "
             f"at its peak {_fmt(lr)} for {w}+ steps; at the current slope ({slope:+.2e} ± {stderr:.1e}/step: at best "
-            f"{rate:.1%} of the start over the whole budget) it would end near {_fmt(projected)} after the remaining {remaining} steps. Try: a larger optim.lr (`trainlab doctor` "
-            f"places it on an LR range test), labels that match the images, no frozen random weights "
-            f"(model.freeze_backbone without model.pretrained), a smaller optim.weight_decay.",
+            f"{rate:.1%} of the start over the whole budget) it would end near {_fmt(projected)} after the remaining {remaining} steps. Try: "
+            f"{a('raise_lr')}; {a('labels')}; {a('frozen')}; {a('weight_decay')}.",
             {"rule": "budget_loss", "planned_steps": self.planned, "start_median": start, "recent_median": now,
              "slope_per_step": slope, "slope_stderr": stderr, "budget_rate": rate, "projected_end": projected, "lr": lr, "window": w},
         )
@@ -414,8 +419,8 @@ class BudgetProgress:
             "not_learning", "warning", step, epoch,
             f"validation accuracy is at chance: the best so far is {acc:.1%}, chance is {chance:.1%} "
             f"({self.num_classes} classes), after {step} of the "
-            f"{self.planned} planned steps ({step / self.planned:.0%}). Check that labels match inputs (a shuffled "
-            f"label column), the LR (`trainlab doctor` runs an LR range test), and the data normalisation.",
+            f"{self.planned} planned steps ({step / self.planned:.0%}). {_cap(self.advice('labels'))}; check the LR "
+            f"({self.advice('range_test')}) and {self.advice('normalise')}.",
             {"rule": "budget_val", "planned_steps": self.planned, "val_acc": acc, "chance": chance, "limit": limit},
         )
 

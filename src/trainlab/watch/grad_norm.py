@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from trainlab.watch.advice import CODE, Advice
 from trainlab.watch.events import Episode, Event
 
 
@@ -28,7 +29,8 @@ def read_grad_norm(model: Optional[nn.Module], optimizer: Optional[torch.optim.O
 
 
 class GradNormCheck:
-    def __init__(self) -> None:
+    def __init__(self, advice: Advice = CODE) -> None:
+        self.advice = advice
         self.nonfinite_streak = 0
         self.episode = Episode()
 
@@ -40,7 +42,6 @@ class GradNormCheck:
         return [Event(
             "nonfinite", "critical", step, epoch,
             f"gradient norm is {grad_norm} at step {step} (and at the previous logged step): the "
-            f"update is poisoning the weights. Lower optim.lr, set train.clip_grad=1.0, or use "
-            f"train.precision=bf16/32 instead of fp16.",
+            f"update is poisoning the weights: {self.advice.join('lower_lr', 'clip', 'precision')}.",
             {"grad_norm": str(grad_norm), "source": "grad"},
         )]

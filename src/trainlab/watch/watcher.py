@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from trainlab.watch import console
+from trainlab.watch.advice import Advice
 from trainlab.watch.clocks import EpochClock
 from trainlab.watch.cuda_timer import CudaStepTimer
 from trainlab.watch.detectors import BottleneckDetector, BudgetProgress, LossDetectors
@@ -85,6 +86,8 @@ class Watcher:
     will make) and `num_classes` let the watch judge progress against the run's own budget: a hopeless run is
     flagged in its first tenth or so, and slow leaks are reported by their projected time to out-of-memory.
     `lr_at(step)` (the planned LR at a watch step) sizes the LR budget still to come (model_probe.py).
+    `advice`: how fixes are named, "code" (the default: your loop's `lr=`, `DataLoader(num_workers=...)`) or
+    "trainlab" (config keys; `trainlab train` passes it).
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class Watcher:
         planned_steps: Optional[int] = None,
         num_classes: Optional[int] = None,
         lr_at: Optional[Callable[[int], float]] = None,
+        advice: str = "code",
     ) -> None:
         s = coerce_settings(settings) if settings is not None else WatchSettings(print_every=100)
         for name, value in (("print_every", print_every), ("show_gpu", show_gpu), ("warn_on_leak", warn_on_leak),
@@ -137,18 +141,19 @@ class Watcher:
         self.steps_per_epoch = 0  # of the last completed epoch
         self.epochs_done = 0
         self.planned_steps = int(planned_steps) if planned_steps else None
-        self._loss_detectors = LossDetectors(s)
-        self._progress = BudgetProgress(s, self.planned_steps, num_classes)
-        self._probe = ModelProbe(s, model, self.planned_steps, num_classes, lr_at)
+        self.advice = a = Advice(advice)
+        self._loss_detectors = LossDetectors(s, a)
+        self._progress = BudgetProgress(s, self.planned_steps, num_classes, a)
+        self._probe = ModelProbe(s, model, self.planned_steps, num_classes, lr_at, a)
         self._probe_started = False  # the first batch (or step) has been shown to the probe
         self._update_hook = None
         if optimizer is not None and hasattr(optimizer, "register_step_post_hook"):
             self._update_hook = optimizer.register_step_post_hook(self._probe.count_update)
             self._probe.counts_updates = True
         self._memory = MemoryWatch(s, self.device, self.on_cuda)
-        self._bottleneck = BottleneckDetector(s, on_cpu=self.device.type == "cpu")
-        self._stragglers = StragglerCheck(s.straggler_ratio, self.device)
-        self._grad_check = GradNormCheck()
+        self._bottleneck = BottleneckDetector(s, on_cpu=self.device.type == "cpu", advice=a)
+        self._stragglers = StragglerCheck(s.straggler_ratio, self.device, a)
+        self._grad_check = GradNormCheck(a)
         self._loader_info: dict[str, Any] = {}
         self._lr: Optional[float] = None
         self._last_record: dict[str, Any] = {}

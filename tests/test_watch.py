@@ -22,10 +22,11 @@ DETECTOR_KINDS = {"memory_leak", "data_bottleneck", "loss_spike", "nonfinite", "
 
 
 def short_windows(**overrides) -> WatchSettings:
-    """Windows short enough for a few hundred steps; the thresholds themselves stay at their defaults."""
+    """Windows short enough for a few hundred steps; the thresholds themselves stay at their defaults (the
+    floors in seconds and megabytes scale down with the run: its epochs last a fraction of a second)."""
     values = dict(print_every=20, spike_window=30, divergence_window=60, not_learning_window=150,
                   not_learning_epochs=2, leak_sample_every=5, leak_warmup_steps=10, leak_min_samples=8,
-                  leak_min_total_mb=32.0, leak_min_mb_per_epoch=16.0, bottleneck_window=10)
+                  leak_min_total_mb=32.0, leak_min_mb_per_epoch=16.0, bottleneck_window=10, bottleneck_min_lost_s=0.1)
     values.update(overrides)
     return WatchSettings(**values)
 

@@ -45,10 +45,12 @@ class LossDetectors:
     """loss_spike, nonfinite, divergence and not_learning, fed with the per-step losses of each reduction."""
 
     REFERENCE_STEPS = 20  # the run's first finite losses: what "has the loss gone down?" compares against
+    UNTRAINED_STEPS = 5  # the first of them: the untrained model's loss, before the updates have done much
 
-    def __init__(self, s: WatchSettings, advice: Advice = CODE) -> None:
+    def __init__(self, s: WatchSettings, advice: Advice = CODE, num_classes: Optional[int] = None) -> None:
         self.s = s
         self.advice = advice
+        self.num_classes = num_classes if num_classes and num_classes >= 2 else None  # also set by epoch_end
         self.recent: deque[float] = deque(maxlen=max(s.spike_window, s.divergence_window, 8))
         self.reference: list[float] = []
         self.finite_seen = 0
@@ -58,7 +60,17 @@ class LossDetectors:
         self.divergence = Episode()
         self.not_learning = Episode()
         self.val_not_learning = Episode()
+        self.chance_episode = Episode()
+        self.chance_history: list[tuple[bool, bool]] = []  # per epoch: (val at chance, train loss flat at chance)
         self.val_history: list[float] = []
+
+    def untrained_level(self) -> Optional[float]:
+        """What the loss of a model that has learnt nothing is: ln(classes) when the classes are known (uniform
+        outputs), else the run's own first losses."""
+        if self.num_classes:
+            return math.log(self.num_classes)
+        first = self.reference[: self.UNTRAINED_STEPS]
+        return float(np.median(first)) if len(first) == self.UNTRAINED_STEPS else None
 
     def feed(self, steps_losses: list[tuple[int, float]], epoch: int) -> list[Event]:
         events: list[Event] = []
@@ -103,9 +115,13 @@ class LossDetectors:
         window = np.fromiter(list(self.recent)[-s.spike_window:], dtype=np.float64)
         med, mad = median_mad(window)
         top = float(window.max())
-        # Three floors, so the ordinary tails of small batches never fire: k robust sigmas, a ratio of the
-        # median, and twice the distance of anything seen in the window.
-        threshold = max(med + s.spike_mads * MAD_TO_SIGMA * mad, s.spike_min_ratio * med, top + (top - med))
+        # Four floors, so the ordinary tails of small batches never fire: k robust sigmas, a ratio of the
+        # median, twice the distance of anything seen in the window, and a share of the untrained loss. Late in a
+        # run at batch 8 the median may be 0.001 and one hard batch 0.9: a thousand times the median, but not a
+        # step that undid the training.
+        level = self.untrained_level() or 0.0
+        threshold = max(med + s.spike_mads * MAD_TO_SIGMA * mad, s.spike_min_ratio * med, top + (top - med),
+                        s.spike_min_level * level)
         return threshold, med, mad, len(window)
 
     def _spike(self, step: int, epoch: int, loss: float, threshold: float, med: float, mad: float,
@@ -119,26 +135,45 @@ class LossDetectors:
         )
 
     def _divergence(self, step: int, epoch: int) -> Optional[Event]:
+        """Two ways up, one episode: a consistent rise over divergence_window steps, or a loss that has
+        settled at divergence_level_ratio times the untrained loss (it exploded early and stays there: no
+        trend is left to see, whatever the run's length)."""
         w = self.s.divergence_window
-        if len(self.recent) < w:
-            self.divergence.update(0)
+        found = self._exploded() or (self._rising() if len(self.recent) >= w else None)
+        if not self.divergence.update(WARNING if found else 0):
             return None
+        message, data = found
+        return Event("divergence", "warning", step, epoch,
+                     f"{message} The LR is likely too high: {self.advice.join('lower_lr_much', 'warmup', 'clip')}.",
+                     data)
+
+    def _exploded(self) -> Optional[tuple[str, dict[str, Any]]]:
+        s, n = self.s, self.s.divergence_level_steps
+        level = self.untrained_level()
+        if level is None or level <= 0 or len(self.recent) < n:
+            return None
+        now = float(np.median(list(self.recent)[-n:]))
+        if now < s.divergence_level_ratio * level:
+            return None
+        what = f"ln({self.num_classes}) = {level:.3f}, the loss of uniform outputs" if self.num_classes else \
+            f"{_fmt(level)}, the run's first losses"
+        return (f"loss is {now / level:.1f}x an untrained model's: median {_fmt(now)} over the last {n} steps vs {what}.",
+                {"rule": "level", "recent_median": now, "untrained": level, "ratio": now / level, "window": n})
+
+    def _rising(self) -> Optional[tuple[str, dict[str, Any]]]:
+        w = self.s.divergence_window
         window = np.fromiter(list(self.recent)[-w:], dtype=np.float64)
         q = max(2, w // 4)
         first, last = window[:q], window[-q:]
         first_med, last_med = float(np.median(first)), float(np.median(last))
         # consistency: the share of (early, late) pairs where the late loss is higher
         higher = float(np.mean(last[None, :] > first[:, None]))
-        rising = last_med > self.s.divergence_ratio * first_med and higher >= 0.9
-        if not self.divergence.update(WARNING if rising else 0):
+        if not (last_med > self.s.divergence_ratio * first_med and higher >= 0.9):
             return None
-        return Event(
-            "divergence", "warning", step, epoch,
-            f"loss is trending up: median {_fmt(last_med)} over the last {q} steps vs {_fmt(first_med)} "
-            f"{w} steps ago ({last_med / max(first_med, 1e-12):.1f}x; later loss higher in {higher:.0%} of pairs). "
-            f"The LR is likely too high: {self.advice.join('lower_lr_much', 'warmup', 'clip')}.",
-            {"window": w, "first_median": first_med, "last_median": last_med, "ratio": last_med / max(first_med, 1e-12)},
-        )
+        ratio = last_med / max(first_med, 1e-12)
+        return (f"loss is trending up: median {_fmt(last_med)} over the last {q} steps vs {_fmt(first_med)} "
+                f"{w} steps ago ({ratio:.1f}x; later loss higher in {higher:.0%} of pairs).",
+                {"window": w, "first_median": first_med, "last_median": last_med, "ratio": ratio})
 
     def _stalled(self, step: int, epoch: int) -> Optional[Event]:
         s = self.s
@@ -158,6 +193,62 @@ class LossDetectors:
             f"{_cap(self.advice('labels'))}; check that the LR is neither tiny nor huge, and "
             f"{self.advice('head')}.",
             {"steps": self.finite_seen, "start_median": ref, "recent_median": now},
+        )
+
+    def epoch_at_chance(self, step: int, epoch: int, val_acc: Optional[float], epoch_losses: list[float],
+                        weights_moved: Optional[float] = None, final: bool = False) -> Optional[Event]:
+        """not_learning from two epochs in a row: validation accuracy at chance at both ends, and the first
+        one's training loss still at the chance level ln(classes) (within chance_flat_drop, over its last
+        half): the loss on batches seen for the first time did not move, so nothing was learnt that carries to
+        new samples. One epoch is not enough: heavy augmentation or a slow start can sit at chance for a whole
+        epoch, then move (the standalone zoo's heavy-augmentation recipe: 9.5% after epoch 1, 18% after 2).
+        `final`: the run ends here (its last epoch), so one epoch at chance is all there will be.
+        `weights_moved` (the trainable weights' relative distance from their start, when the watch has the
+        model) tells a label problem (they move) from an LR far too low (they do not)."""
+        s, classes = self.s, self.num_classes
+        if val_acc is None or not classes:
+            return None
+        chance, limit = _chance(classes, s.chance_margin)
+        acc = _fraction(val_acc)
+        tail = epoch_losses[len(epoch_losses) // 2:]
+        loss_now, level = (float(np.median(tail)) if tail else float("nan")), math.log(classes)
+        flat = len(epoch_losses) >= s.chance_min_steps and loss_now >= (1.0 - s.chance_flat_drop) * level
+        previous, self.chance_history = (self.chance_history[-1] if self.chance_history else None), \
+            [*self.chance_history[-7:], (acc <= limit, flat)]
+        at_chance = acc <= limit and (previous == (True, True) or (final and flat))
+        if not self.chance_episode.update(WARNING if at_chance else 0):
+            return None
+        if weights_moved is not None and weights_moved >= s.label_move_min:
+            cause = (f"The weights moved {weights_moved:.2f} of their norm meanwhile, so the LR is not too low: what "
+                     f"is learnt does not carry to new samples. {_cap(self.advice('labels'))}.")
+        else:
+            cause = (f"Either the LR is far off (too low: nothing moves; too high: the outputs die and the loss "
+                     f"sits at ln(classes)), or {self.advice('labels')}, or the parameters do not train ("
+                     f"{self.advice('frozen')}).")
+        when = "at the end of the run" if final and previous != (True, True) else "for two epochs in a row"
+        return Event(
+            "not_learning", "warning", step, epoch,
+            f"validation accuracy is at chance {when} ({acc:.1%} now, chance {chance:.1%} for {classes} classes) "
+            f"and the training loss did not leave the chance level ln({classes}) = {level:.3f} (median "
+            f"{_fmt(loss_now)} over this epoch's last {len(tail)} steps). {cause}",
+            {"rule": "epoch_chance", "val_acc": acc, "chance": chance, "limit": limit, "train_loss": loss_now,
+             "chance_loss": level, "weights_moved": weights_moved, "final": final},
+        )
+
+    def run_end(self, step: int, epoch: int) -> Optional[Event]:
+        """A run that ends (close()) after an epoch at chance with a flat loss, not said yet: said now. For a loop
+        that did not tell the watch its length, its end is the first moment a one-epoch run can be judged."""
+        if not self.chance_history or self.chance_history[-1] != (True, True) or self.chance_episode.active_level:
+            return None
+        self.chance_episode.update(WARNING)
+        classes = self.num_classes or 0
+        return Event(
+            "not_learning", "warning", step, epoch,
+            f"the run ended at chance: validation accuracy at chance ({100 / max(classes, 1):.1f}% for {classes} "
+            f"classes) after its last epoch, and the training loss still at ln({classes}) = "
+            f"{math.log(max(classes, 2)):.3f}. Either the LR is far off, or {self.advice('labels')}, or the "
+            f"parameters do not train ({self.advice('frozen')}).",
+            {"rule": "epoch_chance", "final": True},
         )
 
     def epoch_val(self, step: int, epoch: int, val_acc: Optional[float], num_classes: Optional[int]) -> Optional[Event]:
@@ -184,9 +275,10 @@ class LossDetectors:
         return {
             "recent": list(self.recent), "reference": self.reference, "finite_seen": self.finite_seen,
             "spike_cooldown_until": self.spike_cooldown_until, "finite_run": self.finite_run,
-            "nonfinite_armed": self.nonfinite_armed, "val_history": self.val_history,
+            "nonfinite_armed": self.nonfinite_armed, "val_history": self.val_history, "num_classes": self.num_classes,
+            "chance_history": self.chance_history,
             "episodes": [self.divergence.active_level, self.not_learning.active_level,
-                         self.val_not_learning.active_level],
+                         self.val_not_learning.active_level, self.chance_episode.active_level],
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -197,12 +289,20 @@ class LossDetectors:
         self.finite_run = d["finite_run"]
         self.nonfinite_armed = d["nonfinite_armed"]
         self.val_history = list(d["val_history"])
-        for episode, level in zip((self.divergence, self.not_learning, self.val_not_learning), d["episodes"]):
+        self.num_classes = d.get("num_classes") or self.num_classes
+        self.chance_history = [tuple(x) for x in d.get("chance_history", [])]
+        episodes = (self.divergence, self.not_learning, self.val_not_learning, self.chance_episode)
+        for episode, level in zip(episodes, d["episodes"]):
             episode.active_level = level
 
 
 class LeakDetector:
-    """memory_leak for one memory (host RSS or device allocated): a steady, large trend over steps."""
+    """memory_leak for one memory (host RSS or device allocated): a steady, large trend over steps.
+
+    Two series of samples: the recent window (leak_window samples at the sampling rate: a fast leak shows in
+    a few hundred steps) and the whole run since its warm-up, thinned to half whenever it holds twice that
+    (a slow leak shows over the run). A new process (a resume) starts both again, with a new warm-up: its
+    memory is not comparable with the old process's and it ramps up while it rebuilds."""
 
     LABELS = {"host": "host memory (process RSS)", "gpu": "device memory (allocated)"}
 
@@ -210,35 +310,59 @@ class LeakDetector:
         self.s = s
         self.source = source
         self.samples: deque[tuple[int, float]] = deque(maxlen=s.leak_window)
+        self.run_samples: list[tuple[int, float]] = []
+        self.run_stride = 1  # one sample in `run_stride` goes into run_samples
+        self.seen = 0
+        self.warm_until = s.leak_warmup_steps
         self.episode = Episode()
 
+    def restart(self, step: int) -> None:
+        """This process's memory from `step` on is a new series (after a resume), warm-up included."""
+        self.samples.clear()
+        self.run_samples, self.run_stride, self.seen = [], 1, 0
+        self.warm_until = step + self.s.leak_warmup_steps
+
     def add(self, step: int, mb: float) -> None:
-        if step >= self.s.leak_warmup_steps:
-            self.samples.append((step, mb))
+        if step < self.warm_until:
+            return
+        self.samples.append((step, mb))
+        if self.seen % self.run_stride == 0:
+            self.run_samples.append((step, mb))
+            if len(self.run_samples) >= 2 * self.s.leak_window:
+                self.run_samples = self.run_samples[::2]
+                self.run_stride *= 2
+        self.seen += 1
+
+    def _trend(self, samples: Any) -> Optional[tuple[float, float, float, float]]:
+        """(slope MB/step, Kendall tau, span in steps, growth MB over the span), or None with too few samples."""
+        if len(samples) < self.s.leak_min_samples:
+            return None
+        x = np.array([p[0] for p in samples], dtype=np.float64)
+        y = np.array([p[1] for p in samples], dtype=np.float64)
+        slope, tau = theil_sen(x, y)
+        span = float(x[-1] - x[0])
+        return slope, tau, span, slope * span
 
     def check(self, step: int, epoch: int, steps_per_epoch: int, steps_per_s: float,
               free_mb: Callable[[], Optional[float]], remaining_steps: Optional[int] = None) -> Optional[Event]:
-        """`free_mb` is asked only when the event fires (it is slow to read). With `remaining_steps` (the run
-        told the watch its budget) a consistent trend of leak_min_total_mb is enough, whatever the MB per epoch:
-        a slow leak is reported with its projected time to out-of-memory, critical when that comes before the
-        run's end."""
+        """A leak is a consistent trend (Kendall tau >= leak_min_tau) that grew leak_min_total_mb or more over its
+        span, in the recent window or over the run. `free_mb` is asked only when the event fires (it is slow
+        to read). With `remaining_steps` (the run told the watch its budget) the event says whether memory runs
+        out before the run's end (critical) or after it."""
         s = self.s
-        if len(self.samples) < s.leak_min_samples:
+        trends = [t for t in (self._trend(self.samples), self._trend(self.run_samples)) if t is not None]
+        rising = [t for t in trends if t[1] >= s.leak_min_tau and t[3] >= s.leak_min_total_mb]
+        if not trends:
             return None
-        x = np.array([p[0] for p in self.samples], dtype=np.float64)
-        y = np.array([p[1] for p in self.samples], dtype=np.float64)
-        slope, tau = theil_sen(x, y)
-        span = float(x[-1] - x[0])
-        growth = slope * span
+        if not self.episode.update(WARNING if rising else 0):
+            return None
+        slope, tau, span, growth = max(rising, key=lambda t: t[3])
         per_epoch = slope * max(steps_per_epoch, 1)
-        big_enough = per_epoch >= s.leak_min_mb_per_epoch if remaining_steps is None else True
-        leaking = tau >= s.leak_min_tau and growth >= s.leak_min_total_mb and big_enough
-        if not self.episode.update(WARNING if leaking else 0):
-            return None
         runway = ""
         free = free_mb()
+        now_mb = float(self.samples[-1][1])
         data: dict[str, Any] = {"source": self.source, "mb_per_step": slope, "mb_per_epoch": per_epoch,
-                                "growth_mb": growth, "span_steps": span, "tau": tau, "now_mb": float(y[-1])}
+                                "growth_mb": growth, "span_steps": span, "tau": tau, "now_mb": now_mb}
         if free is not None and slope > 0:
             steps_left = free / slope
             epochs_left = steps_left / max(steps_per_epoch, 1)
@@ -255,7 +379,7 @@ class LeakDetector:
         severity = "critical" if data.get("steps_until_full", float("inf")) < (remaining_steps or 0) else "warning"
         return Event(
             "memory_leak", severity, step, epoch,
-            f"{self.LABELS[self.source]} grows steadily: {per_epoch:+,.1f} MB per epoch ({slope:.3f} MB/step, "
+            f"{self.LABELS[self.source]} grows steadily: {per_epoch:+,.1f} MB per epoch ({slope * 1024:,.0f} KB/step, "
             f"{growth:+,.0f} MB over {span:.0f} steps, rising in {(tau + 1) / 2:.0%} of sample pairs){runway}. "
             f"Something keeps tensors alive across steps: store loss.item() not loss, .detach() outputs you keep, "
             f"and clear lists or caches that grow every step.",
@@ -263,10 +387,10 @@ class LeakDetector:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"samples": list(self.samples), "episode": self.episode.active_level}
+        # the samples stay with this process: a resumed process starts its own series (restart())
+        return {"episode": self.episode.active_level}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.samples.extend(tuple(p) for p in d["samples"])
         self.episode.active_level = d["episode"]
 
 
@@ -288,18 +412,24 @@ class BottleneckDetector:
         self.waits.append(wait_s)
         self.walls.append(wall_s)
 
-    def check(self, step: int, epoch: int, loader_info: dict[str, Any]) -> Optional[Event]:
+    def check(self, step: int, epoch: int, loader_info: dict[str, Any], steps_per_epoch: int = 0) -> Optional[Event]:
+        """`steps_per_epoch`: the loader's length when known (else the steps of an epoch so far): a wait that
+        costs less than bottleneck_min_lost_s over a whole epoch is not worth anyone's time."""
         s = self.s
-        if len(self.waits) < max(4, s.bottleneck_window // 2):
+        if len(self.waits) < max(4, s.bottleneck_min_samples):
             return None
         waits = np.fromiter(self.waits, dtype=np.float64)
         walls = np.maximum(np.fromiter(self.walls, dtype=np.float64), 1e-9)
         share = float(np.median(waits / walls))
         wait_ms = float(np.median(waits)) * 1000.0
+        lost_s = wait_ms / 1000.0 * max(steps_per_epoch, len(waits))
         level = 0
-        if wait_ms >= s.bottleneck_min_wait_ms:
+        if wait_ms >= s.bottleneck_min_wait_ms and lost_s >= s.bottleneck_min_lost_s:
             critical = max(s.bottleneck_critical, self.warning_share)
             level = CRITICAL if share > critical else WARNING if share > self.warning_share else 0
+            # hysteresis: a wait hovering around the bar is one episode, not one event per crossing
+            if level == 0 and self.episode.active_level and share > s.bottleneck_clear_frac * self.warning_share:
+                level = self.episode.active_level
         if not self.episode.update(level):
             return None
         workers = loader_info.get("num_workers")
@@ -409,8 +539,8 @@ class BudgetProgress:
         if not self.planned or val_acc is None or not self.num_classes or self.num_classes < 2:
             return None
         self.best_val = max(self.best_val, _fraction(val_acc))
-        if step < self.s.progress_val_frac * self.planned or step >= self.planned:
-            return None
+        if step < self.s.progress_val_frac * self.planned and step < self.planned:
+            return None  # judged from progress_val_frac of the plan, and at the run's end whatever its length
         acc = self.best_val  # the best so far: one noisy validation dipping back to chance is not a verdict
         chance, limit = _chance(self.num_classes, self.s.chance_margin)
         if not self.val_episode.update(WARNING if acc <= limit else 0):

@@ -81,7 +81,10 @@ class MemoryWatch:
     def state_dict(self) -> dict[str, Any]:
         return {k: d.state_dict() for k, d in self.leaks.items()}
 
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        for key, state in d.items():
-            if key in self.leaks:
-                self.leaks[key].load_state_dict(state)
+    def load_state_dict(self, d: dict[str, Any], step: int) -> None:
+        """A resume: the leak episodes carry over (a leak reported before the stop is not reported again), the
+        samples do not: this process's memory starts a new series at `step`, after its own warm-up."""
+        for key, detector in self.leaks.items():
+            if key in d:
+                detector.load_state_dict(d[key])
+            detector.restart(step)

@@ -142,7 +142,7 @@ class Watcher:
         self.epochs_done = 0
         self.planned_steps = int(planned_steps) if planned_steps else None
         self.advice = a = Advice(advice)
-        self._loss_detectors = LossDetectors(s, a)
+        self._loss_detectors = LossDetectors(s, a, num_classes)
         self._progress = BudgetProgress(s, self.planned_steps, num_classes, a)
         self._probe = ModelProbe(s, model, self.planned_steps, num_classes, lr_at, a)
         self._probe_started = False  # the first batch (or step) has been shown to the probe
@@ -155,6 +155,7 @@ class Watcher:
         self._stragglers = StragglerCheck(s.straggler_ratio, self.device, a)
         self._grad_check = GradNormCheck(a)
         self._loader_info: dict[str, Any] = {}
+        self._loader_len = 0
         self._lr: Optional[float] = None
         self._last_record: dict[str, Any] = {}
         self._totals = Counter()  # run totals: seconds of data/compute/other/epoch, images
@@ -165,6 +166,7 @@ class Watcher:
         self._tally = EpochTally()
         self._resumed_epoch: Optional[dict[str, Any]] = None  # an epoch cut by a stop, from load_state_dict
         self._epoch_open = False
+        self._closed = False
         self._batch_size: Optional[int] = None
         self.sampler = SystemSampler(s.sample_interval_s, self.device if self.on_cuda else None)
         if self.enabled:
@@ -199,6 +201,10 @@ class Watcher:
             yield from iterable
             return
         self._loader_info = {k: getattr(iterable, k, None) for k in ("num_workers", "pin_memory", "batch_size")}
+        try:
+            self._loader_len = len(iterable)  # type: ignore[arg-type]
+        except TypeError:  # a generator or an iterable dataset
+            self._loader_len = 0
         with contextlib.closing(self._clock.timed(iterable)) as batches:
             for batch in batches:
                 self._batch_size = _batch_size_of(batch)
@@ -254,8 +260,11 @@ class Watcher:
             self._bottleneck.add(wait, wall)
         if self._timer is not None:
             self._timer.mark_end()
-        if self.step_count % max(1, self.settings.leak_sample_every) == 0:
+        sample_every = max(1, self.settings.leak_sample_every)
+        if self.step_count % sample_every == 0:  # host numbers only: judged between the (rarer) loss reads
             self._memory.sample(self.step_count)
+            for e in self._host_events(leaks=self.step_count % (5 * sample_every) == 0):
+                self._emit(e)
         if self.step_count % self.reduce_every == 0:
             self._reduce(log=True)
         self._overhead_s += time.perf_counter() - t
@@ -301,11 +310,7 @@ class Watcher:
         grad_norm = (given_norm if given_norm is not None else read_grad_norm(self.model, self.optimizer)) if log else None
         if grad_norm is not None:
             events += self._grad_check.events(grad_norm, step, epoch)
-        if self.settings.warn_on_leak:
-            events += self._leak_events()
-        if self.settings.warn_on_bottleneck and self._clock.watching:
-            e = self._bottleneck.check(step, epoch, self._loader_info)
-            events += [e] if e else []
+        events += self._host_events(leaks=True)
         step_time = interval.wall_s / n
         if log and self.world_size > 1:
             events += self._stragglers.events(max(interval.wall_s - interval.sync_s, 0.0) / n, step, epoch)
@@ -328,6 +333,16 @@ class Watcher:
             lr = self.optimizer.param_groups[0].get("lr")
             return float(lr) if lr is not None else None
         return None
+
+    def _host_events(self, leaks: bool) -> list[Event]:
+        """The checks on host numbers (memory samples, loader waits): no device read, so they need not wait for
+        the interval's loss read."""
+        events = self._leak_events() if leaks and self.settings.warn_on_leak else []
+        if self.settings.warn_on_bottleneck and self._clock.watching:
+            e = self._bottleneck.check(self.step_count, self.epoch, self._loader_info,
+                                       self._loader_len or self.steps_per_epoch or self._tally.steps)
+            events += [e] if e else []
+        return events
 
     def _leak_events(self) -> list[Event]:
         recent_step_s = self._interval.wall_s / max(len(self._interval), 1)
@@ -360,11 +375,20 @@ class Watcher:
         events: list[Event] = []
         if self.settings.warn_on_leak:
             events += self._leak_events()
+        if num_classes and num_classes >= 2:
+            self._loss_detectors.num_classes = int(num_classes)
+        final = self.planned_steps is not None and self.step_count >= self.planned_steps
+        e = self._loss_detectors.epoch_at_chance(self.step_count, self.epoch, val_acc, self._tally.losses,
+                                                 self._probe.last.get("weight_change"), final)
+        events += [e] if e else []
         if self.planned_steps is None:  # with the budget known, the budget rule below replaces "3 epochs at chance"
             e = self._loss_detectors.epoch_val(self.step_count, self.epoch, val_acc, num_classes)
             events += [e] if e else []
         e = self._progress.epoch_val(self.step_count, self.epoch, val_acc)
         events += [e] if e else []
+        if sum(e.kind == "not_learning" for e in events) > 1:  # two rules, one finding: say it once
+            first = next(e for e in events if e.kind == "not_learning")
+            events = [e for e in events if e.kind != "not_learning" or e is first]
         for e in events:
             self._emit(e)
         tally = self._tally
@@ -417,7 +441,7 @@ class Watcher:
         self.events = [Event.from_dict(e) for e in d["events"]]
         self.nonfinite_steps = list(d["nonfinite_steps"])
         self._loss_detectors.load_state_dict(d["loss"])
-        self._memory.load_state_dict(d["leaks"])
+        self._memory.load_state_dict(d["leaks"], self.step_count)
         if d.get("progress") is not None:
             self._progress.load_state_dict(d["progress"])
         if d.get("probe") is not None:
@@ -432,6 +456,13 @@ class Watcher:
         self._resumed_epoch = d.get("open_epoch")
 
     def close(self) -> None:
+        """The run's end. A loop that did not give planned_steps ends here: a last epoch at chance is said now,
+        if nothing said it yet (a one-epoch run has no second epoch to confirm it)."""
+        if self.enabled and self.planned_steps is None and not self._closed:
+            e = self._loss_detectors.run_end(self.step_count, self.epoch)
+            if e is not None:
+                self._emit(e)
+        self._closed = True
         self.sampler.stop()
         if self._update_hook is not None:
             self._update_hook.remove()

@@ -70,7 +70,7 @@ def step_record(step: int, epoch: int, finite: list[float], lr: Optional[float],
 
 
 def epoch_report(tally: EpochTally, step: int, times: dict[str, Any], memory: dict[str, Any],
-                 gpu: dict[str, Any], events: list[Event], val_loss: Optional[float],
+                 gpu: dict[str, Any], warnings: dict[str, int], val_loss: Optional[float],
                  val_acc: Optional[float], extra: dict[str, Any]) -> dict[str, Any]:
     losses = tally.losses
     trend_ratio, trend = loss_trend(losses)
@@ -92,7 +92,7 @@ def epoch_report(tally: EpochTally, step: int, times: dict[str, Any], memory: di
         **gpu,
     }
     report["peak_mem_mb"] = report.get("gpu_peak_mb", memory["peak_rss_mb"])
-    report["events"] = dict(Counter(e.kind for e in events))
+    report["events"] = warnings  # this epoch's warnings by kind, whoever raised them (the run's own included)
     report.update(extra)
     return report
 

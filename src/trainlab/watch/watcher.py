@@ -350,9 +350,19 @@ class Watcher:
         return self._memory.leak_events(self.step_count, self.epoch, self.steps_per_epoch or self._tally.steps,
                                         1.0 / recent_step_s if recent_step_s > 0 else 0.0, remaining)
 
-    def _emit(self, event: Event) -> None:
+    def add_event(self, event: Event, announce: bool = True) -> None:
+        """An event from outside the detectors (the run's config smells, its stops): kept, counted and passed to
+        on_event like the watch's own; printed unless `announce=False` (the caller prints it)."""
+        self._emit(event, announce)
+
+    def warning_counts(self, epoch: Optional[int] = None) -> dict[str, int]:
+        """Warnings and critical events by kind, of the run or of one epoch: the count every place shows."""
+        return dict(Counter(e.kind for e in self.events if e.severity in ("warning", "critical")
+                            and (epoch is None or e.epoch == epoch)))
+
+    def _emit(self, event: Event, announce: bool = True) -> None:
         self.events.append(event)
-        if self.verbose:
+        if self.verbose and announce:
             self.out.event(event)
         if self.on_event is not None:
             self.on_event(event)
@@ -393,7 +403,7 @@ class Watcher:
             self._emit(e)
         tally = self._tally
         report = epoch_report(tally, self.step_count, times, memory, self._memory.gpu_figures(),
-                              self.events[tally.first_event:], val_loss, val_acc, extra)
+                              self.warning_counts(tally.epoch), val_loss, val_acc, extra)
         for key in TIME_KEYS:
             self._totals[key] += report[key]
         self._totals["images"] += tally.images

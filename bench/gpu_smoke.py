@@ -180,7 +180,7 @@ def summary(run_dir: Path) -> dict:
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    from trainlab.checkpoint import load_checked
+    from trainlab.state.checkpoint import load_checked
 
     return load_checked(run_dir / "checkpoints" / "last.pt")["model"]
 
@@ -399,7 +399,7 @@ PROFILED_TRAIN = r"""
 import json, sys
 import torch
 from torch.profiler import ProfilerActivity, profile
-from trainlab.cli import main
+from trainlab.commands.cli import main
 activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
 with profile(activities=activities) as prof:
     code = main(sys.argv[2:])

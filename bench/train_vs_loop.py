@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from trainlab.config import load_config
 from trainlab.data import build_data
 from trainlab.models import create
-from trainlab.run import train
+from trainlab.train.run import train
 
 SETTINGS = ["data.name=shapes", "data.train_size=2560", "data.val_size=512", "data.img_size=32",
             "data.batch_size=128", "model.name=resnet20", "optim.lr=0.1", "run.tensorboard=false",

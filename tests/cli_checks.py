@@ -1,7 +1,7 @@
 """Running `trainlab` on bad input and checking the promise: exit 2, at most two lines on stderr, no
 traceback, nothing new on disk.
 
-`run_in_process` calls `trainlab.cli.main(argv)`, the function the console script calls, so a case costs
+`run_in_process` calls `trainlab.commands.cli.main(argv)`, the function the console script calls, so a case costs
 milliseconds instead of a Python start and a torch import; `run_subprocess` is the real thing, used for a
 representative case per command.
 """
@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainlab import cli
+from trainlab.commands import cli
 
 # Tiny enough that a bad value the checks miss trains for a second and fails the test on its exit code
 # instead of stalling it.

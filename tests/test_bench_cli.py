@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from trainlab.batch_finder import search_max_batch, with_margin
-from trainlab.cli import main
+from trainlab.commands.cli import main
 from trainlab.errors import ConfigError
+from trainlab.train.batch_finder import search_max_batch, with_margin
 
 TINY = ["data.name=shapes", "data.train_size=192", "data.val_size=32", "data.img_size=16", "data.batch_size=32",
         "train.device=cpu"]  # fmt: skip
@@ -72,8 +72,8 @@ def test_search_max_batch_finds_the_limit(limit):
 def test_find_max_batch_obeys_a_planted_memory_limit(monkeypatch):
     """The search through its real entry point, on the CPU: a planted limit of 300 images per batch
     (TRAINLAB_DRILL_MAX_BATCH) is found to within the bisection's resolution, less the 10% margin."""
-    from trainlab.batch_finder import find_max_batch
     from trainlab.config import load_config
+    from trainlab.train.batch_finder import find_max_batch
 
     cfg = load_config(None, ["train.device=cpu"])
     monkeypatch.setenv("TRAINLAB_DRILL_MAX_BATCH", "300")
@@ -89,9 +89,9 @@ def test_find_max_batch_obeys_a_planted_memory_limit(monkeypatch):
 def test_find_max_batch_on_gpu_trains_at_the_found_batch():
     """On a GPU the answer is real: a training step at the found batch runs without running out of memory,
     and after the search the peak-memory counter no longer shows the search's near-OOM peak."""
-    from trainlab import optim
-    from trainlab.batch_finder import _fits, find_max_batch, model_setup
     from trainlab.config import load_config
+    from trainlab.train import optim
+    from trainlab.train.batch_finder import _fits, find_max_batch, model_setup
 
     cuda = torch.device("cuda")
     cfg = load_config(None, ["model.name=resnet18", "model.cifar_stem=true", "data.img_size=32"])

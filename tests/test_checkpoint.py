@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from trainlab import checkpoint as ckpt
-from trainlab.checkpoint import (
+from trainlab.paths import DiskFullError
+from trainlab.state import checkpoint as ckpt
+from trainlab.state.checkpoint import (
     CheckpointError,
     capture_rng,
     load_checked,
     restore_rng,
     save_atomic,
 )
-from trainlab.paths import DiskFullError
-from trainlab.retention import CheckpointManager
-from trainlab.stops import PreemptionGuard
+from trainlab.state.retention import CheckpointManager
+from trainlab.state.stops import PreemptionGuard
 
 
 def make_state(global_step: int = 10, seed: int = 0) -> dict:

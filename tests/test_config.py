@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainlab.cli import main
+from trainlab.commands.cli import main
 from trainlab.config import load_config
 from trainlab.errors import ConfigError
 

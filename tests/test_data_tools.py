@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from trainlab.commands.data import register_cli
 from trainlab.data.pack import PACKED_FORMAT
-from trainlab.data.tools import register_cli
 from trainlab.errors import DataError, UsageError
 
 CLASSES = ("cat", "dog", "frog")
@@ -337,7 +337,7 @@ def test_stats_of_packed_dir_matches_folder_at_same_size(tmp_path, capsys):
 
 
 def test_cli_maps_missing_root_to_exit_2(tmp_path, capsys):
-    from trainlab.cli import main
+    from trainlab.commands.cli import main
 
     assert main(["data", "info", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err

@@ -70,7 +70,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Path:
-    from trainlab.cli import main
+    from trainlab.commands.cli import main
 
     run_dir = tmp_path_factory.mktemp("single") / "run"
     threads = torch.get_num_threads()
@@ -169,7 +169,7 @@ def test_resume_after_sigterm_under_ddp_matches_the_uninterrupted_run(ddp, inter
 def test_resume_on_one_process_keeps_the_global_batch(single, interrupted, tmp_path, capsys):
     """The 2 x 16 checkpoint continued by one process: refused with 1 x 16 (the global batch would halve),
     allowed with 1 x 32 (the same samples per step), ending where the 1 x 32 run from scratch ends."""
-    from trainlab.cli import main
+    from trainlab.commands.cli import main
 
     assert interrupted["proc"].returncode == 143, interrupted["proc"].stderr[-3000:]
     run_dir = tmp_path / "run"

@@ -18,9 +18,9 @@ import torch
 
 from tests.cli_checks import TINY_RUN, run_in_process, run_subprocess
 from tests.test_error_matrix import image_folder
-from trainlab.checkpoint import load_checked, save_atomic, temp_path_for
-from trainlab.logs import RunLogger
 from trainlab.paths import DiskFullError
+from trainlab.runlog.writer import RunLogger
+from trainlab.state.checkpoint import load_checked, save_atomic, temp_path_for
 
 DEV_FULL = Path("/dev/full")
 needs_dev_full = pytest.mark.skipif(not DEV_FULL.exists(), reason="needs /dev/full (Linux)")

@@ -119,7 +119,7 @@ WORKER_SCRIPT = textwrap.dedent(
     import sys, time
     import torch
     from trainlab import distributed as D
-    from trainlab.stops import PreemptionGuard
+    from trainlab.state.stops import PreemptionGuard
 
     mode = sys.argv[1]
     ctx = D.setup(train_device="cpu", timeout_s=60)

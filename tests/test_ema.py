@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainlab.ema import ModelEMA
+from trainlab.train.ema import ModelEMA
 
 
 def _model() -> nn.Module:

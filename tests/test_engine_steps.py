@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from trainlab.engine import EpochTotals, Trainer, bookkeeping_dtype
+from trainlab.train.engine import EpochTotals, Trainer, bookkeeping_dtype
 
 
 class ListLoader:

@@ -6,7 +6,7 @@ and the path cases from the parser's path arguments, each given a role below; a 
 added without a role fails `test_every_path_argument_has_a_role`, so the matrix grows with the CLI.
 
 Each case must exit 2 with one or two lines on stderr, no traceback, and nothing new on disk. The cases run
-in-process through `trainlab.cli.main` (milliseconds each); `test_representative_subprocess` repeats one
+in-process through `trainlab.commands.cli.main` (milliseconds each); `test_representative_subprocess` repeats one
 path case per command in a real `python -m trainlab` process.
 """
 
@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.cli_checks import TINY_RUN, assert_bad_input, run_in_process, run_subprocess, tree
-from trainlab import cli
+from trainlab.commands import cli
 from trainlab.config import CHOICES, RANGES, Config
 
 # ------------------------------------------------------------------ config keys, from the schema

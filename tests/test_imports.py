@@ -1,7 +1,8 @@
-"""The package's module graph: no import cycles, so each module can be read (and changed) on its own.
+"""The package's module graph: no import cycles, and no import that runs back up a floor.
 
 Walks every module under src/trainlab with Python's own parser, collects the trainlab modules it imports
-(at the top or inside functions: a deferred import is still a dependency), and fails on any cycle."""
+(at the top or inside functions: a deferred import is still a dependency), and fails on any cycle and on
+any import from a lower wing to a higher one (docs/architecture.md draws the floors)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,65 @@ def test_no_import_cycles():
 
 def test_the_walker_sees_a_planted_cycle():
     graph = import_graph()
-    assert "trainlab.run" in graph["trainlab.cli"]  # a deferred import inside cmd_train is seen
-    graph["trainlab.runtime"].add("trainlab.cli")  # runtime <- build <- run <- cli <- runtime
+    assert "trainlab.train.run" in graph["trainlab.commands.cli"]  # a deferred import inside cmd_train is seen
+    graph["trainlab.train.runtime"].add("trainlab.commands.cli")  # runtime <- build <- run <- cli <- runtime
     assert find_cycle(graph) is not None
+
+
+# The floors, top down. A module may import its own wing and any wing on a lower floor; wings that share a
+# floor import each other only where SIDEWAYS says so, and why (and so does the one import that goes up).
+FLOORS = [
+    ["trainlab", "__main__"],  # the package's face: lazy re-exports
+    ["commands"],  # entry points: argv or a Python call -> the library
+    ["doctor"],  # examines the run train builds (and runs its step); its start checks are a callback
+    ["train"],  # one run: the loop, the step, building its parts
+    ["state", "runlog", "data", "models", "watch", "report"],
+    ["config", "errors", "paths", "distributed", "drills", "planted"],  # the ground floor
+]
+SIDEWAYS = {  # (importing wing, imported module or wing): why
+    ("models", "state.checkpoint"): "pretrained weights load through the checkpoint's safe loader",
+    ("runlog", "report"): "the trackers keep the HTML report of a finished run as a file",
+    ("config", "watch.settings"): "the watch section's schema lives with the watch, usable without trainlab's config",
+}
+
+
+def wing(module: str) -> str:
+    return module.split(".")[1] if "." in module else module
+
+
+def floor_of(module: str) -> int:
+    return next(i for i, names in enumerate(FLOORS) if wing(module) in names)
+
+
+def declared(module: str, target: str) -> bool:
+    inside = target.split(".", 1)[1] if "." in target else target
+    return any(wing(module) == a and (inside == b or inside.startswith(b + ".")) for a, b in SIDEWAYS)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a higher floor, or of another wing of the same floor that SIDEWAYS does not declare
+    (the ground floor's single modules may import each other: the cycle test keeps them apart)."""
+    ground = len(FLOORS) - 1
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if wing(module) != wing(target) and not declared(module, target)
+        and (floor_of(target) < floor_of(module) or floor_of(target) == floor_of(module) != ground)
+    )
+
+
+def test_every_module_sits_on_a_floor():
+    assert [m for m in import_graph() if not any(wing(m) in names for names in FLOORS)] == []
+
+
+def test_no_import_runs_back_up_a_floor():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layering_check_sees_a_planted_upward_import():
+    graph = import_graph()
+    graph["trainlab.state.checkpoint"].add("trainlab.train.run")  # state sits below train
+    graph["trainlab.data.shapes"].add("trainlab.watch.watcher")  # two wings of one floor, not declared
+    assert upward_imports(graph) == ["trainlab.data.shapes -> trainlab.watch.watcher",
+                                     "trainlab.state.checkpoint -> trainlab.train.run"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainlab.mix import BatchMixer, soft_target_accuracy
+from trainlab.train.mix import BatchMixer, soft_target_accuracy
 
 N, C, SIZE = 8, 10, 16
 

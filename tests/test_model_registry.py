@@ -17,10 +17,10 @@ import torchvision
 
 from tests.conftest import TINY
 from trainlab import models
-from trainlab.cli import main
-from trainlab.engine import Trainer
+from trainlab.commands.cli import main
 from trainlab.errors import ConfigError
 from trainlab.models.outputs import training_loss
+from trainlab.train.engine import Trainer
 
 
 def _family(name: str) -> str:

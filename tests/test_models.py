@@ -187,7 +187,9 @@ def test_freeze_backbone_trains_only_the_head(name, head):
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="trainlab")
-    models.register_cli(parser.add_subparsers(dest="command"))
+    from trainlab.commands.inspect import register_cli
+
+    register_cli(parser.add_subparsers(dest="command"))
     return parser.parse_args(argv)
 
 
@@ -209,7 +211,7 @@ def _trainlab_script() -> str | None:
 
 
 def test_trainlab_inspect_command_json_and_unknown_name():
-    pytest.importorskip("trainlab.cli", reason="the CLI module is not there yet")
+    pytest.importorskip("trainlab.commands.cli", reason="the CLI module is not there yet")
     script = _trainlab_script()
     if script is None:
         pytest.skip("the trainlab console script is not installed")

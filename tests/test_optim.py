@@ -10,7 +10,7 @@ from torch import nn
 
 from trainlab.config import OptimConfig, SchedConfig
 from trainlab.errors import ConfigError
-from trainlab.optim import build_optimizer, build_scheduler, check_schedule, effective_lr
+from trainlab.train.optim import build_optimizer, build_scheduler, check_schedule, effective_lr
 
 
 def _model() -> nn.Module:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY, read_metrics
-from trainlab.cli import main
+from trainlab.commands.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.report_fixtures import make_run
-from trainlab.cli import main
+from trainlab.commands.cli import main
 from trainlab.errors import UsageError
 from trainlab.report import load_run, load_runs, report_text, runs_table, write_report
 from trainlab.report.compare import run_figures, to_csv

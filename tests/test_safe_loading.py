@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from trainlab import checkpoint as ckpt
-from trainlab.cli import main
+from trainlab.commands.cli import main
 from trainlab.models import create
+from trainlab.state import checkpoint as ckpt
 
 
 class _Payload:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from trainlab.cli import main
+from trainlab.commands.cli import main
+from trainlab.commands.sweep import GpuPool, parse_grid, run_names, split_items, split_values, visible_gpus
 from trainlab.errors import UsageError
-from trainlab.sweep import GpuPool, parse_grid, run_names, split_items, split_values, visible_gpus
 
 # as small as a real run gets: 4 steps per epoch, 2 epochs (so first vs later epochs exist)
 TINY = [

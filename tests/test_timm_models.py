@@ -58,7 +58,7 @@ def test_pretrained_from_a_local_file_with_a_new_head(tmp_path):
 
 
 def test_unknown_timm_name_is_one_line_with_closest_names_exit_2(capsys):
-    from trainlab.cli import main
+    from trainlab.commands.cli import main
 
     with pytest.raises(ConfigError, match="timm/convnext_atto"):
         models.create("timm/convnext_ato", 10)

@@ -190,7 +190,7 @@ def test_a_tracker_that_fails_mid_run_warns_once_and_the_run_goes_on(tmp_path):
 
 
 def test_an_unknown_tracker_is_a_one_line_config_error(tmp_path, capsys):
-    from trainlab.cli import main
+    from trainlab.commands.cli import main
 
     assert main(["train", *TINY, "log.trackers=[mlfow]", f"run.dir={tmp_path / 'r'}"]) == 2
     err = capsys.readouterr().err
@@ -202,7 +202,7 @@ def test_log_trackers_and_the_older_run_tensorboard_switch_agree():
     """`log.trackers` picks the trackers; `run.tensorboard=false` (configs from before it existed) still
     turns TensorBoard off, and a config that says neither keeps TensorBoard on, as before."""
     from trainlab.config import load_config
-    from trainlab.trackers import chosen
+    from trainlab.runlog.trackers import chosen
 
     def pick(*overrides: str) -> list[str]:
         return chosen(load_config(None, list(overrides)))
@@ -215,13 +215,13 @@ def test_log_trackers_and_the_older_run_tensorboard_switch_agree():
 
 
 def test_tensorboard_tracker_gets_the_rows_steps_and_events_the_files_get(tmp_path):
-    """TensorBoard behind the same logger calls as before its move into trainlab.trackers: epoch scalars
+    """TensorBoard behind the same logger calls as before its move into trainlab.runlog.trackers: epoch scalars
     equal to metrics.csv, step scalars at their steps, events as text."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from trainlab.logs import RunLogger
-    from trainlab.trackers import TrackerSet
-    from trainlab.trackers.tensorboard import TensorBoardTracker
+    from trainlab.runlog.trackers import TrackerSet
+    from trainlab.runlog.trackers.tensorboard import TensorBoardTracker
+    from trainlab.runlog.writer import RunLogger
 
     logger = RunLogger(tmp_path, trackers=TrackerSet([TensorBoardTracker(tmp_path)]))
     logger.log_step({"step": 5, "epoch": 1, "loss": 2.25, "lr": 0.1})

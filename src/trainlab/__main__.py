@@ -1,3 +1,3 @@
-from trainlab.cli import entry
+from trainlab.commands.cli import entry
 
 entry()

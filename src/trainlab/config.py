@@ -19,7 +19,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from trainlab.errors import ConfigError, UsageError
-from trainlab.trackers import validate_names
 from trainlab.watch.settings import WatchSettings
 
 
@@ -158,7 +157,7 @@ class RunConfig:
 
 @dataclass
 class LogConfig:
-    # Experiment trackers fed by the run's logger (trainlab.trackers): tensorboard | mlflow | wandb.
+    # Experiment trackers fed by the run's logger (trainlab.runlog.trackers): tensorboard | mlflow | wandb.
     # TensorBoard also needs run.tensorboard=true (the older switch still turns it off).
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     mlflow_uri: Optional[str] = None  # null: embedded SQLite store beside the run dir (RUN_DIR/../mlflow.db)
@@ -189,6 +188,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     dist: DistConfig = field(default_factory=DistConfig)
 
+
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # log.trackers: runlog/trackers/ has one module each
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("shapes", "cifar10", "cifar100", "folder", "packed"),
@@ -414,7 +415,9 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"train.device={dev!r} is not valid; choose auto, cpu, cuda, cuda:N or mps")
     if cfg.data.name in ("folder", "packed") and not cfg.data.root:
         raise ConfigError(f"data.name={cfg.data.name} needs data.root=PATH (the dataset folder)")
-    validate_names(cfg.log.trackers)
+    for name in cfg.log.trackers or []:  # a typo fails at start, not after an epoch
+        if str(name).strip().lower() not in TRACKERS:
+            raise ConfigError(f"log.trackers: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
     _validate_aug(cfg)
     if cfg.data.memory_budget_gb is not None and cfg.data.memory_budget_gb <= 0:
         raise ConfigError(f"data.memory_budget_gb={cfg.data.memory_budget_gb} must be positive (or null)")

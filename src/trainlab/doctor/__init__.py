@@ -5,13 +5,11 @@ config_smells, input_stats, label_histogram, sample_grid (samples.png), initial_
 parameters, activations (+ batchnorm_mode), lr_range (lr_range.png), label_signal, throughput. The report is written as
 doctor.json + doctor.txt in --out (default runs/doctor-<name>-<stamp>). Exit 0 when nothing is a problem, 1
 otherwise, 2 for bad input. `train.preflight=true` runs the cheap ones before a run's first step
-(`preflight_verdicts`), logged as events of kind `preflight`.
+(`doctor.start`), logged as events of kind `preflight`.
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
 import math
 import time
 from datetime import datetime
@@ -20,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-from trainlab.doctor.verdict import Verdict, exit_code, timed, write_report
+from trainlab.doctor.verdict import Verdict, timed, write_report
 
 
 def diagnose(cfg: Any, out_dir: Optional[Path] = None, config_name: str = "(defaults)",
@@ -78,73 +76,3 @@ def diagnose(cfg: Any, out_dir: Optional[Path] = None, config_name: str = "(defa
     printer("")
     printer(write_report(out_dir, header, verdicts).split("\n")[-1])
     return verdicts, out_dir
-
-
-def start_smells(cfg: Any, data: Any, model: torch.nn.Module, num_classes: int) -> Optional[Verdict]:
-    """The configuration smells of a run about to start, for every `trainlab train` (free: no data read, no
-    step). None when nothing smells. The schedule's own warnings are left out: the run logs those itself."""
-    from trainlab.doctor import smells
-    from trainlab.doctor.patient import Patient
-
-    device = next(model.parameters()).device
-    patient = Patient(cfg, device, data, num_classes, int(data.train.batch_size), 1, 1, [])
-    verdict = smells.config_smells(patient, model)
-    return None if verdict.status == "ok" else verdict
-
-
-def preflight_verdicts(cfg: Any, data: Any, model: torch.nn.Module, num_classes: int) -> list[Verdict]:
-    """The cheap checks, on a run that is about to start: no training, a copy of the model, RNG untouched."""
-    from trainlab.doctor import checks, inputs, smells
-    from trainlab.doctor.patient import Patient
-    from trainlab.doctor.probe import probe
-    from trainlab.optim import check_schedule
-
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        batches = len(data.train)
-        if cfg.train.max_steps_per_epoch:
-            batches = min(batches, int(cfg.train.max_steps_per_epoch))
-        spe = -(-batches // int(cfg.train.grad_accum))
-        device = next(model.parameters()).device
-        patient = Patient(cfg, device, data, num_classes, int(data.train.batch_size), spe,
-                          spe * int(cfg.train.epochs), check_schedule(cfg.sched, int(cfg.train.epochs), spe))
-        verdicts = timed(smells.config_smells, patient, model)
-        verdicts += timed(inputs.input_stats, patient)
-        verdicts += timed(inputs.label_histogram, patient)
-        t0 = time.perf_counter()
-        images, labels = next(patient.train_batches(1))
-        first = probe(copy.deepcopy(model), images[:64], labels[:64], patient.loss)
-        found = [checks.initial_loss(patient, first), checks.parameters(first, None),
-                 *[v for v in checks.layers(first, first) if v.check == "batchnorm_mode"]]
-        for v in found:
-            v.cost_s = round((time.perf_counter() - t0) / len(found), 3)
-        return verdicts + found
-    finally:
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    from trainlab.config import load_config, split_config_and_overrides
-
-    config_path, overrides = split_config_and_overrides(args.items)
-    cfg = load_config(config_path, overrides)
-    verdicts, _ = diagnose(cfg, Path(args.out) if args.out else None, config_path or "(defaults)")
-    return exit_code(verdicts)
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "doctor",
-        help="pre-flight checks of a run: trainlab doctor [CONFIG] [key=value ...]",
-        description="Examine the run a config describes before spending hours on it: initial loss, overfitting one "
-        "batch, an LR range test, whether the train labels are predictable from their images, parameters and "
-        "activations, input statistics, labels, a sample grid, config "
-        "smells, throughput and ETA. Writes doctor.json, doctor.txt, samples.png and lr_range.png. Exit 0 when "
-        "nothing is a problem, 1 otherwise.",
-    )
-    p.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="a YAML config, then overrides")
-    p.add_argument("--out", help="report directory (default runs/doctor-<name>-<timestamp>)")
-    p.set_defaults(func=cmd_doctor)

@@ -10,8 +10,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from trainlab import optim
 from trainlab.errors import ConfigError, DataError
+from trainlab.train import optim
 
 
 @dataclass

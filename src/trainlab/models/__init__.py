@@ -25,7 +25,7 @@ from trainlab.models.input_size import guard_first_input, min_img_size, size_ste
 from trainlab.models.outputs import AUX_MODELS
 from trainlab.models.pretrained import freeze_all_but_head, head_prefixes, load_pretrained
 
-__all__ = ["available", "create", "inspect_model", "register_cli", "head_prefixes", "is_cifar_model", "min_img_size",
+__all__ = ["available", "create", "inspect_model", "head_prefixes", "is_cifar_model", "min_img_size",
            "size_step"]
 
 log = logging.getLogger("trainlab.models")
@@ -187,4 +187,4 @@ def from_config(cfg: Any, num_classes: int, with_weights: bool = True) -> nn.Mod
     )  # fmt: skip
 
 
-from trainlab.models.inspection import inspect_model, register_cli  # noqa: E402  (needs create())
+from trainlab.models.inspection import inspect_model  # noqa: E402  (needs create())

@@ -56,7 +56,7 @@ def _strip_wrappers(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_checkpoint(path: Path, trusted: bool = False) -> dict[str, torch.Tensor]:
-    from trainlab.checkpoint import UnsafeCheckpointError, safe_torch_load
+    from trainlab.state.checkpoint import UnsafeCheckpointError, safe_torch_load
 
     try:
         obj = safe_torch_load(path, "cpu", trusted, flag="run.trust_checkpoint=true")

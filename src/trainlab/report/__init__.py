@@ -3,7 +3,7 @@
 Reads only what runs wrote to disk (docs/run-dir.md), so it works while a run is going and after a crash.
 """
 
-from trainlab.report.commands import register_cli, report_text, runs_table, write_report
+from trainlab.report.pages import report_text, runs_table, write_report
 from trainlab.report.read import Run, find_runs, load_run, load_runs
 
-__all__ = ["Run", "find_runs", "load_run", "load_runs", "register_cli", "report_text", "runs_table", "write_report"]
+__all__ = ["Run", "find_runs", "load_run", "load_runs", "report_text", "runs_table", "write_report"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from trainlab.logs import METRIC_COLUMNS
+from trainlab.runlog.writer import METRIC_COLUMNS
 
 
 def _finite_number(value: object) -> bool:

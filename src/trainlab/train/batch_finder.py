@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from trainlab import drills
 from trainlab.config import img_size_schedule
-from trainlab.engine import autocast
 from trainlab.errors import ConfigError
-from trainlab.runtime import channels_last_default, configure_backends, resolve_precision
+from trainlab.train.engine import autocast
+from trainlab.train.runtime import channels_last_default, configure_backends, resolve_precision
 
 SAFETY_MARGIN = 0.10  # keep this fraction of the largest batch that trained in reserve
 MAX_BATCH_CAP = 1 << 16
@@ -118,7 +118,7 @@ def find_max_batch(cfg: Any, device: torch.device, reserve_bytes: int = 0, rank:
     if device.type != "cuda":  # the planted limit alone decides (a drill for CPU tests)
         largest = search_max_batch(lambda batch: batch <= planted)
     else:
-        from trainlab import optim
+        from trainlab.train import optim
 
         num_classes = num_classes_hint(cfg)
         model, precision, channels_last = model_setup(cfg, device, num_classes)

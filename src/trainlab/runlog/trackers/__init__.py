@@ -1,4 +1,4 @@
-"""Experiment trackers: TensorBoard, MLflow, Weights & Biases, fed by the run's logger (logs.RunLogger).
+"""Experiment trackers: TensorBoard, MLflow, Weights & Biases, fed by the run's logger (runlog.writer.RunLogger).
 
 One module per tracker; each is a small class with the same methods (`start`, `log_epoch`, `log_steps`,
 `log_event`, `finish`). `open_trackers` picks them from the config (`log.trackers`), and `TrackerSet`
@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
+from trainlab.config import TRACKERS
 from trainlab.errors import ConfigError
 
-KNOWN = ("tensorboard", "mlflow", "wandb")
+KNOWN = TRACKERS
 # The package each tracker needs and the extra that installs it.
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "trainlab[mlflow]"),
             "wandb": ("wandb", "trainlab[wandb]")}  # fmt: skip
@@ -31,13 +32,6 @@ def chosen(cfg: Any) -> list[str]:
     if not cfg.run.tensorboard:
         names = [n for n in names if n != "tensorboard"]
     return list(dict.fromkeys(names))  # in order, once each
-
-
-def validate_names(names: Any) -> None:
-    """Config check: every name is a known tracker (a typo fails at start, not after an epoch)."""
-    for name in names or []:
-        if str(name).strip().lower() not in KNOWN:
-            raise ConfigError(f"log.trackers: unknown tracker {name!r}; choose from {', '.join(KNOWN)}")
 
 
 def _require(name: str) -> None:
@@ -144,15 +138,15 @@ def open_trackers(cfg: Any, run_dir: Path, resume_ids: Optional[dict] = None,
     trackers = []
     for name in names:
         if name == "tensorboard":
-            from trainlab.trackers.tensorboard import TensorBoardTracker
+            from trainlab.runlog.trackers.tensorboard import TensorBoardTracker
 
             trackers.append(TensorBoardTracker(run_dir))
         elif name == "mlflow":
-            from trainlab.trackers.mlflow import MLflowTracker
+            from trainlab.runlog.trackers.mlflow import MLflowTracker
 
             trackers.append(MLflowTracker(run_dir, cfg.log, params, resume_ids.get("mlflow")))
         elif name == "wandb":
-            from trainlab.trackers.wandb import WandbTracker
+            from trainlab.runlog.trackers.wandb import WandbTracker
 
             trackers.append(WandbTracker(run_dir, cfg.log, params, resume_ids.get("wandb")))
     return TrackerSet(trackers, on_failure)

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
-from trainlab.trackers import upload_files
+from trainlab.runlog.trackers import upload_files
 
 EXIT_CODE = {"finished": 0, "stopped": 143, "failed": 1}
 

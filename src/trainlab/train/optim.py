@@ -244,3 +244,61 @@ def check_schedule(sched_cfg: Any, epochs: int, steps_per_epoch: int) -> list[st
             "the LR never reaches its full value"
         )
     return warnings
+
+
+def plan_schedule(cfg: Any, state: Optional[dict], steps_per_epoch: int, base_lr: float, say) -> dict:
+    """The LR schedule a run follows: `{"plan": segments, "epochs", "steps_per_epoch"}` (saved in checkpoints).
+
+    A fresh run gets one segment sized from train.epochs. A resume keeps the checkpoint's plan unless
+    train.epochs or the steps per epoch (train.max_steps_per_epoch) changed; then, if the new sizes would
+    change the LR curve from the resume step on (cosine and one-cycle are sized from them; step schedules
+    are not), `sched.extend` decides: `refuse` (the default) names the jump, `hold` keeps the old curve
+    (its final LR from its end on), `restart` runs a new schedule over the steps left."""
+    epochs = int(cfg.train.epochs)
+    fresh = {"plan": schedule_plan(epochs, steps_per_epoch), "epochs": epochs, "steps_per_epoch": steps_per_epoch}
+    if state is None:
+        return fresh
+    saved = state.get("schedule")
+    if saved is None:  # an older checkpoint: its run was sized from its own config and these steps
+        saved_epochs = int(state.get("config", {}).get("train", {}).get("epochs", epochs))
+        saved = {"plan": schedule_plan(saved_epochs, steps_per_epoch), "epochs": saved_epochs,
+                 "steps_per_epoch": steps_per_epoch}  # fmt: skip
+    if saved["epochs"] == epochs and saved["steps_per_epoch"] == steps_per_epoch:
+        return saved
+    step = int(state.get("global_step", 0))
+    plan = [dict(seg) for seg in saved["plan"]]
+    last = plan[-1]
+    last["epochs"] = max(1, int(last["epochs"]) + epochs - int(saved["epochs"]))
+    last["steps_per_epoch"] = steps_per_epoch
+    candidate = {"plan": plan, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
+    old_curve = multiplier_fn(cfg.sched, base_lr, saved["plan"])
+    new_curve = multiplier_fn(cfg.sched, base_lr, plan)
+    end = max(epochs * steps_per_epoch, step + 1)
+    probes = sorted({step, *range(step, end, max(1, (end - step) // 256)), end - 1})
+    jump = next((k for k in probes if abs(old_curve(k) - new_curve(k)) > 1e-9 * max(abs(old_curve(k)), 1e-12)), None)
+    if jump is None:
+        return candidate
+    old_lr, new_lr = base_lr * old_curve(jump), base_lr * new_curve(jump)
+    what = (f"train.epochs {saved['epochs']} -> {epochs}" if saved["epochs"] != epochs
+            else f"steps per epoch {saved['steps_per_epoch']} -> {steps_per_epoch} (train.max_steps_per_epoch)")
+    mode = str(cfg.sched.extend)
+    left = max(1, epochs * steps_per_epoch - step)
+    if mode == "hold":
+        say(f"sched.extend=hold: {what}; the {cfg.sched.name} schedule keeps its old curve "
+            f"(LR {old_lr:.4g} at step {step}, its final LR from its end on)")
+        return {**saved, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
+    if mode == "restart":
+        plan = [dict(seg) for seg in saved["plan"]] + [
+            {"start": step, "epochs": 1, "steps_per_epoch": steps_per_epoch, "steps": left}]
+        say(f"sched.extend=restart: {what}; a new {cfg.sched.name} schedule over the {left} steps left "
+            f"starts at step {step}")
+        return {"plan": plan, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
+    if cfg.run.resume_force:
+        say(f"run.resume_force=true: {what} resizes the {cfg.sched.name} schedule; the LR at step {jump} moves "
+            f"from {old_lr:.4g} to {new_lr:.4g}")
+        return candidate
+    raise ConfigError(
+        f"cannot resume: {what} resizes the {cfg.sched.name} schedule, so the LR at step {jump} would jump from "
+        f"{old_lr:.4g} to {new_lr:.4g}; choose sched.extend=hold (keep the old curve and its final LR) or "
+        f"sched.extend=restart (a new {cfg.sched.name} over the {left} steps left), or restore the old value"
+    )

@@ -13,19 +13,19 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from trainlab.argtypes import positive_int
+from trainlab.commands.argtypes import positive_int
 from trainlab.errors import TrainlabError, UsageError
 
-# Subcommands other modules register through their `register_cli(subparsers)`. Only the module of the
-# command being run is imported, so `trainlab train` does not pay for matplotlib and friends.
+# Subcommands registered by their own module's `register_cli(subparsers)`. Only the module of the command
+# being run is imported, so `trainlab train` does not pay for matplotlib and friends.
 REGISTRARS = {
-    "inspect": "trainlab.models",
-    "data": "trainlab.data.tools",
-    "bench": "trainlab.bench",
-    "sweep": "trainlab.sweep",
-    "report": "trainlab.report",
-    "runs": "trainlab.report",
-    "doctor": "trainlab.doctor",
+    "inspect": "trainlab.commands.inspect",
+    "data": "trainlab.commands.data",
+    "bench": "trainlab.commands.bench",
+    "sweep": "trainlab.commands.sweep",
+    "report": "trainlab.commands.report",
+    "runs": "trainlab.commands.report",
+    "doctor": "trainlab.commands.doctor",
 }
 
 
@@ -37,7 +37,8 @@ class _Parser(argparse.ArgumentParser):
 def cmd_train(args: argparse.Namespace) -> int:
     from trainlab import distributed
     from trainlab.config import load_config, split_config_and_overrides
-    from trainlab.run import train
+    from trainlab.doctor.start import StartChecks
+    from trainlab.train.run import train
 
     config_path, overrides = split_config_and_overrides(args.items)
     cfg = load_config(config_path, overrides)
@@ -45,12 +46,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Re-launch through torch's own launcher; each worker runs this command with nproc left to torchrun.
         argv = [a for a in args.items if not a.startswith("train.nproc=")]
         return distributed.launch(argv, nproc=cfg.train.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint)
-    train(cfg)
+    train(cfg, callbacks=[StartChecks()])
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from trainlab.evaluate import evaluate_checkpoint
+    from trainlab.commands.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, args.overrides, use_ema=args.ema)
     if args.json:

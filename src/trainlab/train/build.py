@@ -15,9 +15,9 @@ import torch
 from trainlab import config as config_mod
 from trainlab import distributed, planted
 from trainlab.config import final_img_size
-from trainlab.engine import Trainer
 from trainlab.errors import ConfigError, DataError
-from trainlab.runtime import (
+from trainlab.train.engine import Trainer
+from trainlab.train.runtime import (
     channels_last_default,
     configure_backends,
     rank_seed,
@@ -38,7 +38,7 @@ class Parts:
     channels_last: bool
     global_batch: int
     steps_per_epoch: int  # optimizer steps
-    schedule: dict  # trainlab.resume.plan_schedule's result, saved in checkpoints
+    schedule: dict  # optim.plan_schedule's result, saved in checkpoints
     schedule_warnings: list[str]
     batch_note: Optional[str]  # how data.batch_size=auto was resolved
 
@@ -48,14 +48,14 @@ def resolve_auto_batch(cfg: Any, ctx: distributed.DistContext, state: Optional[d
     same), else the largest batch every rank's device trains, agreed as the minimum over ranks."""
     if cfg.data.batch_size != "auto":
         return cfg, None
-    from trainlab.resume import resume_batch_size
+    from trainlab.state.resume import resume_batch_size
 
     if state is not None:
         batch = resume_batch_size(cfg, state, ctx.world_size)
         note = f"data.batch_size=auto: {batch} per process, as when the run started (resumed)"
     else:
         from trainlab import drills
-        from trainlab.batch_finder import find_max_batch
+        from trainlab.train.batch_finder import find_max_batch
 
         if ctx.device.type != "cuda" and drills.planted_max_batch(ctx.rank) is None:
             raise ConfigError("data.batch_size=auto needs a GPU; give a number, e.g. data.batch_size=128")
@@ -75,7 +75,7 @@ def _resident_bytes(cfg: Any) -> int:
     reserve = 0
     if cfg.train.ema_decay:
         from trainlab import models
-        from trainlab.batch_finder import num_classes_hint
+        from trainlab.train.batch_finder import num_classes_hint
 
         model = models.from_config(cfg, num_classes_hint(cfg), with_weights=False)
         reserve += sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -86,9 +86,9 @@ def _resident_bytes(cfg: Any) -> int:
 
 def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], say: Callable[[str], None],
                 on_batch: Optional[Callable[[int, int], None]] = None) -> Parts:  # fmt: skip
-    from trainlab import models, optim
+    from trainlab import models
     from trainlab.data import build_data
-    from trainlab.resume import plan_schedule
+    from trainlab.train import optim
 
     device = ctx.device
     seed_everything(cfg.train.seed)  # every rank builds the same initial weights
@@ -124,19 +124,19 @@ def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], s
     steps_per_epoch = -(-batches // cfg.train.grad_accum)  # optimizer steps
     base_lr = float(cfg.sched.max_lr) if cfg.sched.name == "onecycle" and cfg.sched.max_lr else (
         optimizer.param_groups[0]["lr"])  # fmt: skip
-    schedule = plan_schedule(cfg, state, steps_per_epoch, base_lr, say)
+    schedule = optim.plan_schedule(cfg, state, steps_per_epoch, base_lr, say)
     scheduler = optim.build_scheduler(optimizer, cfg.sched, cfg.optim, cfg.train.epochs, steps_per_epoch,
                                       segments=schedule["plan"])  # fmt: skip
     schedule_warnings = optim.check_schedule(cfg.sched, cfg.train.epochs, steps_per_epoch)
 
     ema = None
     if cfg.train.ema_decay:
-        from trainlab.ema import ModelEMA
+        from trainlab.train.ema import ModelEMA
 
         ema = ModelEMA(raw_model, cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
     mixer = None
     if cfg.aug.mixup_alpha > 0 or cfg.aug.cutmix_alpha > 0:
-        from trainlab.mix import BatchMixer
+        from trainlab.train.mix import BatchMixer
 
         mixer = BatchMixer(
             cfg.aug.mixup_alpha, cfg.aug.cutmix_alpha, cfg.aug.mix_prob, cfg.aug.switch_prob,

@@ -16,24 +16,28 @@ from typing import Any, Optional
 
 import torch
 
-from trainlab import checkpoint as ckpt
 from trainlab import config as config_mod
-from trainlab import distributed, drills, resume, trackers
-from trainlab.build import build_parts
-from trainlab.console import Console, epoch_block, farewell_lines
-from trainlab.engine import EpochTotals, evaluate
+from trainlab import distributed, drills
 from trainlab.errors import NonFiniteLoss, Preempted
-from trainlab.logs import NullLogger, RunLogger
 from trainlab.paths import check_run_dir, discard_new_run_dir
-from trainlab.retention import CheckpointManager
-from trainlab.stops import PreemptionGuard
+from trainlab.runlog import trackers
+from trainlab.runlog.console import Console, epoch_block, farewell_lines
+from trainlab.runlog.writer import NullLogger, RunLogger
+from trainlab.state import checkpoint as ckpt
+from trainlab.state import resume
+from trainlab.state.retention import CheckpointManager
+from trainlab.state.stops import PreemptionGuard
+from trainlab.train.build import build_parts
+from trainlab.train.callbacks import CallbackList
+from trainlab.train.engine import EpochTotals, evaluate
 
 
 class Run:
     """Everything one run holds; `execute()` runs it."""
 
-    def __init__(self, cfg: Any, ctx: distributed.DistContext):
+    def __init__(self, cfg: Any, ctx: distributed.DistContext, callbacks: Any = ()):
         self.cfg = cfg
+        self.callbacks = CallbackList(callbacks)
         self.ctx = ctx
         self.device = ctx.device
         self.console = Console(enabled=ctx.is_main, progress=cfg.run.progress)
@@ -97,14 +101,18 @@ class Run:
         record = event.to_dict() if hasattr(event, "to_dict") else dict(event)
         self.logger.log_event(record)
 
-    def _event(self, kind: str, severity: str, message: str, **data: Any) -> None:
-        """The run's own events (config smells, schedule, resume, stops) go through the watch like its detectors'
-        (on_event writes events.jsonl), so one list counts them: the epoch's health line, summary.json, the
-        sweep and the report."""
+    def log_event(self, kind: str, severity: str, message: str, **data: Any) -> None:
+        """An event of the run itself (or of a callback): events.jsonl, the trackers, the console. It goes
+        through the watch like the detectors' events (on_event writes events.jsonl), so one list counts them:
+        the epoch's health line, summary.json, the sweep and the report."""
         from trainlab.watch import Event
 
-        self.watcher.add_event(Event(kind, severity, self.trainer.batches_seen, self.epoch, message, data),
-                               announce=False)
+        event = Event(kind, severity, self.trainer.batches_seen, self.epoch, message, data)
+        watcher = getattr(self, "watcher", None)
+        if watcher is not None:
+            watcher.add_event(event, announce=False)
+        else:  # before the watch is built
+            self.logger.log_event(event.to_dict())
         (self.console.warn if severity != "info" else self.console.info)(message)
 
     # -- checkpoint state --------------------------------------------------------------------
@@ -265,23 +273,14 @@ class Run:
                 self.epoch, self.step_in_epoch, self.phase = self.epoch + 1, 0, "train"
             self.logger.rewrite_metrics(self.metrics_rows)
             self.logger.truncate_jsonl(self.trainer.batches_seen)
-            self._event("resumed", "info", f"resumed at epoch {self.epoch}, batch {self.step_in_epoch}",
+            self.log_event("resumed", "info", f"resumed at epoch {self.epoch}, batch {self.step_in_epoch}",
                         global_step=self.trainer.global_step)  # fmt: skip
 
         self._announce()
-        if cfg.train.preflight and state is None and ctx.is_main:  # the doctor's cheap checks before step 1
-            from trainlab.doctor import preflight_verdicts
-
-            for v in preflight_verdicts(self.cfg, self.data, self.raw_model, self.num_classes):
-                self._event("preflight", **v.event())
-        elif state is None and ctx.is_main:  # the config smells cost nothing: every fresh run gets them
-            from trainlab.doctor import start_smells
-
-            smell = start_smells(self.cfg, self.data, self.raw_model, self.num_classes)
-            if smell is not None:
-                self._event("config_smell", "warning", f"config: {smell.summary} -> {smell.fix}", **smell.figures)
+        self.resumed = state is not None
+        self.callbacks.on_train_start(self)  # the doctor's start checks among them (trainlab.doctor.start)
         for warning in self.schedule_warnings:
-            self._event("schedule", "warning", warning)
+            self.log_event("schedule", "warning", warning)
         self.logger.write_summary(self.summary("running"))
         try:
             with self.guard:
@@ -321,7 +320,7 @@ class Run:
         )
         self.console.info(self.data.summary)  # issue 12: which loader and crop/flip, and why
         if cfg.optim.lr_scale == "linear":
-            from trainlab.optim import REFERENCE_BATCH, effective_lr
+            from trainlab.train.optim import REFERENCE_BATCH, effective_lr
 
             self.console.info(
                 f"lr {effective_lr(cfg.optim, self.global_batch):.6g} = optim.lr {cfg.optim.lr:g} x "
@@ -505,15 +504,15 @@ class Run:
             f"{path or self.run_dir / 'checkpoints' / 'last.pt'}. Continue with the same command "
             f"(run.dir={self.run_dir} run.resume=auto)"
         )
-        self._event("preempted", "warning", f"stopped by {sig}", epoch=self.epoch, batch=self.step_in_epoch)
+        self.log_event("preempted", "warning", f"stopped by {sig}", epoch=self.epoch, batch=self.step_in_epoch)
         raise Preempted(message)
 
 
-def train(cfg: Any) -> dict:
+def train(cfg: Any, callbacks: Any = ()) -> dict:
     """Run `cfg` to the end (or a stop signal). Returns the run's summary."""
     ctx = distributed.setup(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
     try:
-        run = Run(cfg, ctx)
+        run = Run(cfg, ctx, callbacks)
         with discard_new_run_dir(run):  # a new run dir that failed on bad input is removed
             summary = run.execute()
         distributed.barrier(ctx)  # no rank tears the process group down while a peer still uses it

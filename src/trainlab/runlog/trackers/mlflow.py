@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from trainlab.trackers import default_mlflow_uri, flatten, upload_files
+from trainlab.runlog.trackers import default_mlflow_uri, flatten, upload_files
 
 STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from trainlab import checkpoint as ckpt
 from trainlab import config as config_mod
 from trainlab import distributed
-from trainlab.engine import evaluate
 from trainlab.errors import ConfigError, DataError
+from trainlab.state import checkpoint as ckpt
+from trainlab.train.engine import evaluate
 
 
 def evaluate_checkpoint(path: str, overrides: Sequence[str] = (), use_ema: bool = False) -> dict:

@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from trainlab.checkpoint import CheckpointError, UnsafeCheckpointError, load_checked, save_atomic
+from trainlab.state.checkpoint import CheckpointError, UnsafeCheckpointError, load_checked, save_atomic
 
 _PERIODIC_RE = re.compile(r"^periodic-step=(\d+)\.pt$")
 

@@ -100,8 +100,8 @@ class Trainer:
     grad_accum: int = 1
     clip_grad: Optional[float] = None
     label_smoothing: float = 0.0
-    mixer: Optional[object] = None  # trainlab.mix.BatchMixer
-    ema: Optional[object] = None  # trainlab.ema.ModelEMA
+    mixer: Optional[object] = None  # trainlab.train.mix.BatchMixer
+    ema: Optional[object] = None  # trainlab.train.ema.ModelEMA
     watcher: Optional[object] = None  # trainlab.watch.Watcher
     on_nonfinite: str = "warn"
     seed: int = 0

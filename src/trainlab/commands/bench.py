@@ -17,9 +17,9 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from trainlab.batch_finder import SAFETY_MARGIN, find_max_batch, model_setup, search_max_batch
-from trainlab.engine import autocast
 from trainlab.errors import ConfigError, UsageError
+from trainlab.train.batch_finder import SAFETY_MARGIN, find_max_batch, model_setup, search_max_batch
+from trainlab.train.engine import autocast
 
 WARMUP_BATCHES = 3
 
@@ -141,8 +141,8 @@ class _PhaseClock:
 
 def bench_step(cfg: Any, steps: int, device: Optional[torch.device] = None) -> dict:
     """Mean time per step and per phase of the configured model, data and optimizer."""
-    from trainlab import optim
     from trainlab.data import build_data
+    from trainlab.train import optim
 
     device = device or resolve_device(cfg)
     data = build_data(cfg, device)

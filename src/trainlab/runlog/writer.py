@@ -69,7 +69,7 @@ class RunLogger:
         self.steps_path = self.run_dir / "steps.jsonl"
         self.events_path = self.run_dir / "events.jsonl"
         self.summary_path = self.run_dir / "summary.json"
-        # The experiment trackers (trainlab.trackers.TrackerSet: TensorBoard, MLflow, wandb) get a copy of
+        # The experiment trackers (trainlab.runlog.trackers.TrackerSet: TensorBoard, MLflow, wandb) get a copy of
         # every row, step and event after it is on disk; a tracker's failure never reaches the files here.
         self.trackers = trackers
         if trackers is not None:

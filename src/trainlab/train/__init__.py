@@ -1,0 +1,2 @@
+"""One run, start to finish: the epoch loop (`run`), the step (`engine`), building its parts (`build`),
+optimizers and LR plans (`optim`), EMA, mixing, process settings (`runtime`) and the batch finder."""

@@ -35,7 +35,7 @@ from typing import Optional
 
 from trainlab.errors import TrainlabError, UsageError
 from trainlab.report import compare
-from trainlab.report.read import ERROR_FILE, SWEEP_FILE, load_sweep, read_json, read_sweep
+from trainlab.report.read import ERROR_FILE, SWEEP_FILE, load_sweep, read_json, read_jsonl, read_sweep
 from trainlab.report.text import format_table
 
 ERROR_TAIL_LINES = 40
@@ -59,6 +59,18 @@ class Outcome:
     returncode: Optional[int] = None
     seconds: float = 0.0
     message: str = ""
+    warnings: tuple[str, ...] = ()  # the run's warning lines, from its events.jsonl
+
+
+def run_warnings(run_dir: Path) -> tuple[str, ...]:
+    """One line per warning (or critical) event the run logged: what the sweep prints, the same events the
+    run's health lines, its summary and the sweep's table count."""
+    lines = []
+    for e in read_jsonl(run_dir / "events.jsonl"):
+        if e.get("severity") in ("warning", "critical"):
+            label = "CRITICAL" if e["severity"] == "critical" else "WARNING"
+            lines.append(f"{label} {e.get('kind')} (epoch {e.get('epoch')}, step {e.get('step')}): {e.get('message')}")
+    return tuple(lines)
 
 
 # ------------------------------------------------------------------ planning
@@ -222,13 +234,13 @@ def _run_one(
         )
     seconds = time.perf_counter() - start
     if proc.returncode == 0:
-        return Outcome(planned.name, "finished", 0, seconds)
+        return Outcome(planned.name, "finished", 0, seconds, warnings=run_warnings(run_dir))
     tail = _tail(err_path) or _tail(out_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / ERROR_FILE).write_text(f"exit code {proc.returncode}\n{tail}\n", encoding="utf-8")
     last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "no output")
     status = "stopped" if proc.returncode == 143 else "failed"
-    return Outcome(planned.name, status, proc.returncode, seconds, last.strip())
+    return Outcome(planned.name, status, proc.returncode, seconds, last.strip(), run_warnings(run_dir))
 
 
 # ------------------------------------------------------------------ devices
@@ -382,11 +394,15 @@ def run_sweep(
                 pool.give_back(taken)
         with lock:
             outcomes.append(outcome)
+            count = len(outcome.warnings)
+            said = f", {count} warning{'s' if count != 1 else ''}" if count else ""
             if outcome.status == "finished":
-                echo(f"[{index}/{len(todo)}] {p.name}: finished in {outcome.seconds:.1f}s")
+                echo(f"[{index}/{len(todo)}] {p.name}: finished in {outcome.seconds:.1f}s{said}")
             else:
-                echo(f"[{index}/{len(todo)}] {p.name}: {outcome.status} (exit {outcome.returncode}): "
+                echo(f"[{index}/{len(todo)}] {p.name}: {outcome.status} (exit {outcome.returncode}){said}: "
                      f"{outcome.message}  -> {sweep_dir / p.name / ERROR_FILE}")
+            for line in outcome.warnings:
+                echo(f"    {p.name}: {line}")
 
     interrupted = False
     executor = ThreadPoolExecutor(max_workers=parallel)

@@ -333,15 +333,23 @@ class LeakDetector:
                 self.run_stride *= 2
         self.seen += 1
 
-    def _trend(self, samples: Any) -> Optional[tuple[float, float, float, float]]:
-        """(slope MB/step, Kendall tau, span in steps, growth MB over the span), or None with too few samples."""
+    def _trend(self, samples: Any) -> Optional[tuple[float, float, float, float, float]]:
+        """(slope MB/step, Kendall tau, span in steps, growth MB over the span, steadiness), or None with too few
+        samples. Steadiness: the median rise between consecutive samples over the rise the slope predicts. A
+        leak rises at nearly every sample (about 1); a healthy process's memory, which only ever grows, rises in
+        a few jumps (a first validation, an allocator arena) and sits still in between (about 0), which Kendall
+        tau alone reads as consistent: every pair across a jump rises."""
         if len(samples) < self.s.leak_min_samples:
             return None
         x = np.array([p[0] for p in samples], dtype=np.float64)
         y = np.array([p[1] for p in samples], dtype=np.float64)
         slope, tau = theil_sen(x, y)
         span = float(x[-1] - x[0])
-        return slope, tau, span, slope * span
+        dx, dy = np.diff(x), np.diff(y)
+        keep = dx > 0
+        expected = slope * dx[keep]
+        steadiness = float(np.median(dy[keep] / expected)) if slope > 0 and keep.any() else 0.0
+        return slope, tau, span, slope * span, steadiness
 
     def check(self, step: int, epoch: int, steps_per_epoch: int, steps_per_s: float,
               free_mb: Callable[[], Optional[float]], remaining_steps: Optional[int] = None) -> Optional[Event]:
@@ -351,18 +359,20 @@ class LeakDetector:
         out before the run's end (critical) or after it."""
         s = self.s
         trends = [t for t in (self._trend(self.samples), self._trend(self.run_samples)) if t is not None]
-        rising = [t for t in trends if t[1] >= s.leak_min_tau and t[3] >= s.leak_min_total_mb]
+        rising = [t for t in trends if t[1] >= s.leak_min_tau and t[3] >= s.leak_min_total_mb
+                  and t[4] >= s.leak_min_steadiness and t[0] * 1024 >= s.leak_min_kb_per_step]
         if not trends:
             return None
         if not self.episode.update(WARNING if rising else 0):
             return None
-        slope, tau, span, growth = max(rising, key=lambda t: t[3])
+        slope, tau, span, growth, steadiness = max(rising, key=lambda t: t[3])
         per_epoch = slope * max(steps_per_epoch, 1)
         runway = ""
         free = free_mb()
         now_mb = float(self.samples[-1][1])
         data: dict[str, Any] = {"source": self.source, "mb_per_step": slope, "mb_per_epoch": per_epoch,
-                                "growth_mb": growth, "span_steps": span, "tau": tau, "now_mb": now_mb}
+                                "growth_mb": growth, "span_steps": span, "tau": tau, "steadiness": steadiness,
+                                "now_mb": now_mb}
         if free is not None and slope > 0:
             steps_left = free / slope
             epochs_left = steps_left / max(steps_per_epoch, 1)

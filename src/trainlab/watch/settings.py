@@ -36,16 +36,18 @@ class WatchSettings:
     spike_window: int = 50
     spike_min_level: float = 1.0  # ... and at least this share of the untrained loss (ln(classes), or the first losses)
     # memory_leak: Theil-Sen slope of (step, MB) samples, consistent (Kendall tau) and large enough, over the
-    # recent window or the whole run since warm-up. The zoos: real leaks rise in 92-100% of sample pairs (tau
-    # 0.92-1.0); healthy runs' memory moves in one or two steps of up to ~35 MB (allocator growth), which a
-    # steady-rise test at tau 0.8 does not read as a trend
+    # recent window or the whole run since warm-up, rising at most samples. The zoos: real leaks rise in
+    # 92-100% of sample pairs (tau 0.92-1.0); healthy runs' memory moves in one or two jumps of up to ~35 MB (a
+    # first validation, allocator growth) with tau up to 0.8, and sits still between them (steadiness ~0)
     leak_min_mb_per_epoch: float = 50.0  # unused since the trend rule below covers every run length; kept so
     leak_min_projected_frac: float = 0.05  # configs that set these still load
     leak_min_total_mb: float = 32.0  # growth over the observed span
+    leak_min_kb_per_step: float = 1.0  # a list of floats (32 B a step) grows forever too, harmlessly
     leak_sample_every: int = 10  # steps between memory samples (and between the host checks: leak, loader)
     leak_window: int = 64  # samples kept for the recent trend (the run's trend keeps 64..128, thinned)
     leak_min_samples: int = 8
     leak_min_tau: float = 0.8  # Kendall tau of memory vs step: 1 = rises at every sample
+    leak_min_steadiness: float = 0.5  # the median rise between samples over the slope's: a leak ~1, jumps ~0
     leak_warmup_steps: int = 20  # allocator / cache warm-up ignored
     # not_learning: no drop from the run's first losses over a long window, or val acc near chance
     not_learning_epochs: int = 3

@@ -78,7 +78,7 @@ RECIPES: dict[str, Recipe] = {
         model="cnn", n_train=19200, batch=96, epochs=2, plant="keep_batches", expected=("memory_leak",),
         note="`seen.append(x)`: 295 KB a step, ~118 MB in 400 steps"),
     "leak ~65 KB/step over a long run (mlp, b256, 20 ep)": Recipe(
-        n_train=16384, batch=256, epochs=20, opt="adam", lr=1e-3, plant="keep_batches", extra={"dim": 64},
+        n_train=16384, batch=256, epochs=20, opt="adam", lr=1e-3, plant="keep_batches", extra={"dim": 64, "hidden": 512},
         expected=("memory_leak",), note="`seen.append(x)`: 64 KB a step for 1,280 steps"),
     "slow Dataset, sleeps 1 ms a sample (num_workers=0)": Recipe(
         model="cnn", n_train=3200, batch=32, epochs=1, plant="slow_dataset", expected=("data_bottleneck",)),
@@ -161,8 +161,9 @@ def make_data(r: Recipe, n: int, seed: int, classes: Optional[int] = None) -> tu
 def make_model(r: Recipe, classes: Optional[int] = None) -> nn.Module:
     classes = classes or r.classes
     if r.model == "mlp":
-        dim = r.extra.get("dim", 32)
-        return nn.Sequential(nn.Linear(dim, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, classes))
+        dim, hidden = r.extra.get("dim", 32), r.extra.get("hidden", 128)  # wider: compute-bound, not loader-bound
+        return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                             nn.Linear(hidden, classes))
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
@@ -298,7 +299,7 @@ def train(r: Recipe, phase: int = 1, state_path: Optional[Path] = None, lines: O
                 if sched is not None:
                     sched.step()
             w.step(loss=loss)
-            trace["loss"].append(float(loss))
+            trace["loss"].append(float(loss.detach()))
             if step % 10 == 0:
                 trace["rss_mb"].append((step, rss_mb()))
         model.eval()
@@ -323,16 +324,17 @@ def train(r: Recipe, phase: int = 1, state_path: Optional[Path] = None, lines: O
 # ---------------------------------------------------------------------------------------------- the table
 
 
-def run_one(name: str, timeout: float) -> dict:
-    """Each recipe (each phase) in its own process, as a user runs a script."""
-    r = RECIPES[name]
+def run_one(name: str, timeout: float, **changes: Any) -> dict:
+    """Each recipe (each phase) in its own process, as a user runs a script. `changes`: recipe fields to
+    change (the tests run smaller versions)."""
+    r = replace(RECIPES[name], **changes)
     with tempfile.TemporaryDirectory() as tmp:
         result: dict = {}
         started = time.perf_counter()
         for phase in range(1, r.phases + 1):
             out = Path(tmp) / f"phase{phase}.json"
             cmd = [sys.executable, __file__, "--recipe", name, "--phase", str(phase), "--json", str(out),
-                   "--state", str(Path(tmp) / "state.pt")]
+                   "--state", str(Path(tmp) / "state.pt"), *(f"--set={k}={json.dumps(v)}" for k, v in changes.items())]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
             if proc.returncode != 0:
@@ -342,6 +344,7 @@ def run_one(name: str, timeout: float) -> dict:
                 result = phase_result  # a resumed watch holds the first phase's events too
         result["name"] = name
         result["seconds"] = round(time.perf_counter() - started, 1)
+        result["expected"] = r.expected
         total = r.epochs * result["steps_per_epoch"]
         result["run_steps"] = total if r.plant == "resume" or r.phases == 1 else result["steps"]
     return result
@@ -417,6 +420,8 @@ def main() -> None:
     p.add_argument("--phase", type=int, default=1)
     p.add_argument("--json")
     p.add_argument("--state")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="with --recipe: change a field of the recipe (a smaller run for the tests)")
     p.add_argument("--only", action="append", help="run only recipes whose name contains this (repeatable)")
     p.add_argument("--out", default="runs/loop-zoo")
     p.add_argument("--doc", default="docs/watch-zoo.md")
@@ -425,7 +430,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.recipe:  # one recipe, in this process
         lines: list[str] = []
-        result = train(RECIPES[args.recipe], args.phase, Path(args.state) if args.state else None, lines)
+        recipe = replace(RECIPES[args.recipe], **{k: json.loads(v) for k, v in (x.split("=", 1) for x in args.set)})
+        result = train(recipe, args.phase, Path(args.state) if args.state else None, lines)
         result["lines"] = lines
         Path(args.json).write_text(json.dumps(result, default=str))
         return

@@ -65,12 +65,14 @@ class LossDetectors:
         self.val_history: list[float] = []
 
     def untrained_level(self) -> Optional[float]:
-        """What the loss of a model that has learnt nothing is: ln(classes) when the classes are known (uniform
-        outputs), else the run's own first losses."""
-        if self.num_classes:
-            return math.log(self.num_classes)
+        """What the loss of a model that has learnt nothing is: the larger of ln(classes) (uniform outputs over
+        the labels) and the run's own first losses (a head wider than the labels, or a bad init, starts
+        higher: ln(1000) = 6.9 for a 1000-way head on 10 classes, 3x ln(10))."""
         first = self.reference[: self.UNTRAINED_STEPS]
-        return float(np.median(first)) if len(first) == self.UNTRAINED_STEPS else None
+        levels = [math.log(self.num_classes)] if self.num_classes else []
+        if len(first) == self.UNTRAINED_STEPS:
+            levels.append(float(np.median(first)))
+        return max(levels) if levels else None
 
     def feed(self, steps_losses: list[tuple[int, float]], epoch: int) -> list[Event]:
         events: list[Event] = []
@@ -155,8 +157,9 @@ class LossDetectors:
         now = float(np.median(list(self.recent)[-n:]))
         if now < s.divergence_level_ratio * level:
             return None
-        what = f"ln({self.num_classes}) = {level:.3f}, the loss of uniform outputs" if self.num_classes else \
-            f"{_fmt(level)}, the run's first losses"
+        chance = math.log(self.num_classes) if self.num_classes else None
+        what = (f"ln({self.num_classes}) = {level:.3f}, the loss of uniform outputs" if chance == level
+                else f"{_fmt(level)}, the run's first losses")
         return (f"loss is {now / level:.1f}x an untrained model's: median {_fmt(now)} over the last {n} steps vs {what}.",
                 {"rule": "level", "recent_median": now, "untrained": level, "ratio": now / level, "window": n})
 
@@ -197,11 +200,12 @@ class LossDetectors:
 
     def epoch_at_chance(self, step: int, epoch: int, val_acc: Optional[float], epoch_losses: list[float],
                         weights_moved: Optional[float] = None, final: bool = False) -> Optional[Event]:
-        """not_learning from two epochs in a row: validation accuracy at chance at both ends, and the first
-        one's training loss still at the chance level ln(classes) (within chance_flat_drop, over its last
-        half): the loss on batches seen for the first time did not move, so nothing was learnt that carries to
-        new samples. One epoch is not enough: heavy augmentation or a slow start can sit at chance for a whole
-        epoch, then move (the standalone zoo's heavy-augmentation recipe: 9.5% after epoch 1, 18% after 2).
+        """not_learning from two epochs in a row that both end with validation accuracy at chance and a training
+        loss still at the chance level ln(classes) (within chance_flat_drop, over each epoch's last half): the
+        loss did not move, so nothing was learnt that carries to new samples. One epoch is not enough: heavy
+        augmentation or a slow start under warm-up sits at chance for a whole epoch, then moves (the standalone
+        zoo's heavy augmentation: 9.5% after epoch 1, 18% after 2; the CLI zoo's base recipe: 13% after epochs
+        1 and 2, but its loss fell 6% in epoch 2).
         `final`: the run ends here (its last epoch), so one epoch at chance is all there will be.
         `weights_moved` (the trainable weights' relative distance from their start, when the watch has the
         model) tells a label problem (they move) from an LR far too low (they do not)."""
@@ -215,7 +219,7 @@ class LossDetectors:
         flat = len(epoch_losses) >= s.chance_min_steps and loss_now >= (1.0 - s.chance_flat_drop) * level
         previous, self.chance_history = (self.chance_history[-1] if self.chance_history else None), \
             [*self.chance_history[-7:], (acc <= limit, flat)]
-        at_chance = acc <= limit and (previous == (True, True) or (final and flat))
+        at_chance = acc <= limit and flat and (previous == (True, True) or final)
         if not self.chance_episode.update(WARNING if at_chance else 0):
             return None
         if weights_moved is not None and weights_moved >= s.label_move_min:

@@ -54,8 +54,8 @@ class WatchSettings:
     not_learning_window: int = 1000
     not_learning_min_drop: float = 0.03
     chance_margin: float = 0.05  # val acc <= chance + margin * (1 - chance) reads as chance
-    # not_learning at an epoch's end: val acc at chance there and at the previous epoch's end, whose train loss
-    # (its last half's median) was within chance_flat_drop of ln(classes), over chance_min_steps steps or more
+    # not_learning at an epoch's end: val acc at chance and the train loss (the epoch's last half's median)
+    # within chance_flat_drop of ln(classes), there and at the previous epoch's end (epochs of chance_min_steps+)
     chance_flat_drop: float = 0.02
     chance_min_steps: int = 20
     label_move_min: float = 0.1  # weights moved this share of their norm: the LR is not what holds the loss up

@@ -167,6 +167,7 @@ class Watcher:
         self._resumed_epoch: Optional[dict[str, Any]] = None  # an epoch cut by a stop, from load_state_dict
         self._epoch_open = False
         self._closed = False
+        self._not_learning_said = False  # a not_learning finding still standing (no epoch above chance since)
         self._batch_size: Optional[int] = None
         self.sampler = SystemSampler(s.sample_interval_s, self.device if self.on_cuda else None)
         if self.enabled:
@@ -362,6 +363,7 @@ class Watcher:
 
     def _emit(self, event: Event, announce: bool = True) -> None:
         self.events.append(event)
+        self._not_learning_said |= event.kind == "not_learning"
         if self.verbose and announce:
             self.out.event(event)
         if self.on_event is not None:
@@ -396,9 +398,14 @@ class Watcher:
             events += [e] if e else []
         e = self._progress.epoch_val(self.step_count, self.epoch, val_acc)
         events += [e] if e else []
-        if sum(e.kind == "not_learning" for e in events) > 1:  # two rules, one finding: say it once
-            first = next(e for e in events if e.kind == "not_learning")
-            events = [e for e in events if e.kind != "not_learning" or e is first]
+        # the epoch-level rules (chance two epochs running, at the run's end, the budget's val rule) and the
+        # in-run ones (weights static, loss flat at the LR's peak) see the same problem: it is said once, until
+        # an epoch ends above chance (the run has started to learn; a new finding after that is news)
+        history = self._loss_detectors.chance_history
+        if history and not history[-1][0]:
+            self._not_learning_said = False
+        events = [e for e in events if e.kind != "not_learning" or not self._not_learning_said
+                  and e is next(x for x in events if x.kind == "not_learning")]
         for e in events:
             self._emit(e)
         tally = self._tally
@@ -443,6 +450,7 @@ class Watcher:
             "overhead_s": self._overhead_s,
             "interval": self._interval.state_dict(),
             "open_epoch": self._tally.state() if self._epoch_open else None,
+            "not_learning_said": self._not_learning_said,
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -464,11 +472,12 @@ class Watcher:
         if d.get("interval"):
             self._interval.load_state_dict(d["interval"])
         self._resumed_epoch = d.get("open_epoch")
+        self._not_learning_said = bool(d.get("not_learning_said", False))
 
     def close(self) -> None:
         """The run's end. A loop that did not give planned_steps ends here: a last epoch at chance is said now,
         if nothing said it yet (a one-epoch run has no second epoch to confirm it)."""
-        if self.enabled and self.planned_steps is None and not self._closed:
+        if self.enabled and self.planned_steps is None and not self._closed and not self._not_learning_said:
             e = self._loss_detectors.run_end(self.step_count, self.epoch)
             if e is not None:
                 self._emit(e)

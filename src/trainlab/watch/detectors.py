@@ -4,6 +4,7 @@ events; none touches the device. Each kind fires once per episode (see `Episode`
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Optional
@@ -51,6 +52,7 @@ class LossDetectors:
         self.s = s
         self.advice = advice
         self.num_classes = num_classes if num_classes and num_classes >= 2 else None  # also set by epoch_end
+        self._untrained: tuple[Any, Optional[float]] = (None, None)  # (its inputs, the level): a cache
         self.recent: deque[float] = deque(maxlen=max(s.spike_window, s.divergence_window, 8))
         self.reference: list[float] = []
         self.finite_seen = 0
@@ -68,6 +70,12 @@ class LossDetectors:
         """What the loss of a model that has learnt nothing is: the larger of ln(classes) (uniform outputs over
         the labels) and the run's own first losses (a head wider than the labels, or a bad init, starts
         higher: ln(1000) = 6.9 for a 1000-way head on 10 classes, 3x ln(10))."""
+        key = (self.num_classes, min(len(self.reference), self.UNTRAINED_STEPS))
+        if self._untrained[0] != key:
+            self._untrained = (key, self._untrained_level())
+        return self._untrained[1]
+
+    def _untrained_level(self) -> Optional[float]:
         first = self.reference[: self.UNTRAINED_STEPS]
         levels = [math.log(self.num_classes)] if self.num_classes else []
         if len(first) == self.UNTRAINED_STEPS:
@@ -332,7 +340,7 @@ class LeakDetector:
         self.samples.append((step, mb))
         if self.seen % self.run_stride == 0:
             self.run_samples.append((step, mb))
-            if len(self.run_samples) >= 2 * self.s.leak_window:
+            if len(self.run_samples) >= self.s.leak_window:  # thinned: 32..64 samples over the whole run
                 self.run_samples = self.run_samples[::2]
                 self.run_stride *= 2
         self.seen += 1
@@ -345,8 +353,11 @@ class LeakDetector:
         tau alone reads as consistent: every pair across a jump rises."""
         if len(samples) < self.s.leak_min_samples:
             return None
+        values = [p[1] for p in samples]
+        if max(values) - min(values) < 0.5 * self.s.leak_min_total_mb:  # the usual case, for a few microseconds
+            return 0.0, 0.0, float(samples[-1][0] - samples[0][0]), 0.0, 0.0
         x = np.array([p[0] for p in samples], dtype=np.float64)
-        y = np.array([p[1] for p in samples], dtype=np.float64)
+        y = np.array(values, dtype=np.float64)
         slope, tau = theil_sen(x, y)
         span = float(x[-1] - x[0])
         dx, dy = np.diff(x), np.diff(y)
@@ -362,7 +373,10 @@ class LeakDetector:
         to read). With `remaining_steps` (the run told the watch its budget) the event says whether memory runs
         out before the run's end (critical) or after it."""
         s = self.s
-        trends = [t for t in (self._trend(self.samples), self._trend(self.run_samples)) if t is not None]
+        # the run's series is the recent window itself until it has been thinned or outgrown the window
+        longer = self.run_stride > 1 or len(self.run_samples) > len(self.samples)
+        trends = [t for t in (self._trend(self.samples), self._trend(self.run_samples) if longer else None)
+                  if t is not None]
         rising = [t for t in trends if t[1] >= s.leak_min_tau and t[3] >= s.leak_min_total_mb
                   and t[4] >= s.leak_min_steadiness and t[0] * 1024 >= s.leak_min_kb_per_step]
         if not trends:
@@ -432,11 +446,10 @@ class BottleneckDetector:
         s = self.s
         if len(self.waits) < max(4, s.bottleneck_min_samples):
             return None
-        waits = np.fromiter(self.waits, dtype=np.float64)
-        walls = np.maximum(np.fromiter(self.walls, dtype=np.float64), 1e-9)
-        share = float(np.median(waits / walls))
-        wait_ms = float(np.median(waits)) * 1000.0
-        lost_s = wait_ms / 1000.0 * max(steps_per_epoch, len(waits))
+        # plain Python on 50 floats: numpy's per-call overhead is larger than the work, every 10 steps
+        share = statistics.median(w / max(t, 1e-9) for w, t in zip(self.waits, self.walls))
+        wait_ms = statistics.median(self.waits) * 1000.0
+        lost_s = wait_ms / 1000.0 * max(steps_per_epoch, len(self.waits))
         level = 0
         if wait_ms >= s.bottleneck_min_wait_ms and lost_s >= s.bottleneck_min_lost_s:
             critical = max(s.bottleneck_critical, self.warning_share)
@@ -454,12 +467,12 @@ class BottleneckDetector:
         tips.append(a("in_memory"))
         return Event(
             "data_bottleneck", _SEVERITY[level], step, epoch,
-            f"the loop waits for data {share:.0%} of each step (median over the last {len(waits)} steps: "
-            f"{wait_ms:.1f} ms waiting of {float(np.median(walls)) * 1000:.1f} ms per step); "
+            f"the loop waits for data {share:.0%} of each step (median over the last {len(self.waits)} steps: "
+            f"{wait_ms:.1f} ms waiting of {statistics.median(self.walls) * 1000:.1f} ms per step); "
             + ("the model waits for the loader meanwhile. " if self.on_cpu else "the device idles meanwhile. ")
             + "Try: " + "; ".join(tips) + ".",
-            {"data_wait_frac": share, "wait_ms": wait_ms, "step_ms": float(np.median(walls)) * 1000,
-             "window": len(waits), **{k: v for k, v in loader_info.items() if v is not None}},
+            {"data_wait_frac": share, "wait_ms": wait_ms, "step_ms": statistics.median(self.walls) * 1000,
+             "window": len(self.waits), **{k: v for k, v in loader_info.items() if v is not None}},
         )
 
 

@@ -44,7 +44,7 @@ class WatchSettings:
     leak_min_total_mb: float = 32.0  # growth over the observed span
     leak_min_kb_per_step: float = 1.0  # a list of floats (32 B a step) grows forever too, harmlessly
     leak_sample_every: int = 10  # steps between memory samples (and between the host checks: leak, loader)
-    leak_window: int = 64  # samples kept for the recent trend (the run's trend keeps 64..128, thinned)
+    leak_window: int = 64  # samples kept for the recent trend (the run's trend keeps 32..64, thinned)
     leak_min_samples: int = 8
     leak_min_tau: float = 0.8  # Kendall tau of memory vs step: 1 = rises at every sample
     leak_min_steadiness: float = 0.5  # the median rise between samples over the slope's: a leak ~1, jumps ~0

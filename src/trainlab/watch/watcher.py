@@ -264,7 +264,7 @@ class Watcher:
         sample_every = max(1, self.settings.leak_sample_every)
         if self.step_count % sample_every == 0:  # host numbers only: judged between the (rarer) loss reads
             self._memory.sample(self.step_count)
-            for e in self._host_events(leaks=self.step_count % (5 * sample_every) == 0):
+            for e in self._host_events(leaks=self.step_count % (10 * sample_every) == 0):  # leaks: every 100
                 self._emit(e)
         if self.step_count % self.reduce_every == 0:
             self._reduce(log=True)

@@ -8,8 +8,8 @@ from typing import Any, Optional
 import psutil
 import torch
 
-from trainlab.watch.detectors import LeakDetector
 from trainlab.watch.events import Event
+from trainlab.watch.leaks import LeakDetector
 from trainlab.watch.sampler import MB, rss_mb
 from trainlab.watch.settings import WatchSettings
 

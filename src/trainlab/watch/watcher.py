@@ -32,9 +32,10 @@ from torch import nn
 
 from trainlab.watch import console
 from trainlab.watch.advice import Advice
+from trainlab.watch.budget import BudgetProgress
 from trainlab.watch.clocks import EpochClock
 from trainlab.watch.cuda_timer import CudaStepTimer
-from trainlab.watch.detectors import BottleneckDetector, BudgetProgress, LossDetectors
+from trainlab.watch.detectors import BottleneckDetector, LossDetectors
 from trainlab.watch.events import Event
 from trainlab.watch.grad_norm import GradNormCheck, read_grad_norm
 from trainlab.watch.interval import Interval
@@ -384,28 +385,8 @@ class Watcher:
         self._reduce(log=False)
         times = self._clock.split(t_end, self._timer)
         memory = self._memory.epoch_figures(self.step_count, self.sampler.peak_rss_mb)
-        events: list[Event] = []
-        if self.settings.warn_on_leak:
-            events += self._leak_events()
-        if num_classes and num_classes >= 2:
-            self._loss_detectors.num_classes = int(num_classes)
-        final = self.planned_steps is not None and self.step_count >= self.planned_steps
-        e = self._loss_detectors.epoch_at_chance(self.step_count, self.epoch, val_acc, self._tally.losses,
-                                                 self._probe.last.get("weight_change"), final)
-        events += [e] if e else []
-        if self.planned_steps is None:  # with the budget known, the budget rule below replaces "3 epochs at chance"
-            e = self._loss_detectors.epoch_val(self.step_count, self.epoch, val_acc, num_classes)
-            events += [e] if e else []
-        e = self._progress.epoch_val(self.step_count, self.epoch, val_acc)
-        events += [e] if e else []
-        # the epoch-level rules (chance two epochs running, at the run's end, the budget's val rule) and the
-        # in-run ones (weights static, loss flat at the LR's peak) see the same problem: it is said once, until
-        # an epoch ends above chance (the run has started to learn; a new finding after that is news)
-        history = self._loss_detectors.chance_history
-        if history and not history[-1][0]:
-            self._not_learning_said = False
-        events = [e for e in events if e.kind != "not_learning" or not self._not_learning_said
-                  and e is next(x for x in events if x.kind == "not_learning")]
+        events = self._leak_events() if self.settings.warn_on_leak else []
+        events += self._epoch_not_learning(val_acc, num_classes)
         for e in events:
             self._emit(e)
         tally = self._tally
@@ -423,6 +404,25 @@ class Watcher:
             for line in console.epoch_block(report, self.settings.show_gpu):
                 self.out.line(line)
         return report
+
+    def _epoch_not_learning(self, val_acc: Optional[float], num_classes: Optional[int]) -> list[Event]:
+        """The epoch-level not_learning rules: at chance two epochs running (or at the run's end), 3 epochs at
+        chance (no planned steps), the budget's val rule. They and the in-run rules (weights static, loss flat
+        at the LR's peak) see one problem: it is said once, until an epoch ends above chance (the run has
+        started to learn; a new finding after that is news)."""
+        d, step, epoch = self._loss_detectors, self.step_count, self.epoch
+        if num_classes and num_classes >= 2:
+            d.num_classes = int(num_classes)
+        final = self.planned_steps is not None and step >= self.planned_steps
+        found = [d.epoch_at_chance(step, epoch, val_acc, self._tally.losses, self._probe.last.get("weight_change"),
+                                   final)]
+        if self.planned_steps is None:  # with the budget known, the budget rule replaces "3 epochs at chance"
+            found.append(d.epoch_val(step, epoch, val_acc, num_classes))
+        found.append(self._progress.epoch_val(step, epoch, val_acc))
+        if d.chance_history and not d.chance_history[-1][0]:
+            self._not_learning_said = False
+        found = [e for e in found if e is not None]
+        return found[:1] if found and not self._not_learning_said else []
 
     # ------------------------------------------------------------------ run level
 

@@ -189,13 +189,17 @@ class LossDetectors:
         )
 
     def epoch_at_chance(self, step: int, epoch: int, val_acc: Optional[float], epoch_losses: list[float],
-                        weights_moved: Optional[float] = None, final: bool = False) -> Optional[Event]:
+                        weights_moved: Optional[float] = None, final: bool = False,
+                        val_loss: Optional[float] = None) -> Optional[Event]:
         """not_learning from two epochs in a row that both end with validation accuracy at chance and a training
         loss still at the chance level ln(classes) (within chance_flat_drop, over each epoch's last half): the
         loss did not move, so nothing was learnt that carries to new samples. One epoch is not enough: heavy
         augmentation or a slow start under warm-up sits at chance for a whole epoch, then moves (the standalone
         zoo's heavy augmentation: 9.5% after epoch 1, 18% after 2; the CLI zoo's base recipe: 13% after epochs
-        1 and 2, but its loss fell 6% in epoch 2).
+        1 and 2, but its loss fell 6% in epoch 2). The validation loss, when given, must sit at ln(classes) too
+        (within chance_val_drop): a hard but healthy run's falls below it before its accuracy rises (the CLI
+        zoo's heavy policy: 14.2% after epoch 2, at chance, but its val loss 2% under ln(10)); labels that do
+        not match the images keep it there (0.996-1.003 ln(classes) in both zoos).
         `final`: the run ends here (its last epoch), so one epoch at chance is all there will be.
         `weights_moved` (the trainable weights' relative distance from their start, when the watch has the
         model) tells a label problem (they move) from an LR far too low (they do not)."""
@@ -206,7 +210,8 @@ class LossDetectors:
         acc = fraction(val_acc)
         tail = epoch_losses[len(epoch_losses) // 2:]
         loss_now, level = (float(np.median(tail)) if tail else float("nan")), math.log(classes)
-        flat = len(epoch_losses) >= s.chance_min_steps and loss_now >= (1.0 - s.chance_flat_drop) * level
+        flat = len(epoch_losses) >= s.chance_min_steps and loss_now >= (1.0 - s.chance_flat_drop) * level \
+            and (val_loss is None or not math.isfinite(val_loss) or val_loss >= (1.0 - s.chance_val_drop) * level)
         previous, self.chance_history = (self.chance_history[-1] if self.chance_history else None), \
             [*self.chance_history[-7:], (acc <= limit, flat)]
         at_chance = acc <= limit and flat and (previous == (True, True) or final)

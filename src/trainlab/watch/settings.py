@@ -57,6 +57,7 @@ class WatchSettings:
     # not_learning at an epoch's end: val acc at chance and the train loss (the epoch's last half's median)
     # within chance_flat_drop of ln(classes), there and at the previous epoch's end (epochs of chance_min_steps+)
     chance_flat_drop: float = 0.02
+    chance_val_drop: float = 0.01  # ... and the val loss (when given) within this of ln(classes)
     chance_min_steps: int = 20
     label_move_min: float = 0.1  # weights moved this share of their norm: the LR is not what holds the loss up
     # not_learning against the run's budget (when the run tells the watch its planned steps): judged once

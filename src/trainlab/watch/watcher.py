@@ -386,7 +386,7 @@ class Watcher:
         times = self._clock.split(t_end, self._timer)
         memory = self._memory.epoch_figures(self.step_count, self.sampler.peak_rss_mb)
         events = self._leak_events() if self.settings.warn_on_leak else []
-        events += self._epoch_not_learning(val_acc, num_classes)
+        events += self._epoch_not_learning(val_acc, num_classes, val_loss)
         for e in events:
             self._emit(e)
         tally = self._tally
@@ -405,7 +405,8 @@ class Watcher:
                 self.out.line(line)
         return report
 
-    def _epoch_not_learning(self, val_acc: Optional[float], num_classes: Optional[int]) -> list[Event]:
+    def _epoch_not_learning(self, val_acc: Optional[float], num_classes: Optional[int],
+                            val_loss: Optional[float]) -> list[Event]:
         """The epoch-level not_learning rules: at chance two epochs running (or at the run's end), 3 epochs at
         chance (no planned steps), the budget's val rule. They and the in-run rules (weights static, loss flat
         at the LR's peak) see one problem: it is said once, until an epoch ends above chance (the run has
@@ -415,7 +416,7 @@ class Watcher:
             d.num_classes = int(num_classes)
         final = self.planned_steps is not None and step >= self.planned_steps
         found = [d.epoch_at_chance(step, epoch, val_acc, self._tally.losses, self._probe.last.get("weight_change"),
-                                   final)]
+                                   final, val_loss)]
         if self.planned_steps is None:  # with the budget known, the budget rule replaces "3 epochs at chance"
             found.append(d.epoch_val(step, epoch, val_acc, num_classes))
         found.append(self._progress.epoch_val(step, epoch, val_acc))

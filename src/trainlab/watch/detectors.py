@@ -219,11 +219,14 @@ class LossDetectors:
             return None
         if weights_moved is not None and weights_moved >= s.label_move_min:
             cause = (f"The weights moved {weights_moved:.2f} of their norm meanwhile, so the LR is not too low: what "
-                     f"is learnt does not carry to new samples. {cap(self.advice('labels'))}.")
+                     f"is learnt does not carry to new samples. {cap(self.advice('labels'))}")
         else:
             cause = (f"Either the LR is far off (too low: nothing moves; too high: the outputs die and the loss "
                      f"sits at ln(classes)), or {self.advice('labels')}, or the parameters do not train ("
-                     f"{self.advice('frozen')}).")
+                     f"{self.advice('frozen')})")
+        if final and previous != (True, True):  # one epoch: it may also just be too short to leave chance
+            cause += f"; or {step} steps are too few for this model to leave chance (a slow start)"
+        cause += "."
         when = "at the end of the run" if final and previous != (True, True) else "for two epochs in a row"
         return Event(
             "not_learning", "warning", step, epoch,
@@ -246,7 +249,8 @@ class LossDetectors:
             f"the run ended at chance: validation accuracy at chance ({100 / max(classes, 1):.1f}% for {classes} "
             f"classes) after its last epoch, and the training loss still at ln({classes}) = "
             f"{math.log(max(classes, 2)):.3f}. Either the LR is far off, or {self.advice('labels')}, or the "
-            f"parameters do not train ({self.advice('frozen')}).",
+            f"parameters do not train ({self.advice('frozen')}); or {step} steps are too few for this model to "
+            f"leave chance (a slow start).",
             {"rule": "epoch_chance", "final": True},
         )
 

@@ -11,9 +11,9 @@ few files. When the global budget is spent, the remaining cases are marked skipp
 cheapest / most important first, so a short budget still covers the basics.
 
 Cases: precision 32/bf16/fp16 x channels_last; watch.on_nonfinite=stop on a planted blow-up; SIGTERM
-(TRAINLAB_SELF_SIGNAL drill) + resume with train.deterministic=true, weights compared to an uninterrupted
+(the SelfSignal drill of tests/drills.py) + resume with train.deterministic=true, weights compared to an uninterrupted
 run; trainlab eval; tensor loader vs DataLoader; EMA; mixup; data.batch_size=auto; host-device syncs per
-100 steps (TRAINLAB_COUNT_SYNCS, CUDA only); the time split against the profiler's device busy time;
+100 steps (the CountSyncs drill, CUDA only); the time split against the profiler's device busy time;
 trainlab bench loader/step/batch; torch.compile modes with grad_accum 1 and 2 against eager runs of the
 same accumulation (CUDA-graph modes must not corrupt accumulated gradients).
 """
@@ -43,6 +43,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 sys.path.insert(0, str(SRC))
+sys.path.insert(0, str(REPO))
+from tests import drills  # noqa: E402  (the fault drills live with the tests)
 
 # A compiled run is "suspect" of corrupted accumulated gradients when it drifts from the eager run of the
 # same accumulation by more than this. Kernel fusion changes fp32 rounding only (differences around 1e-5
@@ -124,7 +126,7 @@ class Smoke:
 
     def env(self, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINLAB_")}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(extra or {})
         return env
@@ -309,7 +311,7 @@ def case_sigterm_resume(s: Smoke) -> dict:
     ]
     ref, _ = s.train("resume-reference", *common)
     s.runs["resume-reference"] = ref
-    run_dir, first = s.train("resume-stopped", *common, env={"TRAINLAB_SELF_SIGNAL": "train:1:1"},
+    run_dir, first = s.train("resume-stopped", *common, drills.self_signal("train:1:1"),
                              expect=SIGNALLED_EXIT)  # fmt: skip
     stopped_status = summary(run_dir).get("status")
     _, second = s.train("resume-stopped", *common, fresh=False)
@@ -364,9 +366,9 @@ def case_mixup(s: Smoke) -> dict:
 
 
 def case_batch_auto(s: Smoke) -> dict:
-    # On the CPU the planted memory limit (TRAINLAB_DRILL_MAX_BATCH) stands in for the GPU's.
-    env = {"TRAINLAB_DRILL_MAX_BATCH": "48"} if s.smoke else None
-    run_dir, proc = s.train("batch-auto", "data.batch_size=auto", env=env)
+    # On the CPU a model that runs out of memory above 48 images (tests/drills.py oom_model) stands in for a GPU.
+    planted = ["model.name=tests.drills:oom_model", "model.kwargs={limits: '48'}"] if s.smoke else []
+    run_dir, proc = s.train("batch-auto", "data.batch_size=auto", *planted)
     figures = finished_figures(run_dir)
     figures["batch_note"] = next((line.strip() for line in (proc.stdout + proc.stderr).splitlines()
                                   if "data.batch_size=auto" in line), None)  # fmt: skip
@@ -375,14 +377,14 @@ def case_batch_auto(s: Smoke) -> dict:
 
 
 def case_syncs(s: Smoke) -> dict:
-    """Host-device syncs per 100 training steps (TRAINLAB_COUNT_SYNCS; CUDA only), target one per
+    """Host-device syncs per 100 training steps (the CountSyncs drill; CUDA only), target one per
     watch.print_every steps. 2 epochs of 64 steps (GPU); on the CPU the counter is inactive by design."""
     every = 50
     sizes = (["data.train_size=256", "data.batch_size=32", "train.max_steps_per_epoch=8"] if s.smoke
              else ["data.train_size=2048", "data.batch_size=32", "train.max_steps_per_epoch=64"])  # fmt: skip
     count_dir = s.work / "syncs-count"
     run_dir, _ = s.train(
-        "syncs", *sizes, f"watch.print_every={every}", env={"TRAINLAB_COUNT_SYNCS": str(count_dir)}
+        "syncs", *sizes, f"watch.print_every={every}", drills.callback("CountSyncs", dir=str(count_dir))
     )
     record = json.loads((count_dir / "rank0.json").read_text())
     steps = record.get("optimizer_steps") or 0

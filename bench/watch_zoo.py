@@ -2,8 +2,9 @@
 
 Each row is one short real run (a tiny ResNet on the built-in shapes set, seconds each), optionally preceded by
 `trainlab doctor` on the same config. Faults are planted through the config (an LR far off, a random backbone
-frozen, crushing weight decay, 0..255 inputs) or through the TEST-ONLY drill TRAINLAB_PLANT (labels shuffled,
-BatchNorm in eval mode, a leak, a slow loader; see src/trainlab/planted.py). Writes docs/watch-zoo.md: fault,
+frozen, crushing weight decay, 0..255 inputs) or through the drills of tests/drills.py, installed as a user
+would install their own parts (labels shuffled: a dataset factory; BatchNorm in eval mode: a model factory; a leak,
+a slow loader: callbacks). Writes docs/watch-zoo.md: fault,
 caught by, step caught / steps planned, false alarms (any warning on a healthy recipe is one).
 
     PYTHONPATH=src python bench/watch_zoo.py [--out runs/zoo] [--doc docs/watch-zoo.md] [--no-doctor] [--only NAME]
@@ -24,11 +25,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests import drills  # noqa: E402  (the fault drills live with the tests)
+
 BASE = ["data.name=shapes", "data.train_size=2000", "data.val_size=500", "data.img_size=16", "data.batch_size=32",
         "model.name=resnet8", "train.epochs=4", "optim.lr=0.1", "run.tensorboard=false", "run.progress=none",
         "watch.print_every=10", "train.threads=1"]  # fmt: skip
 
-# name -> (overrides, TRAINLAB_PLANT, the detectors expected to catch it); expected None: a healthy recipe
+# name -> (overrides, planted faults (tests/drills.py plant), the detectors expected to catch it); expected None: a healthy recipe
 RECIPES: dict[str, tuple[list[str], str, tuple[str, ...] | None]] = {
     "LR far too low (sgd 1e-4)": (["optim.lr=0.0001"], "", ("not_learning",)),
     "LR far too high (sgd 30)": (["optim.lr=30"], "", ("divergence", "nonfinite", "loss_spike", "not_learning")),
@@ -85,13 +90,12 @@ NOTES = "<!-- notes: kept when the table is regenerated -->"
 
 
 def run(cmd: list[str], plant: str, timeout: float, signal_at: str = "") -> tuple[int, float, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("TRAINLAB_PLANT", None)
-    env.pop("TRAINLAB_SELF_SIGNAL", None)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # tests.drills
     if plant:
-        env["TRAINLAB_PLANT"] = plant
-    if signal_at:  # the test-only drill that stops the run with a real SIGTERM after that batch
-        env["TRAINLAB_SELF_SIGNAL"] = signal_at
+        cmd = [*cmd, *drills.plant(plant, train_size=2000, val_size=500)]
+    if signal_at:  # the drill that stops the run with a real SIGTERM at that batch (PHASE:EPOCH:BATCH)
+        cmd = [*cmd, drills.self_signal(signal_at)]
     started = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     return proc.returncode, time.perf_counter() - started, proc.stdout + proc.stderr
@@ -177,7 +181,7 @@ def table(rows: list[dict], with_doctor: bool) -> str:
             unrelated = [e for e in row["events"] if e["kind"] not in expected]
             false = _cell_events({"events": unrelated}) if unrelated else "-"
         acc = f"{row['best_val_acc1']:.1f}%" if row.get("best_val_acc1") is not None else row.get("error", "-")
-        planted = "; ".join(row["overrides"] + ([f"TRAINLAB_PLANT={row['plant']}"] if row["plant"] else [])) or "-"
+        planted = "; ".join(row["overrides"] + ([f"drill {row['plant']}"] if row["plant"] else [])) or "-"
         kind = "fault" if expected else "healthy"
         line = f"| {row['name']} ({kind}) | `{planted}` | {_cell_events(row)} | {caught} | {false} | {acc} |"
         if with_doctor:

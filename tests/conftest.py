@@ -12,6 +12,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Subprocesses (trainlab train, torchrun workers) run this checkout's src and can import tests.drills, the
+# fault drills the tests install through train.callbacks / model.name / data.name.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO / "src"), str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+)
 
 # Small enough for a 2-core machine, big enough to learn: used by every end-to-end test.
 TINY = [

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from trainlab.commands.cli import main
-from trainlab.errors import ConfigError
 from trainlab.train.batch_finder import search_max_batch, with_margin
 
 TINY = ["data.name=shapes", "data.train_size=192", "data.val_size=32", "data.img_size=16", "data.batch_size=32",
@@ -70,19 +69,22 @@ def test_search_max_batch_finds_the_limit(limit):
 
 
 def test_find_max_batch_obeys_a_planted_memory_limit(monkeypatch):
-    """The search through its real entry point, on the CPU: a planted limit of 300 images per batch
-    (TRAINLAB_DRILL_MAX_BATCH) is found to within the bisection's resolution, less the 10% margin."""
+    """The search through its real entry point, on the CPU, with real training steps: a model that runs out of
+    memory above 300 images per batch (tests/drills.py oom_model raises torch's OutOfMemoryError, as a full GPU
+    does) is found to within the bisection's resolution, less the 10% margin; per rank (RANK) its own limit.
+    With no limit, a CPU search stops at CPU_BATCH_CAP."""
     from trainlab.config import load_config
-    from trainlab.train.batch_finder import find_max_batch
+    from trainlab.train.batch_finder import CPU_BATCH_CAP, find_max_batch, with_margin
 
-    cfg = load_config(None, ["train.device=cpu"])
-    monkeypatch.setenv("TRAINLAB_DRILL_MAX_BATCH", "300")
+    small = ["train.device=cpu", "data.img_size=8", "model.name=tests.drills:oom_model"]
+    cfg = load_config(None, [*small, "model.kwargs={limits: '300'}"])
     assert find_max_batch(cfg, torch.device("cpu")) == 264  # largest found 296..300 -> x0.9 -> multiple of 8
-    monkeypatch.setenv("TRAINLAB_DRILL_MAX_BATCH", "0:300,1:40")
-    assert find_max_batch(cfg, torch.device("cpu"), rank=1) == 32
-    monkeypatch.delenv("TRAINLAB_DRILL_MAX_BATCH")
-    with pytest.raises(ConfigError, match="needs a GPU"):
-        find_max_batch(cfg, torch.device("cpu"))
+    cfg = load_config(None, [*small, "model.kwargs={limits: '0:300,1:40'}"])
+    monkeypatch.setenv("RANK", "1")
+    assert find_max_batch(cfg, torch.device("cpu")) == 32
+    monkeypatch.delenv("RANK")
+    cfg = load_config(None, ["train.device=cpu", "data.img_size=8", "model.name=resnet8"])
+    assert find_max_batch(cfg, torch.device("cpu")) == with_margin(CPU_BATCH_CAP)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -4,8 +4,9 @@ One job recipe covers several defects at once, because each torchrun start costs
 - val_size=33 with val batch 16: rank 0 holds 17 images (2 batches), rank 1 holds 16 (1 batch);
 - model.drop_rate=0.3 and mixup: the model and the batch mixer draw random numbers on every rank;
 - train.grad_accum=2 over 14 batches of 15 per rank, so the epoch's last window is short; EMA on;
-- data.batch_size=auto with a planted per-rank memory limit (TRAINLAB_DRILL_MAX_BATCH): ranks that would
-  pick 16 and 15 on their own must agree on one size (15), and a resume must keep it.
+- data.batch_size=auto with a planted per-rank memory limit (tests/drills.py oom_model: the model raises
+  torch's OutOfMemoryError above 20 images on rank 0, 17 on rank 1): ranks that would pick 16 and 15 on their
+  own must agree on one size (15), and a resume must keep it.
 `full` runs it uninterrupted; `resumed` stops it with SIGTERM mid-epoch (both ranks) and runs it again.
 model.norm=none, so a single-process evaluation of the saved weights sees what the ranks saw.
 """
@@ -23,29 +24,31 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import drills
+
 pytestmark = pytest.mark.timeout(300)
 
 JOB = [
     "data.name=shapes", "data.train_size=420", "data.val_size=33", "data.val_batch_size=16", "data.img_size=16",
-    "data.batch_size=auto", "model.name=resnet8", "model.norm=none", "model.drop_rate=0.3", "aug.mixup_alpha=0.4",
+    "data.batch_size=auto", "model.name=tests.drills:oom_model", "model.kwargs={limits: '0:20,1:17', drop_rate: 0.3}",
+    "model.norm=none", "aug.mixup_alpha=0.4",
     "train.grad_accum=2", "train.ema_decay=0.9", "train.epochs=2", "train.threads=1", "optim.lr=0.05",
     "run.tensorboard=false", "run.progress=none", "watch.print_every=4", "dist.stop_check_every=2",
     "train.nproc=2",
 ]  # fmt: skip
-LIMITS = "0:20,1:17"  # rank 0 alone would train at 16, rank 1 at 15
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINLAB_")}
+    env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    env["TRAINLAB_DRILL_MAX_BATCH"] = LIMITS
     env.update(extra)
     return env
 
 
-def _train(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainlab", "train", *args], cwd=cwd, env=_env(**env),
+def _train(args: list[str], cwd: Path, *drill_specs: tuple[str, dict]) -> subprocess.CompletedProcess:
+    extra = [drills.callbacks(*drill_specs)] if drill_specs else []
+    return subprocess.run([sys.executable, "-m", "trainlab", "train", *args, *extra], cwd=cwd, env=_env(),
                           capture_output=True, text=True, timeout=240)  # fmt: skip
 
 
@@ -68,8 +71,8 @@ TIME_COLUMNS = {"data_time_s", "train_time_s", "other_time_s", "epoch_time_s", "
 @pytest.fixture(scope="module")
 def full(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("full")
-    proc = _train([*JOB, f"run.dir={root / 'run'}"], root, TRAINLAB_COUNT_COLLECTIVES=str(root / "collectives"),
-                  TRAINLAB_DEBUG_RANK_HASHES=str(root / "hashes"))  # fmt: skip
+    proc = _train([*JOB, f"run.dir={root / 'run'}"], root, ("CountCollectives", {"dir": str(root / "collectives")}),
+                  ("RankHashes", {"dir": str(root / "hashes")}))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (root / "stdout.txt").write_text(proc.stdout)
     return root
@@ -79,9 +82,9 @@ def full(tmp_path_factory) -> Path:
 def resumed(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("resumed")
     run_dir = root / "run"
-    stopped = _train([*JOB, f"run.dir={run_dir}"], root, TRAINLAB_SELF_SIGNAL="train:1:9")
+    stopped = _train([*JOB, f"run.dir={run_dir}"], root, ("SelfSignal", {"phase": "train", "epoch": 1, "batch": 9}))
     assert stopped.returncode == 143, stopped.stderr[-3000:]
-    again = _train([*JOB, f"run.dir={run_dir}"], root, TRAINLAB_DEBUG_RANK_HASHES=str(root / "hashes"))
+    again = _train([*JOB, f"run.dir={run_dir}"], root, ("RankHashes", {"dir": str(root / "hashes")}))
     assert again.returncode == 0, again.stderr[-3000:]
     (root / "stdout.txt").write_text(again.stdout)
     return root
@@ -185,8 +188,8 @@ def test_hook_time_is_not_compute(tmp_path):
     from tests.conftest import TINY
 
     args = [*TINY, "train.epochs=1", "data.batch_size=32", f"run.dir={tmp_path / 'run'}"]
-    proc = subprocess.run([sys.executable, "-m", "trainlab", "train", *args], env=_env(TRAINLAB_SLOW_HOOK="0.04"),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "trainlab", "train", *args, drills.callback("SlowHook", seconds=0.04)],
+                          env=_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     row = _metrics(tmp_path / "run")[0]
     steps = json.loads((tmp_path / "run" / "summary.json").read_text())["watch"]["steps"]

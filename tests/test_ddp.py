@@ -3,7 +3,7 @@
 The jobs are shared between tests (module fixtures) because each torchrun start costs several seconds:
 - ``single``: one process, data.batch_size=32 (in this process: no launcher needed);
 - ``ddp``: ``trainlab train ... train.nproc=2``, data.batch_size=16 per process (global batch 32),
-  with rank 1 slowed by the TRAINLAB_SLOW_RANK drill (a straggler; it changes timings, not the math).
+  with rank 1 slowed by the SlowRank drill of tests/drills.py (a straggler; it changes timings, not the math).
 
 Why the two must agree: both loaders draw one permutation per (seed, epoch); rank r takes positions
 r::2 of it in batches of 16, so at optimizer step k the two ranks together hold positions
@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainlab.drills import weights_digest
+from tests import drills
+from tests.drills import weights_digest
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,15 +38,19 @@ TINY = [
     "train.epochs=2", "run.tensorboard=false", "train.threads=1", "model.norm=none", "optim.lr_scale=linear",
     "watch.print_every=2", "run.progress=none",
 ]  # fmt: skip
-SLOW_RANK = "1:0.05"  # rank 1 sleeps 50 ms after each batch: twice a step's time here, and more
+SLOW_RANK = ("SlowRank", {"rank": 1, "seconds": 0.05})  # rank 1 sleeps 50 ms per batch: twice a step's time
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINLAB_")}
+    env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
+
+
+def _hashes_to(folder: Path) -> tuple[str, dict]:
+    return ("RankHashes", {"dir": str(folder)})
 
 
 def _trainlab(args: list[str], cwd: Path, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
@@ -85,7 +90,7 @@ def single(tmp_path_factory) -> Path:
 def ddp(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("ddp")
     args = [*TINY, "data.batch_size=16", "train.nproc=2", "run.dir=run"]
-    proc = _trainlab(args, root, TRAINLAB_SLOW_RANK=SLOW_RANK, TRAINLAB_DEBUG_RANK_HASHES=str(root / "hashes"))
+    proc = _trainlab([*args, drills.callbacks(SLOW_RANK, _hashes_to(root / "hashes"))], root)
     return {"proc": proc, "run_dir": root / "run", "hashes": _hashes(root / "hashes"), "args": args}
 
 
@@ -144,7 +149,7 @@ def interrupted(ddp, tmp_path_factory) -> dict:
     """The ddp job stopped by a real SIGTERM in both ranks after batch 3 (the SelfSignal drill). Ranks agree
     on stops every dist.stop_check_every=2 steps, so the job stops after batch index 3, at 4 batches done."""
     root = tmp_path_factory.mktemp("interrupted")
-    proc = _trainlab([*ddp["args"], "dist.stop_check_every=2"], root, TRAINLAB_SELF_SIGNAL="train:1:3")
+    proc = _trainlab([*ddp["args"], "dist.stop_check_every=2", drills.self_signal("train:1:3")], root)
     if (root / "run").is_dir():  # kept as it was, for the one-process resume
         shutil.copytree(root / "run", root / "snapshot")
     return {"proc": proc, "root": root}
@@ -155,7 +160,7 @@ def test_resume_after_sigterm_under_ddp_matches_the_uninterrupted_run(ddp, inter
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert stopped.stderr.count("stopped by SIGTERM at epoch 1, batch 4") == 1  # said once, by rank 0
     assert (root / "run" / "checkpoints" / "last.pt").is_file()
-    again = _trainlab(ddp["args"], root, TRAINLAB_DEBUG_RANK_HASHES=str(root / "hashes"))
+    again = _trainlab([*ddp["args"], drills.callbacks(_hashes_to(root / "hashes"))], root)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stdout
     resumed = _hashes(root / "hashes")
@@ -193,13 +198,13 @@ def test_resume_on_one_process_keeps_the_global_batch(single, interrupted, tmp_p
 def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
     # Straight through torch's launcher this time (the other entry point).
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "trainlab", "train", *TINY, "data.batch_size=16", "run.dir=run"]  # fmt: skip
+           "-m", "trainlab", "train", *TINY, "data.batch_size=16", "run.dir=run",
+           drills.callback("FailRank", rank=1, epoch=1, batch=2)]  # fmt: skip
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(TRAINLAB_FAIL_RANK="1:1:2"), capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - started
     assert proc.returncode != 0
-    assert "RuntimeError: TRAINLAB_FAIL_RANK drill: rank 1 fails at epoch 1, batch 2" in proc.stderr
+    assert "RuntimeError: FailRank drill: rank 1 fails at epoch 1, batch 2" in proc.stderr
     assert elapsed < 60, f"the job took {elapsed:.0f}s to end after rank 1 failed"
     # Rank 0 ends either on gloo's "connection closed" in its next collective or on the agent's SIGTERM,
     # whichever comes first: no status it writes is asserted.

@@ -1,4 +1,4 @@
-"""`trainlab doctor` and `train.preflight`: faults planted for real (config or the TRAINLAB_PLANT drill) are
+"""`trainlab doctor` and `train.preflight`: faults planted for real (config, or the drills of tests/drills.py installed as a user model or dataset) are
 named by the check meant for them; a healthy config gets no problem; the pre-flight does not change the run."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import drills
 from tests.conftest import REPO, TINY, read_metrics, run_trainlab
 
 DOCTOR_TINY = [a for a in TINY if not a.startswith("train.epochs")] + ["train.epochs=1"]
@@ -22,10 +23,9 @@ def doctor(tmp_path: Path, *overrides: str, plant: str = "", name: str = "doc") 
     # this checkout's code, whatever the caller's PYTHONPATH (a relative `src` means nothing in cwd=tmp_path, and
     # the venv may have another checkout installed)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), *filter(None, [env.get("PYTHONPATH")])])
-    env.pop("TRAINLAB_PLANT", None)
-    if plant:
-        env["TRAINLAB_PLANT"] = plant
-    proc = subprocess.run([sys.executable, "-m", "trainlab", "doctor", *DOCTOR_TINY, *overrides, "--out", str(out)],
+    planted = drills.plant(plant) if plant else []
+    proc = subprocess.run([sys.executable, "-m", "trainlab", "doctor", *DOCTOR_TINY, *overrides, *planted,
+                           "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     report = json.loads((out / "doctor.json").read_text()) if (out / "doctor.json").is_file() else {}
     return proc, {c["check"]: c for c in report.get("checks", [])}

@@ -43,6 +43,8 @@ def wrong_type_value(kind: typing.Any) -> str:
     origin = typing.get_origin(base)
     if origin is list:
         return "[x,y]" if typing.get_args(base)[0] in (int, float) else "x"
+    if origin is dict:  # model.kwargs, data.kwargs, train.loss_kwargs: a mapping
+        return "x"
     if base is bool:
         return "maybe"
     if base in (int, float, typing.Any):  # Any: data.batch_size (an int or 'auto')
@@ -206,6 +208,7 @@ PATH_ARGS = {
     ("train", "run.resume"): (".pt", [*TRAIN, "run.resume={P}"]),
     ("train", "model.pretrained"): (".pt", [*TRAIN, "model.pretrained={P}"]),
     ("eval", "checkpoint"): (".pt", ["eval", "{P}"]),
+    ("eval", "weights"): (".pt", ["eval", "--model", "resnet8", "--weights", "{P}", *TINY_RUN[1:]]),
     ("data pack", "src"): (garbage_images, ["data", "pack", "{P}", "packed", "--img-size", "8", *DS_ARGS]),
     ("data pack", "dst"): ("out-dir", ["data", "pack", "{DS}", "{P}", "--img-size", "8", *DS_ARGS]),
     ("data subset", "src"): (garbage_images, ["data", "subset", "{P}", "sub", "--classes", "1",
@@ -230,7 +233,7 @@ PATH_ARGS = {
 # Value arguments that are not paths.
 NOT_PATHS = {
     ("train", "rdzv_endpoint"), ("inspect", "model"), ("sweep", "grid"), ("data subset", "class_names"),
-    ("eval", "overrides"), ("bench loader", "workers"),
+    ("eval", "overrides"), ("bench loader", "workers"), ("eval", "model"),
 }  # fmt: skip
 
 # Cases whose outcome is the command's job, not bad input (asserted by the commands' own tests).

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY, read_metrics, trainlab_cmd
+from tests.drills import self_signal
 from trainlab.config import load_config
 from trainlab.data import build_data
 from trainlab.errors import ConfigError
@@ -36,11 +37,8 @@ def test_malformed_schedules_are_refused_with_the_fix(bad):
 
 def _train(run_dir, drill=None):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("TRAINLAB_SELF_SIGNAL", None)
-    if drill:
-        env["TRAINLAB_SELF_SIGNAL"] = drill
     args = [*TINY, SCHEDULE, "data.train_size=160", "data.val_size=64", "data.memory_budget_gb=0.0001",
-            f"run.dir={run_dir}"]  # fmt: skip  (over the memory budget: streams)
+            f"run.dir={run_dir}", *([self_signal(drill)] if drill else [])]  # fmt: skip  (over the budget: streams)
     return subprocess.run(trainlab_cmd("train", *args), env=env, capture_output=True, text=True, timeout=240)
 
 

@@ -1,7 +1,7 @@
 """Kill it any time, resume exactly: real `trainlab train` subprocesses, real signals, bitwise comparison.
 
 A reference run goes uninterrupted; the same command is stopped (SIGTERM at an exact point through the
-TRAINLAB_SELF_SIGNAL drill, or from outside to the whole process group like a spot termination, or
+SelfSignal drill of tests/drills.py, a callback the test installs, or from outside to the whole process group like a spot termination, or
 SIGKILL) and re-issued until it finishes. Its final weights must equal the reference bit for bit and its
 metrics.csv must equal the reference's, times aside.
 """
@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY, read_metrics, read_summary, run_trainlab, trainlab_cmd
+from tests.drills import self_signal
 
 # 3 epochs of 20 batches, a log line every step.
 BASE = [*TINY, "train.epochs=3", "data.batch_size=16", "watch.print_every=1"]
@@ -28,11 +29,10 @@ TIME_COLUMNS = {"data_time_s", "train_time_s", "other_time_s", "epoch_time_s", "
 
 
 def run(run_dir: Path, *extra: str, drill: str | None = None, timeout: float = 240):
+    """`drill`: PHASE:EPOCH:BATCH[:SIGNAL], the process signals itself there (tests/drills.py SelfSignal)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("TRAINLAB_SELF_SIGNAL", None)
-    if drill:
-        env["TRAINLAB_SELF_SIGNAL"] = drill
-    return subprocess.run(trainlab_cmd("train", *BASE, *extra, f"run.dir={run_dir}"), env=env,
+    drills = [self_signal(drill)] if drill else []
+    return subprocess.run(trainlab_cmd("train", *BASE, *extra, *drills, f"run.dir={run_dir}"), env=env,
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
@@ -104,7 +104,6 @@ def test_sigterm_to_process_group_from_outside(tmp_path, references):
     """What a spot termination does: SIGTERM to every process of the job, loader workers included."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("TRAINLAB_SELF_SIGNAL", None)
     cmd = trainlab_cmd("train", *BASE, "data.num_workers=2", "data.loader=torch", f"run.dir={run_dir}")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
@@ -174,7 +173,7 @@ def test_extending_a_finished_run_names_the_lr_jump_and_follows_sched_extend(tmp
     restart its LR curve mid-way. Plain extension is refused naming the jump; sched.extend=hold keeps the
     final LR; sched.extend=restart runs a new one-cycle over the added epoch."""
     short = [*BASE[:-1], "watch.print_every=5"]
-    env = {k: v for k, v in os.environ.items() if k != "TRAINLAB_SELF_SIGNAL"}
+    env = dict(os.environ)
     first = tmp_path / "first"
     done = subprocess.run(trainlab_cmd("train", *short, "train.epochs=1", f"run.dir={first}"), env=env,
                           capture_output=True, text=True, timeout=240)  # fmt: skip
@@ -206,20 +205,18 @@ def test_extending_a_finished_run_names_the_lr_jump_and_follows_sched_extend(tmp
 def test_same_command_without_run_dir_continues_the_unfinished_run(tmp_path):
     """No run.dir: after a stop, re-issuing the same command continues that run (runs/<name>-<time>);
     a command that changes the math starts a new run instead."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRAINLAB_SELF_SIGNAL": "train:1:3"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = trainlab_cmd("train", *BASE, "train.epochs=2", "data.num_workers=0")
-    first = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    stop = self_signal("train:1:3")
+    first = subprocess.run([*args, stop], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert first.returncode == 143, first.stderr[-2000:]
-    env.pop("TRAINLAB_SELF_SIGNAL")
     second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "continuing the unfinished run" in second.stdout
     (run_dir,) = list((tmp_path / "runs").iterdir())
     assert read_summary(run_dir)["status"] == "finished" and len(read_metrics(run_dir)) == 2
 
-    env["TRAINLAB_SELF_SIGNAL"] = "train:1:3"
-    assert subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, timeout=240).returncode == 143
-    env.pop("TRAINLAB_SELF_SIGNAL")
+    assert subprocess.run([*args, stop], cwd=tmp_path, env=env, capture_output=True, timeout=240).returncode == 143
     changed = subprocess.run([*args, "optim.lr=0.02"], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=240)  # fmt: skip
     assert changed.returncode == 0 and "continuing" not in changed.stdout

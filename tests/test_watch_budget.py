@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import drills
+
 # the zoo's base recipe (bench/watch_zoo.py): a tiny ResNet whose healthy loss barely moves for its first third
 BASE = ["data.name=shapes", "data.train_size=2000", "data.val_size=200", "data.img_size=16", "data.batch_size=32",
         "model.name=resnet8", "train.epochs=4", "run.tensorboard=false", "run.progress=none",
@@ -18,10 +20,8 @@ BASE = ["data.name=shapes", "data.train_size=2000", "data.val_size=200", "data.i
 
 def train(run_dir: Path, *overrides: str, plant: str = "") -> list[dict]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("TRAINLAB_PLANT", None)
-    if plant:
-        env["TRAINLAB_PLANT"] = plant
-    proc = subprocess.run([sys.executable, "-m", "trainlab", "train", *BASE, *overrides, f"run.dir={run_dir}"],
+    planted = drills.plant(plant, train_size=2000, val_size=200) if plant else []
+    proc = subprocess.run([sys.executable, "-m", "trainlab", "train", *BASE, *overrides, *planted, f"run.dir={run_dir}"],
                           env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     (run_dir.parent / f"{run_dir.name}.out").write_text(proc.stdout)  # the console, for tests that read it

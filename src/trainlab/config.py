@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -19,12 +20,16 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from trainlab.errors import ConfigError, UsageError
+from trainlab.user import is_import_path, is_object_name, object_name
 from trainlab.watch.settings import WatchSettings
 
 
 @dataclass
 class DataConfig:
-    name: str = "shapes"  # shapes | cifar10 | cifar100 | folder | packed
+    # shapes | cifar10 | cifar100 | folder | packed, or an import path pkg.module:factory returning
+    # (train, val) or (train, val, class_names) datasets, called with data.kwargs
+    name: str = "shapes"
+    kwargs: dict[str, Any] = field(default_factory=dict)
     root: Optional[str] = None
     # An int, or a progressive-resizing schedule [[fraction of training, size], ...] starting at 0, e.g.
     # [[0, 160], [0.75, 192]]: epoch e trains at the size whose fraction <= (e - 1) / train.epochs;
@@ -57,6 +62,10 @@ class AugConfig:
     ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])  # resized crop: aspect range
     hflip: Optional[float] = None  # horizontal flip probability; 0 turns it off; null: 0.5 (0 with policy=none)
     random_erasing: float = 0.0  # probability
+    # Your own per-sample transforms, as import paths (pkg.module:callable): a function of the image, or a class /
+    # zero-argument function that builds one (torchvision v2, albumentations, kornia). They replace trainlab's.
+    train_transform: Optional[str] = None
+    val_transform: Optional[str] = None
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
@@ -65,7 +74,10 @@ class AugConfig:
 
 @dataclass
 class ModelConfig:
+    # A registry name (trainlab inspect --list), timm/<name>, or an import path pkg.module:factory returning an
+    # nn.Module, called with model.kwargs (and num_classes= when it takes it)
     name: str = "resnet20"
+    kwargs: dict[str, Any] = field(default_factory=dict)
     num_classes: Optional[int] = None  # defaults to the dataset's class count
     cifar_stem: bool = False
     norm: str = "batch"  # batch | none
@@ -130,6 +142,13 @@ class TrainConfig:
     nproc: int = 1  # >1 launches itself through torchrun
     threads: Optional[int] = None  # torch CPU threads; null leaves torch's default
     preflight: bool = False  # run the doctor's cheap checks before step 1; logged as `preflight` events
+    # cross_entropy (with label_smoothing), or an import path to loss(logits, targets) -> scalar: a function
+    # (called with loss_kwargs too) or a class such as torch.nn:CrossEntropyLoss (built with loss_kwargs)
+    loss: str = "cross_entropy"
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Objects with on_* hooks (trainlab.Callback), as import paths: "pkg.module:Callback" or
+    # {target: "pkg.module:Callback", key: value, ...} (the other keys are its keyword arguments)
+    callbacks: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -153,6 +172,7 @@ class RunConfig:
     keep_periodic: int = 2
     tensorboard: bool = True
     progress: str = "auto"  # auto | bar | lines | none
+    config_dir: Optional[str] = None  # the config file's folder (set when loading it): user modules import from it
 
 
 @dataclass
@@ -269,9 +289,16 @@ def _schema_template() -> DictConfig:
     return OmegaConf.structured(Config)
 
 
+FREE_FORM = ("data.kwargs", "model.kwargs", "train.loss_kwargs")  # the user's own keyword arguments
+
+
 def _schema() -> DictConfig:
     """A fresh config of schema defaults: a copy of one built once (building takes ~4x longer than copying)."""
-    return copy.deepcopy(_schema_template())
+    cfg = copy.deepcopy(_schema_template())
+    for dotted in FREE_FORM:  # any keys (a user's factory decides), where the rest of the schema is strict
+        section, key = dotted.split(".")
+        OmegaConf.set_struct(cfg[section][key], False)
+    return cfg
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
@@ -374,6 +401,8 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] | tuple[
                 cfg = OmegaConf.merge(cfg, node)
             except OmegaConfBaseException as err:
                 raise _explain(err, str(file)) from None
+    if path is not None and cfg.run.config_dir is None:
+        cfg.run.config_dir = str(Path(path).resolve().parent)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value (e.g. optim.lr=0.05)")
@@ -396,6 +425,8 @@ def validate(cfg: Any) -> None:
         value = str(cfg[section][key])
         if section == "run" and key == "resume":
             continue
+        if dotted == "data.name" and (is_import_path(value) or is_object_name(value)):
+            continue  # a user's dataset factory, or datasets handed to trainlab.fit
         if value not in choices:
             raise ConfigError(f"{dotted}={value!r} is not valid; choose one of: {', '.join(choices)}")
     bs = cfg.data.batch_size
@@ -405,6 +436,12 @@ def validate(cfg: Any) -> None:
         else:
             raise ConfigError(f"data.batch_size={bs!r} is not valid; give a positive int or 'auto'")
     img_size_schedule(cfg.data.img_size)  # raises ConfigError when malformed
+    for dotted in ("train.loss", "aug.train_transform", "aug.val_transform"):
+        section, key = dotted.split(".")
+        value = cfg[section][key]
+        if value is not None and value != "cross_entropy" and not (is_import_path(value) or is_object_name(value)):
+            builtin = "cross_entropy or " if key == "loss" else ""
+            raise ConfigError(f"{dotted}={value!r} is not valid; give {builtin}an import path pkg.module:callable")
     for dotted, allowed in RANGES.items():
         section, key = dotted.split(".")
         value = cfg[section][key]
@@ -488,3 +525,23 @@ def replace(cfg: Any, **dotted: Any) -> Any:
         section, name = key.split(".", 1)
         values[section][name] = value
     return from_dict(values)
+
+
+def config_with_objects(config: Any, overrides: Iterable[str], objects: dict[str, Any]) -> Any:
+    """The validated config: file (or dict), overrides, then the names of the objects handed over."""
+    overrides = [str(o) for o in overrides]
+    if isinstance(config, dict):
+        overrides = [f"{k}={v}" for k, v in _flatten_sections(OmegaConf.to_container(OmegaConf.create(config)))] + overrides
+        config = None
+    named = [f"{key}={object_name(obj)}" for key, obj in objects.items() if obj is not None]
+    return load_config(str(config) if config is not None else None, [*overrides, *named])
+
+
+def _flatten_sections(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in values.items():
+        if isinstance(value, dict) and prefix == "":
+            out += _flatten_sections(value, f"{key}.")
+        else:
+            out.append((f"{prefix}{key}", json.dumps(value) if isinstance(value, (list, dict)) else value))
+    return out

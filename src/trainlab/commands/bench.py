@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 
 from trainlab.errors import ConfigError, UsageError
-from trainlab.train.batch_finder import SAFETY_MARGIN, find_max_batch, model_setup, search_max_batch
-from trainlab.train.engine import autocast
+from trainlab.train.batch_finder import SAFETY_MARGIN, find_max_batch, search_max_batch, trial_step
+from trainlab.user import UserParts, load_loss
 
 WARMUP_BATCHES = 3
 
@@ -142,14 +141,12 @@ class _PhaseClock:
 def bench_step(cfg: Any, steps: int, device: Optional[torch.device] = None) -> dict:
     """Mean time per step and per phase of the configured model, data and optimizer."""
     from trainlab.data import build_data
-    from trainlab.train import optim
 
     device = device or resolve_device(cfg)
     data = build_data(cfg, device)
     num_classes = int(cfg.model.num_classes or data.num_classes)
-    model, precision, channels_last = model_setup(cfg, device, num_classes)
-    optimizer = optim.build_optimizer(model, cfg.optim, int(cfg.data.batch_size) * int(cfg.train.grad_accum))
-    model.train()
+    step_fn = trial_step(cfg, device, num_classes, UserParts(loss_fn=load_loss(cfg)))
+    precision, channels_last = step_fn.precision, step_fn.channels_last
     clock = _PhaseClock(device)
     stream = _endless(data.train)
     data_wait_s = 0.0
@@ -166,18 +163,13 @@ def bench_step(cfg: Any, steps: int, device: Optional[torch.device] = None) -> d
             images, labels = next(stream)
             data_wait_s += time.perf_counter() - host
             t0 = clock.now()
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images, labels = step_fn.inputs(images, labels)  # the run's own step, one phase at a time
             t1 = clock.now()
-            with autocast(device, precision):
-                loss = F.cross_entropy(model(images).float(), labels)
+            _, loss = step_fn.forward(images, labels)
             t2 = clock.now()
-            loss.backward()
+            step_fn.backward(loss)
             t3 = clock.now()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step_fn.optimizer_step()
             t4 = clock.now()
             for phase, a, b in (
                 ("host_to_device", t0, t1),

@@ -36,9 +36,8 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from trainlab import distributed
+    from trainlab.commands.fit import train_config
     from trainlab.config import load_config, split_config_and_overrides
-    from trainlab.doctor.start import StartChecks
-    from trainlab.train.run import train
 
     config_path, overrides = split_config_and_overrides(args.items)
     cfg = load_config(config_path, overrides)
@@ -46,14 +45,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Re-launch through torch's own launcher; each worker runs this command with nproc left to torchrun.
         argv = [a for a in args.items if not a.startswith("train.nproc=")]
         return distributed.launch(argv, nproc=cfg.train.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint)
-    train(cfg, callbacks=[StartChecks()])
+    train_config(cfg)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from trainlab.commands.evaluate import evaluate_checkpoint
+    from trainlab.commands.evaluate import evaluate_checkpoint, evaluate_weights
 
-    result = evaluate_checkpoint(args.checkpoint, args.overrides, use_ema=args.ema)
+    items = [args.checkpoint, *args.overrides] if args.checkpoint else list(args.overrides)
+    checkpoint = items[0] if items and "=" not in items[0] else None
+    overrides = items[1:] if checkpoint else items
+    if args.model or args.weights:
+        if checkpoint or not (args.model and args.weights):
+            raise UsageError("trainlab eval: give a CHECKPOINT, or --model NAME with --weights FILE (not both)")
+        result = evaluate_weights(args.model, args.weights, overrides)
+    elif checkpoint is None:
+        raise UsageError("trainlab eval: give a CHECKPOINT (a run's checkpoints/*.pt) or --model NAME --weights FILE")
+    else:
+        result = evaluate_checkpoint(checkpoint, overrides, use_ema=args.ema)
     if args.json:
         import json
 
@@ -76,10 +85,12 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--rdzv-endpoint", default=None, help="with train.nproc>1 on several machines: HOST:PORT")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on the val split")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("eval", help="evaluate a checkpoint (or a model with plain weights) on the val split")
+    p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="a trainlab checkpoint (.pt)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--ema", action="store_true", help="use the EMA weights when the checkpoint has them")
+    p.add_argument("--model", help="instead of a checkpoint: a model name or import path pkg.mod:factory ...")
+    p.add_argument("--weights", help="... and a plain state_dict file for it (loaded weights-only)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

@@ -196,7 +196,31 @@ def _schedule_note(size_at: Any) -> str:
     return f"; progressive sizes {steps} of training (eval at {size_at.steps[-1][1]} px)"
 
 
-def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1) -> DataBundle:
+def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1, user: Any = None) -> DataBundle:
+    """The run's loaders. `user` (trainlab.user.UserParts) carries a user's own datasets and transforms;
+    `data.name: pkg.mod:factory` names a factory of them (data/user_data.py takes both)."""
+    from trainlab.user import is_import_path, is_object_name, load_data, load_transform
+
+    if user is None or not user.has_data:
+        if is_import_path(cfg.data.name):
+            from trainlab.user import UserParts
+
+            train, val, names = load_data(cfg)
+            user = UserParts(**{**vars(user or UserParts()), "train_data": train, "val_data": val,
+                                "class_names": names})  # fmt: skip
+        elif is_object_name(cfg.data.name):
+            raise ConfigError(f"data.name={cfg.data.name} was a Python object handed to trainlab.fit; to load it "
+                              "from a config give its factory as an import path, data.name=pkg.module:make_data")  # fmt: skip
+    if user is not None and user.has_data:
+        from trainlab.data.user_data import build_user_data
+
+        for key in ("train_transform", "val_transform"):
+            if getattr(user, key) is None:
+                setattr(user, key, load_transform(cfg, key))
+        return build_user_data(cfg, user, device, rank, world_size)
+    if cfg.aug.train_transform or cfg.aug.val_transform:
+        raise ConfigError("aug.train_transform/aug.val_transform apply to your own dataset (data.name=pkg.mod:factory "
+                          "or trainlab.fit(train_data=...)); trainlab's datasets use the aug.* keys")  # fmt: skip
     raw = load_raw(cfg)
     num_classes = len(raw.classes)
     wanted = cfg.model.num_classes

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import atexit
 import math
+import random
 import signal
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
@@ -104,8 +106,10 @@ class _TransformedDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = key
+        if getattr(self.source, "seeds_host_rngs", False):
+            return self._user_item(epoch, index)
         image, label = self.source.load(index)
-        transform = self.transform.for_epoch(epoch) if isinstance(self.transform, EpochTransforms) else self.transform
+        transform = self._transform_for(epoch)
         if not self.random:
             return transform(image), label
         # Only the CPU default generator (v2 transforms draw from it): torch.manual_seed would also reseed
@@ -118,6 +122,29 @@ class _TransformedDataset(Dataset):
             return transform(image), label
         finally:
             generator.set_state(saved)
+
+    def _transform_for(self, epoch: int) -> Callable:
+        return self.transform.for_epoch(epoch) if isinstance(self.transform, EpochTransforms) else self.transform
+
+    def _user_item(self, epoch: int, index: int) -> tuple[torch.Tensor, int]:
+        """A user's dataset may draw from torch, `random` and numpy in its own __getitem__, and a user's
+        transform from a generator of its own: all are seeded from (seed, epoch, index) around both, so the
+        sample is the same whoever loads it and whenever (validation too, for random val transforms)."""
+        seed = stream_seed(self.seed, epoch if self.random else 0, index, _SAMPLE_TAG)
+        saved = (torch.default_generator.get_state(), random.getstate(), np.random.get_state())
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed & 0xFFFFFFFF)
+        reseed = getattr(self.transform, "reseed", None)
+        if reseed is not None:
+            reseed(seed)
+        try:
+            image, label = self.source.load(index)
+            return self._transform_for(epoch)(image), label
+        finally:
+            torch.default_generator.set_state(saved[0])
+            random.setstate(saved[1])
+            np.random.set_state(saved[2])
 
 
 @dataclass(frozen=True)

@@ -11,18 +11,32 @@ otherwise, 2 for bad input. `train.preflight=true` runs the cheap ones before a 
 from __future__ import annotations
 
 import math
+import sys
 import time
+import types
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
 from trainlab.doctor.verdict import Verdict, timed, write_report
 
 
+class _CallableDoctor(types.ModuleType):
+    """`trainlab.doctor(...)` is this package called: importing the package rebinds the name `doctor` on
+    `trainlab` to it, so the function users call and the package are one object."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[Verdict]:
+        return examine_run(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableDoctor
+
+
 def diagnose(cfg: Any, out_dir: Optional[Path] = None, config_name: str = "(defaults)",
-             printer=print) -> tuple[list[Verdict], Path]:
+             printer=print, user: Any = None) -> tuple[list[Verdict], Path]:
     """Run every check on the run `cfg` describes; writes the report in out_dir. Returns (verdicts, out_dir)."""
     from trainlab.doctor import checks, inputs, smells
     from trainlab.doctor.patient import examine
@@ -33,7 +47,7 @@ def diagnose(cfg: Any, out_dir: Optional[Path] = None, config_name: str = "(defa
     started = time.perf_counter()
     if out_dir is not None:  # a bad --out fails in one line before any check runs
         check_output_dir(out_dir, "--out", UsageError)
-    patient = examine(cfg)  # bad config or data: raises before anything is written
+    patient = examine(cfg, user)  # bad config or data: raises before anything is written
     name = cfg.run.name or f"{cfg.model.name}-{cfg.data.name}"
     if out_dir is None:
         out_dir = Path("runs") / f"doctor-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -76,3 +90,29 @@ def diagnose(cfg: Any, out_dir: Optional[Path] = None, config_name: str = "(defa
     printer("")
     printer(write_report(out_dir, header, verdicts).split("\n")[-1])
     return verdicts, out_dir
+
+
+def examine_run(
+    config: Any = None,
+    *overrides: str,
+    model: Any = None,
+    train_data: Any = None,
+    val_data: Any = None,
+    loss_fn: Optional[Callable] = None,
+    train_transform: Optional[Callable] = None,
+    val_transform: Optional[Callable] = None,
+    out: Optional[Union[str, Path]] = None,
+    printer: Callable[[str], None] = print,
+) -> list[Verdict]:
+    """`trainlab.doctor(...)`: the verdicts on the run `trainlab.fit` would start with the same arguments (each a
+    Verdict: check, status ok / warning / problem, what it saw, the fix, figures); the report goes to `out`."""
+    from trainlab.config import config_with_objects
+    from trainlab.user import UserParts
+
+    objects = {"model.name": model, "data.name": train_data, "train.loss": loss_fn,
+               "aug.train_transform": train_transform, "aug.val_transform": val_transform}  # fmt: skip
+    cfg = config_with_objects(config, overrides, objects)
+    given = UserParts(model=model, train_data=train_data, val_data=val_data, loss_fn=loss_fn,
+                      train_transform=train_transform, val_transform=val_transform)  # fmt: skip
+    verdicts, _ = diagnose(cfg, Path(out) if out else None, str(config) if config else "(python)", printer, user=given)
+    return verdicts

@@ -78,24 +78,22 @@ def initial_loss(p: Patient, first: Probe) -> Verdict:
 def overfit_batch(p: Patient) -> tuple[Verdict, list[str], torch.nn.Module, tuple]:
     """Train on one fixed small batch at the configured peak LR. Returns the verdict, the trainable parameters
     that never changed, the trained model and the batch."""
-    images, labels = p.fixed_batch(OVERFIT_SAMPLES)
     model = p.new_model()
-    opt = p.new_optimizer(model)
+    step = p.new_step(model)
+    images, labels = step.inputs(*p.fixed_batch(OVERFIT_SAMPLES))
     before = {n: t.detach().clone() for n, t in model.named_parameters() if t.requires_grad}
     losses, accs, reached = [], [], None
-    for step in range(1, OVERFIT_MAX_STEPS + 1):
-        opt.zero_grad(set_to_none=True)
-        logits = model(images)
-        loss = p.loss(logits, labels)
+    for k in range(1, OVERFIT_MAX_STEPS + 1):
+        logits, loss = step.forward(images, labels)
         losses.append(float(loss.detach()))
         accs.append(float((logits.argmax(1) == labels).float().mean()))
         if not math.isfinite(losses[-1]):
             break
         if accs[-1] == 1.0 and losses[-1] < 0.5 * losses[0]:
-            reached = step
+            reached = k
             break
-        loss.backward()
-        opt.step()
+        step.backward(loss)
+        step.optimizer_step()
     unchanged = [n for n, t in model.named_parameters() if n in before and torch.equal(t.detach(), before[n])]
     n = len(labels)
     figures = {"samples": n, "steps": len(losses), "max_steps": OVERFIT_MAX_STEPS, "lr": p.peak_lr,
@@ -166,7 +164,7 @@ def label_signal(p: Patient, lr: Optional[float] = None, suspects: tuple[str, ..
     if unfrozen:
         for t in model.parameters():
             t.requires_grad_(True)
-    opt = p.new_optimizer(model, lr=lr)
+    step = p.new_step(model, lr=lr)
     batch = min(SIGNAL_BATCH, fit_n)
     order = torch.Generator().manual_seed(int(p.cfg.train.seed))
     steps, losses = 0, []
@@ -174,13 +172,12 @@ def label_signal(p: Patient, lr: Optional[float] = None, suspects: tuple[str, ..
         perm = torch.randperm(fit_n, generator=order).to(fit_x.device)
         for start in range(0, fit_n - batch + 1, batch):
             idx = perm[start:start + batch]
-            opt.zero_grad(set_to_none=True)
-            loss = p.loss(model(fit_x[idx]), fit_y[idx])
+            _, loss = step.forward(*step.inputs(fit_x[idx], fit_y[idx]))
             losses.append(float(loss.detach()))
             if not math.isfinite(losses[-1]):
                 break
-            loss.backward()
-            opt.step()
+            step.backward(loss)
+            step.optimizer_step()
             steps += 1
             if steps >= SIGNAL_STEPS:
                 break
@@ -316,19 +313,19 @@ def lr_range(p: Patient, out_dir: Optional[Path]) -> Verdict:
     adaptive = p.cfg.optim.name in ("adam", "adamw", "rmsprop")
     lo, hi = (1e-5, 1.0) if adaptive else (1e-4, 10.0)
     hi = max(hi, peak * 30)  # the low end stays: a peak below it is placed by how far below the fall it is
-    images, labels = p.fixed_batch(RANGE_BATCH)
-    batch = len(labels)
     model = p.new_model()
-    opt = p.new_optimizer(model, lr=lo)
+    step = p.new_step(model, lr=lo)
+    opt = step.optimizer
+    images, labels = step.inputs(*p.fixed_batch(RANGE_BATCH))
+    batch = len(labels)
     factor = (hi / lo) ** (1.0 / (RANGE_STEPS - 1))
     lrs, raw, smooth = [], [], []
     avg, beta = 0.0, 0.5
-    for step in range(RANGE_STEPS):
-        lr = lo * factor**step
+    for k in range(RANGE_STEPS):
+        lr = lo * factor**k
         for group in opt.param_groups:
             group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss = p.loss(model(images), labels)
+        _, loss = step.forward(images, labels)
         value = float(loss.detach())
         lrs.append(lr)
         raw.append(value)
@@ -340,8 +337,8 @@ def lr_range(p: Patient, out_dir: Optional[Path]) -> Verdict:
         # stop once clearly diverged: nothing more to learn above this LR
         if len(smooth) > 4 and smooth[-1] > 2 * min(smooth) and smooth[-1] > 1.5 * smooth[0]:
             break
-        loss.backward()
-        opt.step()
+        step.backward(loss)
+        step.optimizer_step()
     start_loss = float(sorted(raw[:3])[len(raw[:3]) // 2])
     best = min(range(len(smooth)), key=lambda i: smooth[i])
     fall = next((i for i, s in enumerate(smooth) if s <= FALL * start_loss), None)
@@ -429,8 +426,7 @@ def _plot_range(path: Path, lrs: list, raw: list, smooth: list, peak: float) -> 
 def throughput(p: Patient) -> Verdict:
     import psutil
 
-    model = p.new_model()
-    opt = p.new_optimizer(model)
+    step = p.new_step(p.new_model())  # the run's own step: its precision, memory format and loss
     timed_steps, waits, computes = 2, [], []
     batches = p.data.train.batches(1)
     for i in range(timed_steps + 1):  # the first step warms up allocators and kernels: not timed
@@ -440,10 +436,7 @@ def throughput(p: Patient) -> Verdict:
         except StopIteration:
             break
         t1 = time.perf_counter()
-        images, labels = images.to(p.device), labels.to(p.device)
-        opt.zero_grad(set_to_none=True)
-        p.loss(model(images), labels).backward()
-        opt.step()
+        step(images, labels)
         if p.device.type == "cuda":
             torch.cuda.synchronize(p.device)
         t2 = time.perf_counter()

@@ -50,7 +50,7 @@ def input_stats(p: Patient) -> Verdict:
 def _train_labels(p: Patient) -> torch.Tensor:
     """Every train label when the loader holds them in memory, else those of the first batches."""
     loader = p.data.train
-    loader = getattr(loader, "_inner", loader)  # a planted-fault wrapper (trainlab.planted)
+    loader = getattr(loader, "_inner", loader)  # a loader wrapped by a callback (tests/drills.py)
     if isinstance(getattr(loader, "_labels", None), torch.Tensor):
         return loader._labels.cpu()
     source = getattr(getattr(getattr(loader, "_loader", None), "dataset", None), "source", None)

@@ -173,12 +173,24 @@ def create(
     return model
 
 
-def from_config(cfg: Any, num_classes: int, with_weights: bool = True) -> nn.Module:
+def from_config(cfg: Any, num_classes: int, with_weights: bool = True, user: Any = None) -> nn.Module:
     """The model a config describes (every model.* key, data.img_size's final size, run.trust_checkpoint).
-    `with_weights=False` skips model.pretrained: for a model whose weights come from elsewhere next."""
+    `with_weights=False` skips model.pretrained: for a model whose weights come from elsewhere next.
+    `user` (trainlab.user.UserParts) carries a user's own model: an nn.Module or a factory."""
     from trainlab.config import final_img_size
+    from trainlab.user import is_import_path, is_object_name, load_object
 
     m = cfg.model
+    source = getattr(user, "model", None)
+    if source is None and is_import_path(m.name):
+        source = load_object(m.name, "model.name", cfg.run.config_dir)
+    if source is not None:
+        from trainlab.models.user_model import build_user_model
+
+        return build_user_model(source, cfg, num_classes, with_weights)
+    if is_object_name(m.name):
+        raise ConfigError(f"model.name={m.name} was a Python object handed to trainlab.fit; to build it from a "
+                          "config give its factory as an import path, model.name=pkg.module:make_model")  # fmt: skip
     return create(
         m.name, num_classes, cifar_stem=m.cifar_stem, norm=m.norm,
         pretrained=m.pretrained if with_weights else None, freeze_backbone=m.freeze_backbone,

@@ -23,6 +23,7 @@ RESUMABLE_CHANGES = (
     "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.root", "data.download",
     "data.skip_bad_images", "data.val_batch_size", "eval.every", "eval.tta", "run.", "watch.", "dist.",
     "sched.extend", "log.", "train.preflight",  # log.*: where the numbers are copied to (trackers), not the numbers
+    "train.callbacks",  # what watches the run (and may stop it), not what it computes
 )  # fmt: skip
 
 

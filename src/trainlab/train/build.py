@@ -13,10 +13,10 @@ from typing import Any, Optional
 import torch
 
 from trainlab import config as config_mod
-from trainlab import distributed, planted
+from trainlab import distributed
 from trainlab.config import final_img_size
-from trainlab.errors import ConfigError, DataError
-from trainlab.train.engine import Trainer
+from trainlab.errors import DataError
+from trainlab.train.engine import Trainer, run_loss
 from trainlab.train.runtime import (
     channels_last_default,
     configure_backends,
@@ -43,7 +43,8 @@ class Parts:
     batch_note: Optional[str]  # how data.batch_size=auto was resolved
 
 
-def resolve_auto_batch(cfg: Any, ctx: distributed.DistContext, state: Optional[dict]) -> tuple[Any, Optional[str]]:
+def resolve_auto_batch(cfg: Any, ctx: distributed.DistContext, state: Optional[dict],
+                       user: Any = None) -> tuple[Any, Optional[str]]:  # fmt: skip
     """cfg with data.batch_size=auto replaced by a number: the checkpoint's on a resume (so the math stays the
     same), else the largest batch every rank's device trains, agreed as the minimum over ranks."""
     if cfg.data.batch_size != "auto":
@@ -54,12 +55,9 @@ def resolve_auto_batch(cfg: Any, ctx: distributed.DistContext, state: Optional[d
         batch = resume_batch_size(cfg, state, ctx.world_size)
         note = f"data.batch_size=auto: {batch} per process, as when the run started (resumed)"
     else:
-        from trainlab import drills
         from trainlab.train.batch_finder import find_max_batch
 
-        if ctx.device.type != "cuda" and drills.planted_max_batch(ctx.rank) is None:
-            raise ConfigError("data.batch_size=auto needs a GPU; give a number, e.g. data.batch_size=128")
-        mine = find_max_batch(cfg, ctx.device, reserve_bytes=_resident_bytes(cfg), rank=ctx.rank)
+        mine = find_max_batch(cfg, ctx.device, reserve_bytes=_resident_bytes(cfg, user), rank=ctx.rank, user=user)
         note = f"data.batch_size=auto: {mine} per process fits"
         batch = mine
         if ctx.enabled:  # ranks may have different GPUs (or free memory): all take the smallest answer
@@ -69,7 +67,7 @@ def resolve_auto_batch(cfg: Any, ctx: distributed.DistContext, state: Optional[d
     return config_mod.replace(cfg, **{"data.batch_size": batch}), note
 
 
-def _resident_bytes(cfg: Any) -> int:
+def _resident_bytes(cfg: Any, user: Any = None) -> int:
     """What the run will hold on the device beside the search's trial model: the EMA copy of the weights
     (estimated from a CPU build of the model) and, for the tensor loader, the training images."""
     reserve = 0
@@ -77,15 +75,26 @@ def _resident_bytes(cfg: Any) -> int:
         from trainlab import models
         from trainlab.train.batch_finder import num_classes_hint
 
-        model = models.from_config(cfg, num_classes_hint(cfg), with_weights=False)
+        model = models.from_config(cfg, num_classes_hint(cfg), with_weights=False, user=_copied(user))
         reserve += sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if cfg.data.name == "shapes" and cfg.data.loader in ("auto", "tensor"):
         reserve += int(cfg.data.train_size) * 3 * final_img_size(cfg.data.img_size) ** 2
     return reserve
 
 
+def _copied(user: Any) -> Any:
+    """The user's parts with a model object deep-copied: a trial must not train (or move) the run's own module."""
+    if user is None or not isinstance(getattr(user, "model", None), torch.nn.Module):
+        return user
+    import copy
+    import dataclasses
+
+    return dataclasses.replace(user, model=copy.deepcopy(user.model))
+
+
 def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], say: Callable[[str], None],
-                on_batch: Optional[Callable[[int, int], None]] = None) -> Parts:  # fmt: skip
+                on_batch: Optional[Callable[[int, int], None]] = None, user: Any = None) -> Parts:  # fmt: skip
+    """`user` (trainlab.user.UserParts): the user's own model, data, loss and transforms, where they bring them."""
     from trainlab import models
     from trainlab.data import build_data
     from trainlab.train import optim
@@ -94,18 +103,17 @@ def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], s
     seed_everything(cfg.train.seed)  # every rank builds the same initial weights
     configure_backends(cfg, device)
     precision = resolve_precision(cfg, device)
-    cfg, batch_note = resolve_auto_batch(cfg, ctx, state)
+    cfg, batch_note = resolve_auto_batch(cfg, ctx, state, user)
     batch_size = int(cfg.data.batch_size)
 
-    data = build_data(cfg, device, ctx.rank, ctx.world_size)
+    data = build_data(cfg, device, ctx.rank, ctx.world_size, user=user)
     num_classes = cfg.model.num_classes or data.num_classes
     if data.num_classes > num_classes:
         raise DataError(
             f"the dataset has {data.num_classes} classes but model.num_classes={num_classes}; "
             "raise model.num_classes or drop it to use the dataset's count"
         )
-    model = models.from_config(cfg, num_classes)
-    planted.plant(data, model, cfg.train.seed)  # TRAINLAB_PLANT test-only fault drills; unset: nothing
+    model = models.from_config(cfg, num_classes, user=user)
     params = sum(p.numel() for p in model.parameters())
     channels_last = channels_last_default(cfg, model, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -151,7 +159,7 @@ def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], s
         channels_last=channels_last, grad_accum=cfg.train.grad_accum, clip_grad=cfg.train.clip_grad,
         label_smoothing=cfg.train.label_smoothing, mixer=mixer, ema=ema, on_nonfinite=cfg.watch.on_nonfinite,
         seed=train_seed, max_batches=cfg.train.max_steps_per_epoch, on_batch=on_batch,
-        compile_mode=cfg.train.compile,
+        compile_mode=cfg.train.compile, loss=run_loss(cfg, getattr(user, "loss_fn", None)),
     )  # fmt: skip
     return Parts(cfg=cfg, data=data, raw_model=raw_model, trainer=trainer, num_classes=num_classes, params=params,
                  precision=precision, channels_last=channels_last, global_batch=global_batch,

@@ -11,13 +11,14 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainlab.distributed import DistContext, all_reduce_sum, find_ddp, maybe_no_sync
+from trainlab.errors import ConfigError
 from trainlab.models.outputs import training_loss
 
 # Called at every optimizer-step boundary with (epoch, batches done in this epoch); True stops the epoch there.
@@ -87,9 +88,111 @@ class EpochTotals:
         return {"train_loss": loss_sum / seen, "train_acc1": 100.0 * correct / seen, "train_samples": int(seen)}
 
 
+def cross_entropy(label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The built-in loss: cross-entropy with label smoothing on class indices; on soft targets (mixup/cutmix,
+    smoothing already folded in) the cross-entropy against the target distribution."""
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.dim() == 2:
+            return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+
+    return loss
+
+
+@dataclass
+class Step:
+    """One optimisation step on one batch, as training runs it: the inputs' memory format, autocast, the
+    loss (the user's or cross-entropy, auxiliary heads added), the scaled backward, unscale and clipping, the
+    optimizer step. The Trainer runs its micro-batches through it, and so do the doctor's checks, the batch
+    finder and `trainlab bench step`: what they measure is what the run does."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    precision: str = "32"
+    channels_last: bool = False
+    loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None  # None: cross-entropy
+    clip_grad: Optional[float] = None
+    _checked: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.loss_fn is None:
+            self.loss_fn = cross_entropy()
+        use_scaler = self.precision == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+
+    def inputs(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels.to(self.device, non_blocking=True)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, no_sync: bool = False) -> tuple:
+        """(main logits, loss) on the device; under DDP `no_sync` skips the gradient all-reduce."""
+        with maybe_no_sync(self.model, no_sync), autocast(self.device, self.precision):
+            # models with auxiliary heads return (logits, aux...) in train mode; see models/outputs.py
+            logits, loss = training_loss(self.model(images), targets, self.loss_fn)
+        if not self._checked:  # a user's loss: once, on the host shape only (no sync)
+            self._checked = True
+            if not torch.is_tensor(loss) or loss.dim() != 0:
+                shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
+                raise ConfigError(f"the loss returned {shape}; it must return a scalar tensor (reduce it, e.g. .mean())")
+        return logits, loss
+
+    def backward(self, loss: torch.Tensor, weight: float = 1.0, no_sync: bool = False) -> None:
+        with maybe_no_sync(self.model, no_sync):
+            self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+
+    def optimizer_step(self, want_norm: bool = False, set_to_none: bool = True) -> Optional[torch.Tensor]:
+        """Unscale, clip, step, zero the gradients. Returns the total gradient norm (a device tensor, never
+        read here) when clipping computes it or `want_norm` asks for it; else None."""
+        grad_norm = None
+        if self.clip_grad or want_norm:
+            self.scaler.unscale_(self.optimizer)  # norms of unscaled gradients, as the user thinks of them
+            if self.clip_grad:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+            else:
+                grad_norm = total_grad_norm(self.model.parameters())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+        return grad_norm
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole step on one batch: (main logits, loss), both detached and on the device."""
+        images, labels = self.inputs(images, labels)
+        logits, loss = self.forward(images, labels)
+        self.backward(loss)
+        self.optimizer_step()
+        return logits.detach(), loss.detach()
+
+
+def step_for(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+             loss_fn: Optional[Callable] = None, precision: Optional[str] = None) -> Step:  # fmt: skip
+    """The Step a config describes (precision, memory format, clipping, label smoothing or the user's loss)
+    for `model` and `optimizer`: the doctor, the batch finder and `trainlab bench step` build theirs here."""
+    from trainlab.train.runtime import channels_last_default, resolve_precision
+
+    return Step(model, optimizer, torch.device(device), precision or resolve_precision(cfg, torch.device(device)),
+                channels_last_default(cfg, model, torch.device(device)), run_loss(cfg, loss_fn),
+                cfg.train.clip_grad)  # fmt: skip
+
+
+def run_loss(cfg: Any, loss_fn: Optional[Callable]) -> Callable:
+    """The loss a run trains with: the user's, or cross-entropy with train.label_smoothing."""
+    if loss_fn is None:
+        return cross_entropy(float(cfg.train.label_smoothing))
+    if cfg.train.label_smoothing:
+        raise ConfigError("train.label_smoothing applies to the built-in cross-entropy; with your own loss "
+                          "(train.loss or loss_fn=), smooth inside it and leave train.label_smoothing at 0")  # fmt: skip
+    return loss_fn
+
+
 @dataclass
 class Trainer:
-    """One model's optimisation step, with accumulation, AMP, clipping, EMA and batch mixing."""
+    """One model's optimisation over an epoch: accumulation windows, EMA, batch mixing, non-finite losses, the
+    watch and the boundary hook, around the Step every training path shares."""
 
     model: nn.Module  # possibly DDP- or compile-wrapped
     optimizer: torch.optim.Optimizer
@@ -112,6 +215,7 @@ class Trainer:
     nonfinite_stop: Optional[tuple[int, int]] = field(default=None)  # (epoch, batch) that stopped the run
     on_batch: Optional[Callable[[int, int], None]] = None  # (epoch, batch index): progress bar, drills
     compile_mode: str = "none"  # train.compile: the CUDA-graph modes need care under accumulation
+    loss: Optional[Callable] = None  # a user's (logits, targets) -> loss; None: cross-entropy with smoothing
 
     def __post_init__(self) -> None:
         self.ddp = find_ddp(self.model) is not None
@@ -122,17 +226,16 @@ class Trainer:
         # add into memory the graph does not own; marking each step tells the graphs a new step began.
         self.cudagraphs = self.device.type == "cuda" and self.compile_mode in ("reduce-overhead", "max-autotune")
         self.keep_grads = self.cudagraphs and self.grad_accum > 1
-        use_scaler = self.precision == "fp16" and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.step = Step(self.model, self.optimizer, self.device, self.precision, self.channels_last,
+                         self.loss or cross_entropy(self.label_smoothing), self.clip_grad)  # fmt: skip
+        self.scaler = self.step.scaler  # checkpoints hold its state
 
     def batches_per_epoch(self, loader) -> int:
         n = len(loader)
         return min(n, self.max_batches) if self.max_batches else n
 
     def loss_fn(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if targets.dim() == 2:  # soft targets from mixup/cutmix; smoothing is already folded in
-            return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        return self.step.loss_fn(logits, targets)
 
     def train_epoch(
         self,
@@ -171,10 +274,7 @@ class Trainer:
         return min(self.grad_accum, n_batches - window_start)
 
     def _train_batch(self, images, labels, epoch, index, n_batches, totals, on_boundary) -> bool:
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images, labels = self.step.inputs(images, labels)
         targets = labels
         if self.mixer is not None and self.mixer.enabled:
             images, targets = self.mixer(images, labels, batch_generator(self.seed, epoch, index))
@@ -186,9 +286,7 @@ class Trainer:
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         # DDP all-reduces gradients only on the micro-batch that ends an accumulation window.
-        with maybe_no_sync(self.model, not boundary), autocast(self.device, self.precision):
-            # cluster: models with auxiliary heads return (logits, aux...) in train mode; see models/outputs.py
-            logits, loss = training_loss(self.model(images), targets, self.loss_fn)
+        logits, loss = self.step.forward(images, targets, no_sync=not boundary)
 
         bad, sync_wait = False, None
         if self.on_nonfinite in ("skip", "stop"):
@@ -202,7 +300,7 @@ class Trainer:
         else:
             backward_started = time.perf_counter()
             # Each micro-batch weighs 1/(its window's size): the mean over the window, also a short last one.
-            self.scaler.scale(loss / window).backward()
+            self.step.backward(loss, 1.0 / window, no_sync=not boundary)
             # Under DDP the backward of the last micro-batch ends waiting for the slowest rank's gradients;
             # the watch subtracts this from the step time to find which rank is the straggler.
             if self.ddp and boundary:
@@ -254,17 +352,8 @@ class Trainer:
     def _optimizer_step(self) -> Optional[torch.Tensor]:
         """One optimizer step. Returns the total gradient norm (a device tensor, never read here) when it is
         free (clipping computes it) or the watch will log it in this window; else None."""
-        grad_norm = None
         want_norm = self.watcher is not None and self.watcher.wants_grad_norm(self.grad_accum)
-        if self.clip_grad or want_norm:
-            self.scaler.unscale_(self.optimizer)  # norms of unscaled gradients, as the user thinks of them
-            if self.clip_grad:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
-            else:
-                grad_norm = total_grad_norm(self.model.parameters())
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=not self.keep_grads)
+        grad_norm = self.step.optimizer_step(want_norm, set_to_none=not self.keep_grads)
         self.scheduler.step()
         self.global_step += 1
         if self.ema is not None:

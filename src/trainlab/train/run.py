@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 
 from trainlab import config as config_mod
-from trainlab import distributed, drills
+from trainlab import distributed
 from trainlab.errors import NonFiniteLoss, Preempted
 from trainlab.paths import check_run_dir, discard_new_run_dir
 from trainlab.runlog import trackers
@@ -35,9 +35,11 @@ from trainlab.train.engine import EpochTotals, evaluate
 class Run:
     """Everything one run holds; `execute()` runs it."""
 
-    def __init__(self, cfg: Any, ctx: distributed.DistContext, callbacks: Any = ()):
+    def __init__(self, cfg: Any, ctx: distributed.DistContext, callbacks: Any = (), user: Any = None):
         self.cfg = cfg
+        self.user = user  # trainlab.user.UserParts: the user's own model, data, loss, transforms
         self.callbacks = CallbackList(callbacks)
+        self.stop_reason: Optional[str] = None  # set by a callback's request_stop
         self.ctx = ctx
         self.device = ctx.device
         self.console = Console(enabled=ctx.is_main, progress=cfg.run.progress)
@@ -51,17 +53,14 @@ class Run:
         self.last_periodic_time = time.time()
         self.logger: Any = NullLogger()
         self.guard = PreemptionGuard()
-        self.drill = drills.SelfSignal()
-        self.rank_drills = drills.RankDrills(ctx.rank)
-        self.collectives = drills.CollectiveCounter(ctx.rank)
-        self.syncs = drills.SyncCounter(ctx.rank)
         # Stop flags travel on the host: a gloo group beside nccl, so agreeing never waits for the device.
         self.control_group = distributed.control_group(ctx)
         self.boundaries = 0  # optimizer-step boundaries seen by this process (paces the stop agreement)
 
     # -- building ----------------------------------------------------------------------------
     def _build(self, state: Optional[dict]) -> None:
-        parts = build_parts(self.cfg, self.ctx, state, say=self.console.info, on_batch=self._on_batch)
+        parts = build_parts(self.cfg, self.ctx, state, say=self.console.info, on_batch=self._on_batch,
+                            user=self.user)  # fmt: skip
         self.cfg = parts.cfg
         self.data, self.raw_model, self.trainer = parts.data, parts.raw_model, parts.trainer
         self.num_classes, self.params, self.precision = parts.num_classes, parts.params, parts.precision
@@ -94,12 +93,15 @@ class Run:
 
     def _on_batch(self, epoch: int, index: int) -> None:
         self.console.advance()
-        self.drill.check("train", epoch, index)
-        self.rank_drills.after_batch(epoch, index)
 
     def _on_event(self, event: Any) -> None:
         record = event.to_dict() if hasattr(event, "to_dict") else dict(event)
         self.logger.log_event(record)
+        self.callbacks.on_event(self, record)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop cleanly at the next optimizer step (every rank agrees): checkpoint, then status "stopped"."""
+        self.stop_reason = str(reason)
 
     def log_event(self, kind: str, severity: str, message: str, **data: Any) -> None:
         """An event of the run itself (or of a callback): events.jsonl, the trackers, the console. It goes
@@ -110,9 +112,9 @@ class Run:
         event = Event(kind, severity, self.trainer.batches_seen, self.epoch, message, data)
         watcher = getattr(self, "watcher", None)
         if watcher is not None:
-            watcher.add_event(event, announce=False)
+            watcher.add_event(event, announce=False)  # its on_event (_on_event) logs it and tells the callbacks
         else:  # before the watch is built
-            self.logger.log_event(event.to_dict())
+            self._on_event(event)
         (self.console.warn if severity != "info" else self.console.info)(message)
 
     # -- checkpoint state --------------------------------------------------------------------
@@ -143,6 +145,8 @@ class Run:
             "wall_time_s": self.wall_time(),
             "world_size": self.ctx.world_size,
             "trackers": self.logger.tracker_ids(),
+            # a user's iterable of batches keeps its generators' state at the epoch's start (data/user_data.py)
+            "loader": self.data.train.state_dict() if hasattr(self.data.train, "state_dict") else None,
         }
 
     def _load_state(self, state: dict) -> None:
@@ -165,6 +169,8 @@ class Run:
         self.resumed_wall = state.get("wall_time_s", 0.0)
         if state.get("watch") is not None:
             self.watcher.load_state_dict(state["watch"])
+        if state.get("loader") is not None and hasattr(self.data.train, "load_state_dict"):
+            self.data.train.load_state_dict(state["loader"])
         self._restore_rng(state)
 
     def _restore_rng(self, state: dict) -> None:
@@ -206,6 +212,8 @@ class Run:
                 elif kind == "periodic":
                     path = self.manager.save_periodic(state, self.trainer.global_step)
         distributed.barrier(self.ctx)
+        if path is not None:
+            self.callbacks.on_checkpoint(self, path)
         return path
 
     # -- summary -----------------------------------------------------------------------------
@@ -234,6 +242,7 @@ class Run:
             "updated": datetime.now().isoformat(timespec="seconds"),
             "wall_time_s": round(self.wall_time(), 3),
             "error": error,
+            "stop_reason": getattr(self, "stopped_by", None) if status == "stopped" else None,
             "run_dir": str(self.run_dir),
         }
 
@@ -285,28 +294,29 @@ class Run:
         try:
             with self.guard:
                 self._loop()
-        except Preempted:
-            self.logger.write_summary(self.summary("stopped"))
+        except Preempted as stop:
+            stop.summary = self.summary("stopped")  # what trainlab.fit returns
+            self._end(stop.summary)
             raise
         except NonFiniteLoss as exc:
-            self.logger.write_summary(self.summary("failed", str(exc)))
+            self._end(self.summary("failed", str(exc)))
             raise
         except BaseException as exc:
-            self.logger.write_summary(self.summary("failed", f"{type(exc).__name__}: {exc}"))
+            self._end(self.summary("failed", f"{type(exc).__name__}: {exc}"))
             raise
         finally:
             self.watcher.close()
             self.logger.close()
             self.console.close()
         final = self.summary("finished")
-        self.logger.write_summary(final)
-        self.rank_drills.write_weights_hash(self.raw_model)
-        self.collectives.write(self.trainer.global_step, {"boundaries": self.boundaries,
-                                                          "micro_batches": self.trainer.batches_seen})
-        self.syncs.write(self.trainer.global_step, self.trainer.batches_seen)
+        self._end(final)
         for line in farewell_lines(final, self.run_dir):
             self.console.info(line)
         return final
+
+    def _end(self, summary: dict) -> None:
+        self.logger.write_summary(summary)
+        self.callbacks.on_train_end(self, summary)
 
     def _announce(self) -> None:
         cfg = self.cfg
@@ -339,12 +349,10 @@ class Run:
             if self.phase == "train":
                 self.watcher.start_epoch(self.epoch)
                 self.console.start_epoch(self.epoch, cfg.train.epochs, n_batches, self.step_in_epoch)
-                self.collectives.phase = self.syncs.phase = "train"
                 _, stopped_at = t.train_epoch(
                     self.data.train, self.epoch, start=self.step_in_epoch, totals=totals,
                     on_boundary=lambda epoch, done, totals=totals: self._at_boundary(epoch, done, totals),
                 )  # fmt: skip
-                self.collectives.phase = self.syncs.phase = "epoch"
                 self.console.end_epoch()
                 if t.nonfinite_stop is not None:
                     self.step_in_epoch = t.nonfinite_stop[1] + 1
@@ -371,6 +379,7 @@ class Run:
             self.metrics_rows.append(row)
             self.logger.append_metrics(row)
             self.console.print(epoch_block(row, epoch_report, cfg.train.epochs))
+            self.callbacks.on_epoch_end(self, row)
             self._update_best(row)
             self.phase = "done" if self.epoch == cfg.train.epochs else "train"
             if self.phase == "train":
@@ -399,11 +408,9 @@ class Run:
         every = max(1, int(cfg.dist.stop_check_every)) if self.ctx.enabled else 1
 
         def should_stop(index: int) -> bool:  # before val batch `index`
-            if index:
-                self.drill.check("val", self.epoch, index - 1)
             if index >= common or index % every:
                 return False
-            return self._agreed(self.guard.requested)[0]
+            return self._agreed(self._stop_wanted())[0]
 
         result = evaluate(self.trainer.model, self.data.val, self.device, self.precision, self.channels_last,
                           tta=cfg.eval.tta, ctx=self.ctx, should_stop=should_stop)  # fmt: skip
@@ -457,7 +464,9 @@ class Run:
             state = self.state(None, rng)
             self.phase, self.epoch, self.step_in_epoch = phase, epoch, step
             with self.guard.saving():
-                self.manager.save_best(state, epoch, score)
+                path = self.manager.save_best(state, epoch, score)
+            if path is not None:
+                self.callbacks.on_checkpoint(self, path)
 
     # -- stops and periodic checkpoints --------------------------------------------------------
     def _agreed(self, *flags: bool) -> list[bool]:
@@ -476,7 +485,7 @@ class Run:
         steps, counted identically on every rank so the all-reduces pair up."""
         self.step_in_epoch = done
         self.boundaries += 1
-        self.rank_drills.in_boundary_hook()
+        self.callbacks.on_step_end(self, self.trainer.global_step)
         cfg = self.cfg
         every_steps = cfg.run.checkpoint_every_steps
         every_min = cfg.run.checkpoint_every_minutes
@@ -485,9 +494,9 @@ class Run:
             if self.boundaries % max(1, int(cfg.dist.stop_check_every)):
                 stop, due_by_time = False, False
             else:  # clocks differ between ranks: the time-based decision is agreed with the stop
-                stop, due_by_time = self._agreed(self.guard.requested, due_by_time)
+                stop, due_by_time = self._agreed(self._stop_wanted(), due_by_time)
         else:
-            stop = self.guard.requested
+            stop = self._stop_wanted()
         if stop:
             return True
         due = (every_steps and self.trainer.global_step % every_steps == 0) or due_by_time
@@ -496,8 +505,17 @@ class Run:
             self.last_periodic_time = time.time()
         return False
 
+    def _stop_wanted(self) -> bool:
+        return self.guard.requested or self.stop_reason is not None
+
     def _preempt(self, totals: EpochTotals) -> None:
-        sig = self.guard.signal_name or "a signal"
+        if self.guard.requested:
+            sig = self.guard.signal_name or "a signal"
+        elif self.stop_reason is not None:
+            sig = f"callback: {self.stop_reason}"
+        else:  # the agreement said stop: a signal or a callback on another rank
+            sig = "a stop on another rank"
+        self.stopped_by = sig
         path = self._save("last", totals)
         message = (
             f"stopped by {sig} at epoch {self.epoch}, batch {self.step_in_epoch}; checkpoint saved to "
@@ -508,11 +526,12 @@ class Run:
         raise Preempted(message)
 
 
-def train(cfg: Any, callbacks: Any = ()) -> dict:
-    """Run `cfg` to the end (or a stop signal). Returns the run's summary."""
+def train(cfg: Any, callbacks: Any = (), user: Any = None) -> dict:
+    """Run `cfg` to the end (or a stop signal: Preempted). Returns the run's summary. `user`
+    (trainlab.user.UserParts) carries the user's own model, data, loss and transforms."""
     ctx = distributed.setup(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
     try:
-        run = Run(cfg, ctx, callbacks)
+        run = Run(cfg, ctx, callbacks, user)
         with discard_new_run_dir(run):  # a new run dir that failed on bad input is removed
             summary = run.execute()
         distributed.barrier(ctx)  # no rank tears the process group down while a peer still uses it

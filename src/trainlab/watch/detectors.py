@@ -34,7 +34,7 @@ class LossDetectors:
         self.s = s
         self.advice = advice
         self.num_classes = num_classes if num_classes and num_classes >= 2 else None  # also set by epoch_end
-        self._untrained: tuple[Any, Optional[float]] = (None, None)  # (its inputs, the level): a cache
+        self._untrained: tuple[Any, list[float]] = (None, [])  # (its inputs, the levels): a cache
         self.recent: deque[float] = deque(maxlen=max(s.spike_window, s.divergence_window, 8))
         self.reference: list[float] = []
         self.finite_seen = 0
@@ -48,21 +48,24 @@ class LossDetectors:
         self.chance_history: list[tuple[bool, bool]] = []  # per epoch: (val at chance, train loss flat at chance)
         self.val_history: list[float] = []
 
-    def untrained_level(self) -> Optional[float]:
-        """What the loss of a model that has learnt nothing is: the larger of ln(classes) (uniform outputs over
-        the labels) and the run's own first losses (a head wider than the labels, or a bad init, starts
-        higher: ln(1000) = 6.9 for a 1000-way head on 10 classes, 3x ln(10))."""
+    def untrained_level(self, high: bool = True) -> Optional[float]:
+        """What the loss of a model that has learnt nothing is: ln(classes) (uniform outputs over the labels)
+        and the run's own first losses, which start higher with a head wider than the labels (ln(1000) = 6.9
+        for a 1000-way head on 10 classes) or a BatchNorm net's confident init (2.5x ln(10) in the zoo's CNN).
+        `high`: the larger of the two (what divergence must exceed), else the smaller (what a spike must reach:
+        a BatchNorm init's first losses would hide a mislabelled batch at 2.6x ln(10))."""
         key = (self.num_classes, min(len(self.reference), self.UNTRAINED_STEPS))
         if self._untrained[0] != key:
-            self._untrained = (key, self._untrained_level())
-        return self._untrained[1]
+            self._untrained = (key, self._untrained_levels())
+        levels = self._untrained[1]
+        return (max(levels) if high else min(levels)) if levels else None
 
-    def _untrained_level(self) -> Optional[float]:
+    def _untrained_levels(self) -> list[float]:
         first = self.reference[: self.UNTRAINED_STEPS]
         levels = [math.log(self.num_classes)] if self.num_classes else []
         if len(first) == self.UNTRAINED_STEPS:
             levels.append(float(np.median(first)))
-        return max(levels) if levels else None
+        return levels
 
     def feed(self, steps_losses: list[tuple[int, float]], epoch: int) -> list[Event]:
         events: list[Event] = []
@@ -111,7 +114,7 @@ class LossDetectors:
         # median, twice the distance of anything seen in the window, and a share of the untrained loss. Late in a
         # run at batch 8 the median may be 0.001 and one hard batch 0.9: a thousand times the median, but not a
         # step that undid the training.
-        level = self.untrained_level() or 0.0
+        level = self.untrained_level(high=False) or 0.0
         threshold = max(med + s.spike_mads * MAD_TO_SIGMA * mad, s.spike_min_ratio * med, top + (top - med),
                         s.spike_min_level * level)
         return threshold, med, mad, len(window)

@@ -54,7 +54,7 @@ RECIPES: dict[str, tuple[list[str], str, tuple[str, ...] | None]] = {
     "LR far too high (sgd 30), 1 epoch (short)": (["optim.lr=30", "train.epochs=1"], "",
                                                   ("divergence", "nonfinite", "loss_spike", "not_learning")),
     "LR 1000 overflows to NaN, 1 epoch (short)": (["optim.lr=1000", "train.epochs=1"], "",
-                                                  ("nonfinite", "divergence", "loss_spike")),
+                                                  ("nonfinite", "divergence", "loss_spike", "not_learning")),
     "labels shuffled, 2 epochs (short)": (["train.epochs=2"], "shuffle_labels", ("not_learning",)),
     "leak 300 KB/step at batch 8, 1 epoch (short)": (["data.batch_size=8", "data.train_size=1600", "optim.lr=0.05",
                                                       "train.epochs=1"], "leak:300", ("memory_leak",)),

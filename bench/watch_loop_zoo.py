@@ -128,7 +128,8 @@ RECIPES: dict[str, Recipe] = {
     "mlp grad accumulation x4 of b8": Recipe(n_train=4096, batch=8, epochs=2, accum=4, lr=0.05),
     "cnn adamw wd 0.05 + grad clip 1.0 (b16)": Recipe(model="cnn", n_train=3200, batch=16, epochs=2, opt="adamw",
                                                      lr=1e-3, weight_decay=0.05, clip=1.0),
-    "mlp DataLoader num_workers=2 (b128)": Recipe(n_train=8192, batch=128, epochs=3, workers=2),
+    "mlp DataLoader num_workers=2 (b128)": Recipe(n_train=8192, batch=128, epochs=3, workers=2,
+                                                 extra={"hidden": 512}),  # enough compute for 2 workers to keep up
     "resume: a new process loads state_dict at epoch 3 of 6 (cnn, b64)": Recipe(
         model="cnn", n_train=6400, batch=64, epochs=6, phases=2, plant="resume"),
     "fine-tune a saved model on 5 new classes (cnn, b32)": Recipe(

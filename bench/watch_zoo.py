@@ -92,10 +92,11 @@ NOTES = "<!-- notes: kept when the table is regenerated -->"
 def run(cmd: list[str], plant: str, timeout: float, signal_at: str = "") -> tuple[int, float, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # tests.drills
-    if plant:
-        cmd = [*cmd, *drills.plant(plant, train_size=2000, val_size=500)]
+    extra = drills.plant(plant, train_size=2000, val_size=500) if plant else []
     if signal_at:  # the drill that stops the run with a real SIGTERM at that batch (PHASE:EPOCH:BATCH)
-        cmd = [*cmd, drills.self_signal(signal_at)]
+        extra.append(drills.self_signal(signal_at))
+    at = cmd.index("--out") if "--out" in cmd else len(cmd)  # overrides go before the doctor's --out option
+    cmd = [*cmd[:at], *extra, *cmd[at:]]
     started = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     return proc.returncode, time.perf_counter() - started, proc.stdout + proc.stderr

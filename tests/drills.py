@@ -312,6 +312,9 @@ class Record:
     def on_step_end(self, run: Any, step: int) -> None:
         self._write("on_step_end", step=step)
 
+    def on_log(self, run: Any, record: dict) -> None:
+        self._write("on_log", step=record.get("step"))
+
     def on_epoch_end(self, run: Any, row: dict) -> None:
         self._write("on_epoch_end", epoch=row["epoch"], val_acc1=row["val_acc1"])
 

@@ -249,6 +249,7 @@ def test_fit_with_python_objects_trains_and_returns_the_summary(user_dir, tmp_pa
     import mynets
 
     import trainlab
+    from tests.drills import Record
 
     train, val, _ = mynets.make_data(kind="tensor")
     seen = []
@@ -259,10 +260,16 @@ def test_fit_with_python_objects_trains_and_returns_the_summary(user_dir, tmp_pa
 
     result = trainlab.fit(None, *BASE, "train.epochs=3", "data.batch_size=32", "optim.lr=0.05", "sched.name=cosine",
                           f"run.dir={tmp_path / 'run'}", model=mynets.SmallCNN(4), train_data=train, val_data=val,
-                          loss_fn=mynets.ScaledCE(1.0), callbacks=[Spy()])  # fmt: skip
+                          loss_fn=mynets.ScaledCE(1.0), callbacks=[Spy(), Record(str(tmp_path / "hooks.jsonl"))])  # fmt: skip
     assert result.status == "finished" and result.run_dir == tmp_path / "run"
     assert result.summary == read_summary(tmp_path / "run")
     assert result.summary["best_val_acc1"] > 70.0 and seen == [1, 2, 3]
+    hooks = _jsonl(tmp_path / "hooks.jsonl")
+    calls = [h["hook"] for h in hooks]
+    assert calls[0] == "on_train_start" and calls[-1] == "on_train_end" and hooks[-1]["status"] == "finished"
+    assert [h["step"] for h in hooks if h["hook"] == "on_step_end"] == list(range(1, 25))  # 3 epochs x 8 steps
+    assert [h["step"] for h in hooks if h["hook"] == "on_log"] == [r["step"] for r in _jsonl(result.run_dir / "steps.jsonl")]
+    assert {Path(h["path"]).name for h in hooks if h["hook"] == "on_checkpoint"} >= {"last.pt"}
     saved = json.loads(json.dumps(read_summary(tmp_path / "run")))
     assert saved["model"] == "<mynets.SmallCNN>" and saved["data"] == "<mynets.Quadrants>"
     assert "your Dataset (256 train, 64 val, 4 classes)" in capsys.readouterr().out
@@ -357,7 +364,7 @@ def test_doctor_examines_the_users_model_data_and_loss(user_dir, tmp_path, monke
     assert checks["label_signal"].status == "ok"
 
 
-def test_an_iterable_of_batches_trains_and_resumes_exactly(tmp_path):
+def test_an_iterable_of_batches_trains_and_resumes_exactly(tmp_path, capsys):
     """A plain DataLoader(shuffle=True) passed as it is: a callback stops the run mid-epoch; fit again continues
     and ends where the uninterrupted run ends (its shuffle draws from torch's generator, whose state at the
     epoch's start the checkpoint keeps)."""
@@ -381,6 +388,7 @@ def test_an_iterable_of_batches_trains_and_resumes_exactly(tmp_path):
                             callbacks=list(callbacks))  # fmt: skip
 
     whole = fit(tmp_path / "whole")
+    assert "is exact only if the iterable yields the same batches again" in capsys.readouterr().out
     stopped = fit(tmp_path / "parts", [StopAfter(13, "mid-epoch 2")])
     assert stopped.status == "stopped by callback: mid-epoch 2"
     assert fit(tmp_path / "parts").status == "finished" and whole.status == "finished"
@@ -420,7 +428,7 @@ def test_bad_import_inputs_are_one_line_exit_2_and_leave_nothing(user_dir, tmp_p
 
 def test_a_bad_import_path_from_the_shell_is_one_line(user_dir, tmp_path):
     proc = subprocess.run(trainlab_cmd("train", "model.name=mynets:make_nett", "train.epochs=1", "run.dir=run"),
-                          cwd=tmp_path, env=_env(user_dir), capture_output=True, text=True, timeout=60)  # fmt: skip
+                          cwd=tmp_path, env=_env(user_dir), capture_output=True, text=True, timeout=180)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("trainlab: error: model.name=mynets:make_nett: mynets has no attribute "
                                    "'make_nett'; closest: make_net, make_data")
@@ -440,3 +448,37 @@ def test_the_readmes_example_runs_as_written(tmp_path):
     status, run_dir, best = result.split()
     assert Path(tmp_path / run_dir).is_dir() and float(best) > 90.0
     assert "label_signal" in proc.stdout  # the doctor's verdicts on the same parts
+
+
+def test_float_images_go_in_as_they_are_and_fit_again_continues_the_unfinished_run(user_dir, tmp_path, capsys,
+                                                                                   monkeypatch):  # fmt: skip
+    """A Dataset of float tensors (its own normalisation done) is the model's input as it is; a fit stopped by a
+    callback without run.dir is continued by the same fit again, in the same runs/<name>-<time> folder."""
+    monkeypatch.syspath_prepend(str(user_dir))
+    monkeypatch.chdir(tmp_path)
+    import mynets
+
+    import trainlab
+    from tests.drills import StopAfter
+
+    class Floats(torch.utils.data.Dataset):
+        def __init__(self, base):
+            self.base, self.classes = base, base.classes
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            image, label = self.base[i]
+            return (image.float() / 255.0 - 0.5) / 0.25, label
+
+    train, val, _ = mynets.make_data(n_train=128, n_val=32, kind="tensor")
+    args = (None, *BASE, "train.epochs=2", "data.batch_size=32", "optim.lr=0.05")
+    parts = dict(model=mynets.make_net, train_data=Floats(train), val_data=Floats(val))
+    stopped = trainlab.fit(*args, **parts, callbacks=[StopAfter(3, "test")])
+    assert stopped.status == "stopped by callback: test"
+    assert "your dataset's float tensors as they are" in capsys.readouterr().out
+    again = trainlab.fit(*args, **parts)
+    assert again.status == "finished" and again.run_dir == stopped.run_dir
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [stopped.run_dir.name]
+    assert len(read_metrics(again.run_dir)) == 2

@@ -59,7 +59,9 @@ def test_seed_004_tiny_inherits_base():
         ({}, ["train.precision=16"], "train.precision"),
         ({}, ["train.compile=fast"], "train.compile"),
         ({}, ["train.device=gpu"], "train.device"),
-        ({}, ["train.epochs=0"], "train.epochs=0 must be positive"),
+        ({}, ["train.epochs=0"], "train.epochs=0 must be in [1, 1000000]"),
+        ({}, ["log.trackers=5"], "(expected list[str])"),  # was 'expected list[str)': the bracket was stripped
+        ({}, ["data.mean=[1,2]"], "data.mean=[1.0, 2.0] must be three numbers"),
         ({}, ["data.name=folder"], "needs data.root"),
         ({}, ["lr=0.1"], "did you mean 'optim.lr'"),
         ({}, ["optim.lr"], "is not key=value"),

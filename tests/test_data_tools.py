@@ -143,8 +143,14 @@ def test_pack_refuses_existing_dst_and_missing_split(tmp_path):
     with pytest.raises(UsageError, match="already exists.*--force"):
         run_data("pack", str(src), str(dst), "--img-size", "8", "--workers", "1")
     assert (dst / "keep.txt").exists()
-    assert run_data("pack", str(src), str(dst), "--img-size", "8", "--workers", "1", "--force") == 0
-    assert not (dst / "keep.txt").exists() and (dst / "meta.json").exists()
+    # --force replaces a pack, never a folder of something else (issue 24: nothing deleted trainlab did not make)
+    with pytest.raises(UsageError, match="is not a packed dataset"):
+        run_data("pack", str(src), str(dst), "--img-size", "8", "--workers", "1", "--force")
+    assert (dst / "keep.txt").read_text() == "mine"
+    (dst / "keep.txt").unlink()
+    assert run_data("pack", str(src), str(dst), "--img-size", "8", "--workers", "1", "--force") == 0  # empty
+    assert run_data("pack", str(src), str(dst), "--img-size", "8", "--workers", "1", "--force") == 0  # a pack
+    assert (dst / "meta.json").exists()
 
     with pytest.raises(DataError, match="does not exist"):
         run_data("pack", str(tmp_path / "nowhere"), str(tmp_path / "p2"), "--img-size", "8")

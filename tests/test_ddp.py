@@ -103,7 +103,10 @@ def test_two_process_run_completes_and_only_rank0_writes(ddp):
         assert sum(ln.startswith(line) for ln in out.splitlines()) == (2 if line == "- Val Loss:" else 1), line
     names = {p.name for p in run_dir.iterdir()}
     assert {"checkpoints", "config.yaml", "metrics.csv", "steps.jsonl", "summary.json"} <= names
-    assert names <= {"checkpoints", "config.yaml", "metrics.csv", "steps.jsonl", "summary.json", "events.jsonl"}
+    assert names <= {"checkpoints", "config.yaml", "metrics.csv", "steps.jsonl", "summary.json", "events.jsonl",
+                     "trainlab.lock"}  # fmt: skip
+    holder = json.loads((run_dir / "trainlab.lock").read_text())  # rank 0 held the run dir for the job
+    assert "train.nproc" not in holder["command"]  # a worker (the launcher's command has train.nproc=2)
     assert [r["epoch"] for r in _metrics(run_dir)] == ["1", "2"]  # one writer: no duplicated rows
     steps = [json.loads(line)["step"] for line in (run_dir / "steps.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 16  # 2 epochs x 8 steps, counted once
@@ -159,6 +162,9 @@ def test_resume_after_sigterm_under_ddp_matches_the_uninterrupted_run(ddp, inter
     stopped, root = interrupted["proc"], interrupted["root"]
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert stopped.stderr.count("stopped by SIGTERM at epoch 1, batch 4") == 1  # said once, by rank 0
+    # and nothing after it: torchrun's ChildFailedError traceback and its FAILED table followed (issue 24)
+    assert "Traceback" not in stopped.stderr and "ChildFailedError" not in stopped.stderr, stopped.stderr[-3000:]
+    assert "FAILED" not in stopped.stderr and "closing signal" not in stopped.stderr, stopped.stderr[-3000:]
     assert (root / "run" / "checkpoints" / "last.pt").is_file()
     again = _trainlab([*ddp["args"], drills.callbacks(_hashes_to(root / "hashes"))], root)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -1,15 +1,17 @@
 """A full disk while writing a checkpoint, the run logs or a pack: one line naming the file and the space
 it needs, the previous checkpoint intact, no temp files left (issue 17).
 
-Two ways to fill a disk for real: /dev/full (every write fails with ENOSPC; a symlink puts it where a
-writer's temp file goes) always works; a 1 MB tmpfs needs root and a kernel that allows the mount, and its
-tests skip with the reason otherwise.
+Two ways to fill a disk for real: /dev/full's device (every write fails with ENOSPC), made where a writer's
+file or temp file goes (a device node, not a symlink: trainlab writes no file through a link in a run dir);
+and a 1 MB tmpfs. Both need root (mknod, mount) and a file system that allows them; their tests skip with
+the reason otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -27,8 +29,15 @@ needs_dev_full = pytest.mark.skipif(not DEV_FULL.exists(), reason="needs /dev/fu
 
 
 def fill_with(path: Path) -> None:
-    """Make the next write to `path` fail with ENOSPC: it becomes a symlink to /dev/full."""
-    path.symlink_to(DEV_FULL)
+    """Make the next write to `path` fail with ENOSPC: it becomes a device node of /dev/full's kind."""
+    device = os.stat(DEV_FULL).st_rdev
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, device)
+        os.close(os.open(path, os.O_WRONLY))  # a 'nodev' mount refuses to open device nodes
+    except (PermissionError, OSError) as exc:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        pytest.skip(f"cannot make a /dev/full device node at {path} ({exc.strerror or exc})")
 
 
 def state(seed: int) -> dict:

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from trainlab import distributed as D
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, UsageError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -65,10 +65,16 @@ def test_launch_command_drops_nproc_and_uses_torch_launcher():
     argv = ["cfg.yaml", "train.nproc=2", "optim.lr=0.1", "++train.nproc=4"]
     assert D._strip_nproc(argv) == ["cfg.yaml", "optim.lr=0.1"]
     single = D.torchrun_command(["-m", "trainlab", "train", "cfg.yaml"], nproc=2)
-    assert single[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node=2"] and "--standalone" in single
+    assert single[1:4] == ["-m", "trainlab.distributed", "--nproc-per-node=2"] and "--standalone" in single
     assert single[-4:] == ["-m", "trainlab", "train", "cfg.yaml"]
     multi = D.torchrun_command(["x.py"], nproc=8, nnodes=2, rdzv_endpoint="node0:29400")
     assert "--nnodes=2" in multi and "--rdzv-endpoint=node0:29400" in multi and "--standalone" not in multi
+    assert "--max-restarts=3" in D.torchrun_command(["x.py"], nproc=2, max_restarts=3)
+    assert not any(a.startswith("--max-restarts") for a in single)  # off by default: a dead rank ends the job
+    elastic = D.torchrun_command(["x.py"], nproc=8, nnodes="2:4", rdzv_endpoint="node0:29400", max_restarts=2)
+    assert "--nnodes=2:4" in elastic and "--max-restarts=2" in elastic
+    with pytest.raises(UsageError, match="--nnodes=3:2"):
+        D.torchrun_command(["x.py"], nproc=2, nnodes="3:2", rdzv_endpoint="h:1")
 
 
 def _gloo_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
@@ -127,6 +133,9 @@ WORKER_SCRIPT = textwrap.dedent(
     if mode == "fail" and ctx.rank == 1:
         print("rank 1 fails on purpose", file=sys.stderr, flush=True)
         sys.exit(2)
+    if mode == "kill" and ctx.rank == 1:  # as the kernel's OOM killer does it
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
     with PreemptionGuard() as guard:
         open(f"{sys.argv[2]}/ready{ctx.rank}", "w").close()
         give_up = time.monotonic() + 90  # never hang the test suite if no signal arrives
@@ -169,6 +178,19 @@ def test_torchrun_stop_signal_reaches_workers_and_exit_code_is_143(tmp_path, mon
     output = capfd.readouterr().err
     assert code == 143, output
     assert "rank 0 stopped by SIGTERM" in output and "rank 1 stopped by SIGTERM" in output
+    # a clean stop ends there: torchrun's ChildFailedError traceback and FAILED table used to follow (issue 24)
+    assert "Traceback" not in output and "ChildFailedError" not in output and "FAILED" not in output, output
+
+
+def test_torchrun_killed_rank_is_named_with_its_signal(tmp_path, monkeypatch, capfd):
+    """A worker SIGKILLed (an OOM kill): the job's exit code is 137 and one trainlab line names the rank and
+    the signal, instead of torchrun's ChildFailedError traceback alone."""
+    code = _run_launcher(tmp_path, "kill", monkeypatch)
+    output = capfd.readouterr().err
+    assert code == 128 + signal.SIGKILL, output
+    lines = [ln for ln in output.splitlines() if ln.startswith("trainlab: rank")]
+    assert len(lines) == 1 and "trainlab: rank 1 (pid " in lines[0] and "was killed by SIGKILL" in lines[0], output
+    assert "ChildFailedError" not in output and "FAILED" not in output, output
 
 
 def test_torchrun_failing_rank_ends_job_with_its_exit_code(tmp_path, monkeypatch, capfd):
@@ -180,3 +202,21 @@ def test_torchrun_failing_rank_ends_job_with_its_exit_code(tmp_path, monkeypatch
     assert code in (2, -6, 134), output
     assert "rank 1 fails on purpose" in output
     assert time.monotonic() - started < 90  # rank 0 was ended, not left waiting in its loop
+
+
+def test_an_elastic_restart_on_fewer_processes_keeps_the_global_batch(monkeypatch):
+    """torchrun --nnodes MIN:MAX came back with 1 process instead of 2: 2 x 16 becomes 1 x 32 by itself (no
+    person is there to set data.batch_size); on a first attempt the number is taken as given (and a changed
+    global batch is refused, as on a manual resume); 3 processes cannot keep 32 and keep 16."""
+    from trainlab.config import load_config
+    from trainlab.state.resume import resume_batch_size, same_global_batch
+
+    cfg = load_config(None, ["data.batch_size=16"])
+    state = {"world_size": 2, "config": {"data": {"batch_size": 16}, "train": {"nproc": 2, "grad_accum": 1}}}
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert resume_batch_size(cfg, state, 1) == 32 and same_global_batch(cfg, state, 1)
+    assert resume_batch_size(cfg, state, 3) == 16
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert resume_batch_size(cfg, state, 1) == 16
+    with pytest.raises(ConfigError, match="global batch is 32"):
+        same_global_batch(cfg, state, 1)

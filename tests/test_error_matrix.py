@@ -54,14 +54,38 @@ def wrong_type_value(kind: typing.Any) -> str:
     raise AssertionError(f"no wrong value for type {kind}: teach wrong_type_value about it")
 
 
-def outside(key: str, kind: typing.Any) -> str:
-    """A value just outside the key's range (the lower end: every range here has one)."""
+def _is_list(kind: typing.Any) -> bool:
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return typing.get_origin(kind) is list or any(typing.get_origin(a) is list for a in args)
+
+
+def _is_int(kind: typing.Any) -> bool:
+    """int keys, lists of ints, and the Any keys (data.img_size, data.batch_size: ints or a word/schedule)."""
+    if kind is typing.Any:
+        return True
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return int in (kind, *args) or any(int in typing.get_args(a) for a in args if typing.get_origin(a) is list)
+
+
+def is_numeric(kind: typing.Any) -> bool:
+    """Keys that hold numbers: int, float, null or one of them, lists of them, and the Any keys (sizes)."""
+    if kind is typing.Any:
+        return True
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    parts = [*args, *(x for a in args for x in typing.get_args(a))] if args else [kind]
+    return any(p in (int, float) for p in parts)
+
+
+def outside(key: str, kind: typing.Any, above: bool = False) -> str:
+    """A value just outside the key's range: below its low end, or with `above` past its high end. A list key
+    gets a list of two such values (every element is range-checked)."""
     allowed = RANGES[key]
-    is_int = int in (kind, *typing.get_args(kind))
-    value = allowed.low if allowed.low_open else allowed.low - 1
-    if allowed.low is None:
-        value = allowed.high + 1
-    return str(int(value)) if is_int else str(float(value))
+    if above:
+        value = allowed.high if allowed.high_open else allowed.high + (1 if _is_int(kind) else allowed.high * 1e-3)
+    else:
+        value = allowed.low if allowed.low_open else allowed.low - (1 if _is_int(kind) else 1e-3 * max(1, abs(allowed.low)))
+    text = str(int(value)) if _is_int(kind) else repr(float(value))
+    return f"[{text},{text}]" if _is_list(kind) else text
 
 
 def config_cases() -> list:
@@ -71,8 +95,21 @@ def config_cases() -> list:
         if key in CHOICES:
             cases.append(pytest.param(key, "no-such-choice", id=f"{key}-not-a-choice"))
         if key in RANGES:
-            cases.append(pytest.param(key, outside(key, kind), id=f"{key}-out-of-range"))
+            cases.append(pytest.param(key, outside(key, kind), id=f"{key}-below-range"))
+            if RANGES[key].high is not None:
+                cases.append(pytest.param(key, outside(key, kind, above=True), id=f"{key}-above-range"))
     return cases
+
+
+def test_every_numeric_key_has_a_range():
+    """Issue 24 item 10: a number key without a range took -1, 0, NaN or 1e12 and crashed mid-run (a deque of
+    maxlen -1, a 4 TB buffer) or meant nothing. Every one has its range now, and every range both ends."""
+    numeric = {key for key, kind in schema_keys().items() if is_numeric(kind)}
+    assert {"watch.leak_window", "optim.betas", "data.img_size", "model.drop_rate"} <= numeric
+    missing = sorted(numeric - set(RANGES))
+    assert not missing, f"give these number keys a range in trainlab.config.RANGES: {missing}"
+    unbounded = sorted(k for k, r in RANGES.items() if r.low is None or r.high is None)
+    assert not unbounded, f"give these ranges both ends (huge values crash or allocate): {unbounded}"
 
 
 def test_the_schema_tables_name_real_keys():
@@ -81,12 +118,19 @@ def test_the_schema_tables_name_real_keys():
     assert set(CHOICES) <= set(keys) and set(RANGES) <= set(keys)
 
 
+@pytest.fixture(scope="module")
+def config_cwd(tmp_path_factory) -> Path:
+    """One working folder for every config case: each refuses before writing, and sharing it halves the
+    cases' cost (pytest's per-test tmp_path was most of it)."""
+    return tmp_path_factory.mktemp("config-cases")
+
+
 @pytest.mark.parametrize("key,value", config_cases())
-def test_config_key(tmp_path, key, value):
+def test_config_key(config_cwd, key, value):
     argv = ["train", *TINY_RUN, f"{key}={value}"]
-    before = tree(tmp_path)
-    result = run_in_process(argv, tmp_path)
-    assert_bad_input(result, before, tree(tmp_path), says=key)
+    before = tree(config_cwd)
+    result = run_in_process(argv, config_cwd)
+    assert_bad_input(result, before, tree(config_cwd), says=key)
 
 
 # ------------------------------------------------------------------ typed options, from the CLI parser

@@ -90,6 +90,7 @@ FLOORS = [
 SIDEWAYS = {  # (importing wing, imported module or wing): why
     ("models", "state.checkpoint"): "pretrained weights load through the checkpoint's safe loader",
     ("runlog", "report"): "the trackers keep the HTML report of a finished run as a file",
+    ("report", "state.lock"): "a run is running while its run-dir lock is held (trainlab runs, the report)",
     ("config", "watch.settings"): "the watch section's schema lives with the watch, usable without trainlab's config",
 }
 

@@ -111,3 +111,88 @@ def test_checkpoints_from_before_the_change_still_load_without_trust(tmp_path):
     state = ckpt.load_checked(path)
     ckpt.restore_rng(state["rng"])
     assert np.random.randn(4).tolist() == expected and state["global_step"] == 4
+
+
+# ------------------------------------------------------------------ CIFAR python batches (issue 24, item 3)
+
+
+def _py2_pickle(obj) -> bytes:
+    """`obj` as Python 2's cPickle wrote the Toronto CIFAR files (protocol 2): byte strings as BINSTRING, numpy
+    arrays through numpy.core.multiarray._reconstruct with their raw bytes as a string."""
+    out = bytearray(b"\x80\x02")
+
+    def string(text: bytes) -> None:
+        out.extend(b"U" + bytes([len(text)]) + text if len(text) < 256 else b"T" + len(text).to_bytes(4, "little") + text)
+
+    def dump(value) -> None:
+        if isinstance(value, dict):
+            out.extend(b"}(")
+            for key, item in value.items():
+                dump(key)
+                dump(item)
+            out.extend(b"u")
+        elif isinstance(value, list):
+            out.extend(b"](")
+            for item in value:
+                dump(item)
+            out.extend(b"e")
+        elif isinstance(value, str):
+            string(value.encode("latin1"))
+        elif isinstance(value, int):
+            out.extend(b"J" + value.to_bytes(4, "little", signed=True))
+        elif isinstance(value, np.ndarray):
+            out.extend(b"cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\nq\x02K\x00\x85U\x01b\x87R")
+            out.extend(b"(K\x01")  # BUILD state: (version, shape, dtype, fortran, data)
+            for n in value.shape:
+                out.extend(b"J" + n.to_bytes(4, "little"))
+            out.extend({1: b"\x85", 2: b"\x86"}[value.ndim])
+            out.extend(b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+            out.extend(b"\x89")  # NEWFALSE: C order
+            string(value.tobytes())
+            out.extend(b"tb")
+        else:
+            raise TypeError(type(value))
+
+    dump(obj)
+    return bytes(out + b".")
+
+
+def _cifar10(root: Path, write) -> Path:
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+        entry = {"batch_label": name, "labels": rng.integers(0, 10, 4).tolist(), "filenames": ["a.png"] * 4,
+                 "data": rng.integers(0, 256, (4, 3072), dtype=np.uint8)}  # fmt: skip
+        (folder / name).write_bytes(write(entry))
+    (folder / "batches.meta").write_bytes(write({"label_names": [f"c{i}" for i in range(10)], "num_vis": 3072}))
+    return folder
+
+
+def test_cifar_batches_never_run_code_and_real_formats_still_load(tmp_path, capsys):
+    import pickle
+
+    from trainlab.data.cifar import load_cifar
+
+    # the Toronto files as Python 2 wrote them, and copies re-pickled by Python 3 at protocols 2, 4 and 5
+    writers = {"py2": _py2_pickle, **{f"p{p}": lambda e, p=p: pickle.dumps(e, protocol=p) for p in (2, 4, 5)}}
+    loaded = {}
+    for name, write in writers.items():
+        arrays = load_cifar(_cifar10(tmp_path / name, write), "cifar10")
+        loaded[name] = (arrays.train_images, arrays.train_labels, arrays.val_images, arrays.classes)
+        assert arrays.train_images.shape == (20, 32, 32, 3) and arrays.classes[9] == "c9"
+    for name in writers:  # every format reads back the same arrays
+        assert all(np.array_equal(a, b) for a, b in zip(loaded[name][:3], loaded["py2"][:3]))
+
+    marker = tmp_path / "pwned"
+    folder = _cifar10(tmp_path / "evil", lambda e: pickle.dumps(e, protocol=2))
+    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": _Payload(marker), "labels": [0]}, protocol=2))
+    run_args = ["train", *TINY, "train.epochs=1", "data.name=cifar10", f"data.root={tmp_path / 'evil'}",
+                f"run.dir={tmp_path / 'run'}"]  # fmt: skip
+    code = main(run_args)
+    err = capsys.readouterr().err
+    assert not marker.exists(), "reading the CIFAR folder ran the file's code"
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "data_batch_3 holds io.open" in lines[0] and "could run code" in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()

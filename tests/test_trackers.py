@@ -217,22 +217,27 @@ def test_log_trackers_and_the_older_run_tensorboard_switch_agree():
 
 
 def test_tensorboard_tracker_gets_the_rows_steps_and_events_the_files_get(tmp_path):
-    """TensorBoard behind the same logger calls as before its move into trainlab.runlog.trackers: epoch scalars
-    equal to metrics.csv, step scalars at their steps, events as text."""
+    """TensorBoard fed through the run's callback hooks, as the run feeds it right after each record is on
+    disk: epoch scalars equal to metrics.csv, step scalars at their steps, events as text."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from trainlab.runlog.trackers import TrackerSet
     from trainlab.runlog.trackers.tensorboard import TensorBoardTracker
     from trainlab.runlog.writer import RunLogger
 
-    logger = RunLogger(tmp_path, trackers=TrackerSet([TensorBoardTracker(tmp_path)]))
-    logger.log_step({"step": 5, "epoch": 1, "loss": 2.25, "lr": 0.1})
-    logger.log_event({"kind": "loss_spike", "severity": "warning", "step": 5, "epoch": 1, "message": "spike"})
+    logger, trackers = RunLogger(tmp_path), TrackerSet([TensorBoardTracker(tmp_path)])
+    trackers.start()
+    trackers.on_log(None, logger.log_step({"step": 5, "epoch": 1, "loss": 2.25, "lr": 0.1}))
+    trackers.on_event(None, logger.log_event({"kind": "loss_spike", "severity": "warning", "step": 5, "epoch": 1,
+                                              "message": "spike"}))  # fmt: skip
     for epoch in (1, 2):
-        logger.append_metrics({"epoch": epoch, "step": 10 * epoch, "train_loss": 2.0 / epoch + 1e-7,
-                               "val_acc1": 10.0 * epoch, "val_loss": None, "time": 1.7e9})  # fmt: skip
-    logger.close()
-    logger.write_summary({"status": "finished"})
+        row = {"epoch": epoch, "step": 10 * epoch, "train_loss": 2.0 / epoch + 1e-7, "val_acc1": 10.0 * epoch,
+               "val_loss": None, "time": 1.7e9}  # fmt: skip
+        logger.append_metrics(row)
+        trackers.on_epoch_end(None, row)
+    summary = {"status": "finished"}
+    logger.write_summary(summary)
+    trackers.on_train_end(None, summary)
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
     rows = read_metrics(tmp_path)

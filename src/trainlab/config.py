@@ -11,6 +11,7 @@ import copy
 import difflib
 import functools
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,9 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests
     nproc: int = 1  # >1 launches itself through torchrun
     threads: Optional[int] = None  # torch CPU threads; null leaves torch's default
+    # >0: a rank that dies (SIGKILL, OOM kill, lost node) restarts the workers (torchrun --max-restarts) and
+    # the job continues in-job from the newest checkpoint; 0 keeps "a dead rank ends the job".
+    max_restarts: int = 0
     preflight: bool = False  # run the doctor's cheap checks before step 1; logged as `preflight` events
     # cross_entropy (with label_smoothing), or an import path to loss(logits, targets) -> scalar: a function
     # (called with loss_kwargs too) or a class such as torch.nn:CrossEntropyLoss (built with loss_kwargs)
@@ -172,6 +176,14 @@ class RunConfig:
     keep_periodic: int = 2
     tensorboard: bool = True
     progress: str = "auto"  # auto | bar | lines | none
+    # run.dir may be an object-store URL (s3://bucket/runs/r50, gs://, az://, file://): the run works in this
+    # local folder (null: ~/.cache/trainlab/runs/<protocol>/<bucket>/<path>) and uploads to the store.
+    cache_dir: Optional[str] = None
+    storage_options: dict[str, Any] = field(default_factory=dict)  # passed to the fsspec file system (endpoint, profile...)
+    upload_wait_s: float = 120.0  # at a stop or the end: how long to retry uploads while the store fails
+    # aws | gcp | URL: poll the instance metadata for a spot/preemption notice and stop as on SIGTERM.
+    preemption_notice: Optional[str] = None
+    preemption_poll_s: float = 10.0  # seconds between two polls of the notice endpoint
     config_dir: Optional[str] = None  # the config file's folder (set when loading it): user modules import from it
 
 
@@ -232,7 +244,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Range:
-    """The values a number key accepts: `low`/`high` are included unless `*_open`; None is unbounded."""
+    """The values a number key accepts: `low`/`high` are included unless `*_open`; None is unbounded. NaN and
+    the infinities are never in a range (no key means anything by them; torch overflows on some)."""
 
     low: Optional[float] = None
     high: Optional[float] = None
@@ -240,45 +253,94 @@ class Range:
     high_open: bool = False
 
     def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             return False
         return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
 
     def describe(self) -> str:
         if self.high is None:
-            return "must be positive" if self.low_open and self.low == 0 else f"must be {self.low:g} or more"
+            return "must be positive" if self.low_open and self.low == 0 else f"must be {_bound(self.low)} or more"
         left = "(" if self.low_open else "["
         right = ")" if self.high_open else "]"
-        return f"must be in {left}{self.low:g}, {self.high:g}{right}"
+        return f"must be in {left}{_bound(self.low)}, {_bound(self.high)}{right}"
 
 
-POSITIVE = Range(0, low_open=True)
-NON_NEGATIVE = Range(0)
+def _bound(value: Optional[float]) -> str:
+    """A range's end as a person reads it: 16777216, not 1.67772e+07; 0.5 and 1e-06 as %g writes them."""
+    if value is not None and float(value).is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return f"{value:g}"
+
+
+def _upto(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Range:
+    return Range(low, high, low_open, high_open)
+
+
 PROBABILITY = Range(0, 1)
+FRACTION = Range(0, 1, high_open=True)  # a share that must leave something: dropout, momentum, smoothing
+SHARE = Range(0, 1, low_open=True)  # a share of the run, of a window... that must be more than nothing
+COUNT = _upto(1, 10**9)  # a window, an interval, a number of steps or epochs: at least one
+STEPS = _upto(0, 10**12)  # a number of steps where 0 means "off" or "from the start"
+LR = _upto(0, 1e4, low_open=True)  # optim.lr 1e300 overflowed torch's float32 LR tensors
+BIG = 1e12  # a bound on floats that only need to be finite: thresholds in MB or ms, ratios, factors
 
-# The numeric keys' valid ranges (a null, where the key allows one, is always fine). validate() checks them
-# and the bad-input test matrix (tests/test_error_matrix.py) feeds each key a value outside its range.
+# The numeric keys' valid ranges (a null, where the key allows one, is always fine). For a list (optim.betas,
+# aug.scale, sched.milestones...) every element is checked, and data.img_size's sizes, whether an int or a
+# schedule. validate() checks them, test_every_numeric_key_has_a_range keeps the table whole, and the bad-input
+# matrix (tests/test_error_matrix.py) feeds each key a value below and above its range.
 RANGES: dict[str, Range] = {
-    "data.val_batch_size": POSITIVE, "data.num_workers": NON_NEGATIVE,
-    "data.train_size": POSITIVE, "data.val_size": POSITIVE,
-    "aug.random_erasing": PROBABILITY, "aug.mixup_alpha": NON_NEGATIVE, "aug.cutmix_alpha": NON_NEGATIVE,
+    "data.img_size": _upto(2, 8192), "data.batch_size": _upto(1, 2**24), "data.val_batch_size": _upto(1, 2**24),
+    "data.num_workers": _upto(0, 1024), "data.memory_budget_gb": _upto(0, 1e6, low_open=True),
+    "data.train_size": _upto(1, 10**8), "data.val_size": _upto(1, 10**8),
+    "data.mean": _upto(-1e3, 1e3), "data.std": _upto(0, 1e3, low_open=True),
+    "aug.scale": SHARE, "aug.ratio": _upto(0, 1e3, low_open=True), "aug.hflip": PROBABILITY,
+    "aug.random_erasing": PROBABILITY, "aug.mixup_alpha": _upto(0, 1e3), "aug.cutmix_alpha": _upto(0, 1e3),
     "aug.mix_prob": PROBABILITY, "aug.switch_prob": PROBABILITY,
-    "model.num_classes": POSITIVE,
-    "optim.lr": POSITIVE, "optim.momentum": Range(0, 1, high_open=True), "optim.weight_decay": NON_NEGATIVE,
-    "optim.eps": POSITIVE,
-    "sched.warmup_epochs": NON_NEGATIVE, "sched.warmup_steps": NON_NEGATIVE, "sched.step_size": POSITIVE,
-    "sched.gamma": POSITIVE, "sched.min_lr": NON_NEGATIVE, "sched.max_lr": POSITIVE,
-    "sched.pct_start": Range(0, 1, low_open=True, high_open=True), "sched.div_factor": POSITIVE,
-    "sched.final_div_factor": POSITIVE, "sched.total_steps": POSITIVE,
-    "train.epochs": POSITIVE, "train.grad_accum": POSITIVE, "train.clip_grad": POSITIVE,
-    "train.label_smoothing": Range(0, 1, high_open=True), "train.ema_decay": Range(0, 1, True, True),
-    "train.max_steps_per_epoch": POSITIVE, "train.nproc": POSITIVE, "train.threads": POSITIVE,
-    "eval.every": POSITIVE,
-    "run.checkpoint_every_steps": NON_NEGATIVE, "run.checkpoint_every_minutes": NON_NEGATIVE,
-    "run.keep_periodic": NON_NEGATIVE,
-    "dist.timeout_s": POSITIVE,
-    "watch.print_every": NON_NEGATIVE, "watch.sample_interval_s": POSITIVE,  # print_every=0: no step lines
+    "model.num_classes": _upto(1, 10**7), "model.drop_rate": FRACTION, "model.drop_path_rate": FRACTION,
+    "optim.lr": LR, "optim.momentum": FRACTION, "optim.weight_decay": _upto(0, 1e3),
+    "optim.betas": FRACTION, "optim.eps": _upto(0, 1, low_open=True),
+    "sched.warmup_epochs": _upto(0, 10**7), "sched.warmup_steps": STEPS, "sched.step_size": COUNT,
+    "sched.gamma": _upto(0, 1e3, low_open=True), "sched.milestones": COUNT, "sched.min_lr": _upto(0, 1e4),
+    "sched.max_lr": LR, "sched.pct_start": Range(0, 1, low_open=True, high_open=True),
+    "sched.div_factor": _upto(0, BIG, low_open=True), "sched.final_div_factor": _upto(0, BIG, low_open=True),
+    "sched.total_steps": _upto(1, 10**12),
+    "train.epochs": _upto(1, 10**6), "train.grad_accum": _upto(1, 10**5), "train.clip_grad": _upto(0, BIG, True),
+    "train.label_smoothing": FRACTION, "train.seed": _upto(0, 2**63 - 1), "train.ema_decay": Range(0, 1, True, True),
+    "train.max_steps_per_epoch": _upto(1, 10**12), "train.nproc": _upto(1, 4096), "train.threads": _upto(1, 4096),
+    "train.max_restarts": _upto(0, 10**4),
+    "eval.every": _upto(1, 10**6),
+    "run.save_top_k": _upto(-1, 10**6),  # -1: keep every best file
+    "run.checkpoint_every_steps": STEPS, "run.checkpoint_every_minutes": _upto(0, 10**7),
+    "run.keep_periodic": _upto(0, 10**6),
+    "run.upload_wait_s": _upto(0, 10**7), "run.preemption_poll_s": _upto(0, 86400, low_open=True),
+    "dist.timeout_s": _upto(0, 10**7, low_open=True), "dist.stop_check_every": _upto(1, 10**6),
+    # the watch: print_every=0 prints no step lines; a window or interval counts steps (at least 1); the
+    # trend detectors need two samples; shares are of a window, of free memory, of the planned steps
+    "watch.print_every": _upto(0, 10**7), "watch.sample_interval_s": _upto(0, 86400, low_open=True),
+    "watch.bottleneck_warning": PROBABILITY, "watch.bottleneck_critical": PROBABILITY,
+    "watch.bottleneck_cpu_warning": PROBABILITY, "watch.bottleneck_window": COUNT,
+    "watch.bottleneck_min_wait_ms": _upto(0, BIG),
+    "watch.spike_mads": _upto(0, BIG), "watch.spike_min_ratio": _upto(1, BIG), "watch.spike_window": COUNT,
+    "watch.leak_min_mb_per_epoch": _upto(0, BIG), "watch.leak_min_projected_frac": _upto(0, BIG),
+    "watch.leak_min_total_mb": _upto(0, BIG), "watch.leak_sample_every": COUNT, "watch.leak_window": _upto(2, 10**9),
+    "watch.leak_min_samples": _upto(2, 10**9), "watch.leak_min_tau": _upto(-1, 1), "watch.leak_warmup_steps": STEPS,
+    "watch.not_learning_epochs": COUNT, "watch.not_learning_window": COUNT,
+    "watch.not_learning_min_drop": PROBABILITY, "watch.chance_margin": PROBABILITY,
+    "watch.progress_min_frac": PROBABILITY, "watch.progress_min_steps": STEPS, "watch.progress_window_frac": SHARE,
+    "watch.progress_min_drop": PROBABILITY, "watch.progress_min_rate": _upto(0, BIG),
+    "watch.progress_slope_sigmas": _upto(0, 1e3), "watch.progress_confirm": COUNT,
+    "watch.progress_val_frac": PROBABILITY,
+    "watch.weights_min_move": _upto(0, BIG), "watch.weights_min_norm_ratio": PROBABILITY,
+    "watch.weights_chance_frac": _upto(0, 1e3), "watch.weights_min_steps": STEPS, "watch.weights_min_frac": PROBABILITY,
+    "watch.weights_max_frac": PROBABILITY,
+    "watch.input_max_abs_mean": _upto(0, BIG, low_open=True), "watch.input_max_std": _upto(0, BIG, low_open=True),
+    "watch.input_min_std": _upto(0, BIG), "watch.divergence_window": _upto(4, 10**9),
+    "watch.divergence_ratio": _upto(1, BIG), "watch.straggler_ratio": _upto(1, BIG),
 }  # fmt: skip
+# Keys whose value is one or more sizes checked apart (img_size may be a schedule, batch_size may be 'auto').
+_CHECKED_APART = ("data.img_size", "data.batch_size")
 
 
 # ---------------------------------------------------------------- loading
@@ -298,6 +360,12 @@ def _schema() -> DictConfig:
     for dotted in FREE_FORM:  # any keys (a user's factory decides), where the rest of the schema is strict
         section, key = dotted.split(".")
         OmegaConf.set_struct(cfg[section][key], False)
+    return cfg
+
+
+def _open_mappings(cfg: DictConfig) -> DictConfig:
+    """Keys whose value is a free mapping (the file system's own options) take any names under them."""
+    OmegaConf.set_struct(cfg.run.storage_options, False)
     return cfg
 
 
@@ -346,8 +414,11 @@ def _expected_type(key: str) -> str:
         if part not in fields:
             return ""
         node = typing.get_type_hints(node)[part]
-    text = getattr(node, "__name__", None) if isinstance(node, type) else str(node)
-    return (text or "").replace("typing.", "").replace("Optional[", "null or ").rstrip("]") if text else ""
+    text = (getattr(node, "__name__", None) if isinstance(node, type) else str(node)) or ""
+    text = text.replace("typing.", "")
+    if text.startswith("Optional[") and text.endswith("]"):  # only its own bracket goes: list[str] keeps its
+        text = "null or " + text[len("Optional["):-1]
+    return "" if text == "Any" else text
 
 
 def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
@@ -391,10 +462,44 @@ def split_config_and_overrides(items: Sequence[str]) -> tuple[Optional[str], lis
 
 
 
+def _parse_overrides(items: list[str]) -> DictConfig:
+    """OmegaConf.from_dotlist, with a value YAML cannot parse ('[wip', an unclosed quote) named in one line."""
+    import yaml
+
+    try:
+        return OmegaConf.from_dotlist(items)
+    except yaml.YAMLError:
+        for item in items:
+            try:
+                OmegaConf.from_dotlist([item])
+            except yaml.YAMLError as err:
+                problem = str(getattr(err, "problem", "") or str(err).splitlines()[0])
+                raise ConfigError(
+                    f"override '{item}': the value cannot be parsed ({problem}); quote it as text "
+                    f"({item.split('=', 1)[0]}='\"...\"') or fix its brackets"
+                ) from None
+        raise
+
+
+
+def _unmergeable(cfg: Any, items: list[str]) -> ConfigError:
+    """The one-line error for the override OmegaConf cannot merge with TypeError (no full_key to name it)."""
+    for item in items:
+        try:
+            OmegaConf.merge(cfg, _parse_overrides([item]))
+        except (OmegaConfBaseException, TypeError) as err:
+            key = item.split("=", 1)[0].strip()
+            expected = _expected_type(key)
+            exp = f" (expected {expected})" if expected else ""
+            return ConfigError(f"command line: bad value for '{key}'{exp}: {str(err).splitlines()[0]}")
+    return ConfigError(f"command line: the overrides {' '.join(items)} cannot be merged into the config")
+
+
 def load_config(path: Optional[str | Path] = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Schema defaults <- YAML chain (bases first) <- `key=value` overrides; validated and read-only."""
     cfg = _schema()
     OmegaConf.set_struct(cfg, True)
+    _open_mappings(cfg)
     if path is not None:
         for file, node in _read_yaml_chain(Path(path)):
             try:
@@ -411,15 +516,39 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] | tuple[
             hint = _closest(key)
             raise ConfigError(f"override '{item}': keys are section.key; did you mean '{hint}'?")
     try:  # one merge for all: each merge re-validates the whole structured config (~30 ms apiece)
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides))) if overrides else cfg
+        cfg = OmegaConf.merge(cfg, _parse_overrides(list(overrides))) if overrides else cfg
     except OmegaConfBaseException as err:  # its full_key names the bad item
         raise _explain(err, "command line") from None
+    except TypeError:  # OmegaConf's own, for a list given to a mapping key (model.kwargs=[1]): find the item
+        raise _unmergeable(cfg, list(overrides)) from None
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg  # a DictConfig that behaves like Config (attribute access, typed)
 
 
+def _resolve(cfg: Any) -> None:
+    """Resolve every interpolation now (`${optim.lr}`, `${oc.env:HOME}`), so one that names a missing key or
+    gives a value of the wrong type is a one-line error here, not an exception at first use mid-run."""
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        what = str(err).splitlines()[0] if str(err) else type(err).__name__
+        where = f"'{key}'" if key else "the config"
+        raise ConfigError(f"cannot resolve {where}: {what}; fix the ${{...}} reference or give a value") from None
+
+
+def _in_range(dotted: str, value: Any, allowed: Range) -> None:
+    values = list(value) if isinstance(value, (list, ListConfig)) else [value]
+    for item in values:
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or item not in allowed:
+            shown = list(value) if len(values) > 1 or isinstance(value, (list, ListConfig)) else value
+            each = "each value " if isinstance(value, (list, ListConfig)) else ""
+            raise ConfigError(f"{dotted}={shown} {each}{allowed.describe()}")
+
+
 def validate(cfg: Any) -> None:
+    _resolve(cfg)
     for dotted, choices in CHOICES.items():
         section, key = dotted.split(".")
         value = str(cfg[section][key])
@@ -435,7 +564,9 @@ def validate(cfg: Any) -> None:
             cfg.data.batch_size = int(bs)
         else:
             raise ConfigError(f"data.batch_size={bs!r} is not valid; give a positive int or 'auto'")
-    img_size_schedule(cfg.data.img_size)  # raises ConfigError when malformed
+    if cfg.data.batch_size != "auto":
+        _in_range("data.batch_size", cfg.data.batch_size, RANGES["data.batch_size"])
+    img_size_schedule(cfg.data.img_size)  # raises ConfigError when malformed or out of range
     for dotted in ("train.loss", "aug.train_transform", "aug.val_transform"):
         section, key = dotted.split(".")
         value = cfg[section][key]
@@ -445,8 +576,8 @@ def validate(cfg: Any) -> None:
     for dotted, allowed in RANGES.items():
         section, key = dotted.split(".")
         value = cfg[section][key]
-        if value is not None and value not in allowed:
-            raise ConfigError(f"{dotted}={value} {allowed.describe()}")
+        if value is not None and dotted not in _CHECKED_APART:
+            _in_range(dotted, value, allowed)
     dev = cfg.train.device
     if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ConfigError(f"train.device={dev!r} is not valid; choose auto, cpu, cuda, cuda:N or mps")
@@ -456,8 +587,15 @@ def validate(cfg: Any) -> None:
         if str(name).strip().lower() not in TRACKERS:
             raise ConfigError(f"log.trackers: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
     _validate_aug(cfg)
-    if cfg.data.memory_budget_gb is not None and cfg.data.memory_budget_gb <= 0:
-        raise ConfigError(f"data.memory_budget_gb={cfg.data.memory_budget_gb} must be positive (or null)")
+    if not OmegaConf.is_dict(cfg.run.storage_options) and not isinstance(cfg.run.storage_options, dict):
+        raise ConfigError(f"run.storage_options={cfg.run.storage_options!r} must be a mapping of the file "
+                          "system's options, e.g. run.storage_options={endpoint_url: http://host:9000}")  # fmt: skip
+    for key in ("mean", "std"):  # normalisation is per channel, and images are RGB
+        value = cfg.data[key]
+        if value is not None and len(value) != 3:
+            raise ConfigError(f"data.{key}={list(value)} must be three numbers (R, G, B), or null for the dataset's")
+    if cfg.optim.name in ("adam", "adamw") and len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas={list(cfg.optim.betas)} must be two numbers [beta1, beta2], e.g. [0.9, 0.999]")
 
 
 def img_size_schedule(value: Any) -> list[tuple[float, int]]:
@@ -465,18 +603,19 @@ def img_size_schedule(value: Any) -> list[tuple[float, int]]:
     fix = "give an int, or [[0, SIZE], [FRACTION, SIZE], ...] with fractions rising from 0 below 1"
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
+    sizes = RANGES["data.img_size"]
     if isinstance(value, int) and not isinstance(value, bool):
-        if value <= 0:
-            raise ConfigError(f"data.img_size={value} must be positive")
+        if value not in sizes:
+            raise ConfigError(f"data.img_size={value} {sizes.describe()} (pixels)")
         return [(0.0, value)]
     try:
         steps = [(float(f), int(s)) for f, s in value]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"data.img_size={value!r} is not valid; {fix}") from None
     fractions = [f for f, _ in steps]
     if (
         not steps or fractions[0] != 0 or any(b <= a for a, b in zip(fractions, fractions[1:]))
-        or fractions[-1] >= 1 or any(s <= 0 for _, s in steps)
+        or fractions[-1] >= 1 or any(s not in sizes for _, s in steps)
     ):  # fmt: skip
         raise ConfigError(f"data.img_size={[list(s) for s in steps]} is not valid; {fix}")
     return steps
@@ -490,7 +629,7 @@ def final_img_size(value: Any) -> int:
 def _validate_aug(cfg: Any) -> None:
     a = cfg.aug
     scale, ratio = list(a.scale), list(a.ratio)
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:  # the ranges checked each value; this, their order
         raise ConfigError(f"aug.scale={scale} must be [min, max] with 0 < min <= max <= 1, e.g. [0.35, 1]")
     if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
         raise ConfigError(f"aug.ratio={ratio} must be [min, max] with 0 < min <= max, e.g. [0.75, 1.3333]")
@@ -510,6 +649,7 @@ def from_dict(values: dict) -> Any:
     """Rebuild a validated config from a saved dict (config.yaml, a checkpoint)."""
     cfg = _schema()
     OmegaConf.set_struct(cfg, True)
+    _open_mappings(cfg)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.create(values))
     except OmegaConfBaseException as err:

@@ -16,6 +16,7 @@ How a failing rank ends the job:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -30,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainlab.errors import ConfigError, UsageError
+from trainlab.errors import ConfigError, TrainlabError, UsageError
 
 # A rank that fails must end the job rather than leave the others blocked in a collective.
 _ENV_DEFAULTS = {
@@ -158,10 +159,49 @@ def setup(train_device: str = "auto", backend: str = "auto", timeout_s: float = 
         kwargs: dict[str, Any] = {}
         if backend == "nccl":
             kwargs["device_id"] = device  # binds the communicator to this rank's GPU eagerly
-        dist.init_process_group(
-            backend=backend, timeout=timedelta(seconds=timeout_s), rank=rank, world_size=world_size, **kwargs
-        )
+        try:
+            store = _attempt_store(rank, world_size, timeout_s)
+            if store is not None:
+                kwargs["store"] = store
+            dist.init_process_group(
+                backend=backend, timeout=timedelta(seconds=timeout_s), rank=rank, world_size=world_size, **kwargs
+            )
+        except (RuntimeError, dist.DistError) as exc:
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            after = f" after restart {attempt}" if attempt not in ("", "0") else ""
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise DistributedSetupError(
+                f"rank {rank} could not join the other {world_size - 1} process(es){after} within "
+                f"dist.timeout_s={timeout_s:g} s ({first}); the job ends here instead of waiting"
+            ) from None
     return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device, backend=backend)
+
+
+class DistributedSetupError(TrainlabError):
+    """A rank could not form the process group (a peer never came, a restarted job hung): exit 1, one line."""
+
+    exit_code = 1
+
+
+def _attempt_store(rank: int, world_size: int, timeout_s: float) -> Any:
+    """The store this attempt's process group meets in, when torchrun shares its own with the workers.
+
+    torchrun (2.4 and later) lets workers use the agent's TCPStore, which outlives a restart: the restarted
+    workers then read the keys of the attempt before, and gloo connects to the dead worker's old port
+    ("connectFullMesh failed ... Connection refused") or waits forever. Each attempt gets its own key prefix
+    here (TORCHELASTIC_RESTART_COUNT, the same for every worker a single agent restarts), so nothing of an
+    earlier attempt is read. Multi-node elastic jobs whose agents restart separately should also set
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (what `trainlab train --nnodes` does): each attempt then gets a new
+    store on a new port. None: let init_process_group build its own store from the environment."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not host or not port:
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    client = dist.TCPStore(host, int(port), world_size, is_master=False, timeout=timedelta(seconds=timeout_s))
+    return dist.PrefixStore(f"trainlab/{run_id}/attempt-{attempt}", client)
 
 
 def cleanup(ctx: DistContext | None = None) -> None:
@@ -260,6 +300,12 @@ def barrier(ctx: DistContext) -> None:
             dist.barrier()
 
 
+def host_barrier(ctx: DistContext) -> None:
+    """A barrier on the host-side group (gloo beside nccl): waiting for a file never waits on the device."""
+    if ctx.enabled:
+        dist.barrier(group=control_group(ctx))
+
+
 # ---------------------------------------------------------------------------------------------
 # launching through torchrun
 
@@ -271,17 +317,36 @@ def _strip_nproc(argv: list[str]) -> list[str]:
     return [a for a in argv if not re.match(r"^(\+{0,2})train\.nproc=", a)]
 
 
-def torchrun_command(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None) -> list[str]:
-    """``python -m torch.distributed.run ... <target>``; target is ``['-m', 'pkg', ...]`` or a script."""
+def parse_nnodes(value: int | str) -> tuple[int, int]:
+    """--nnodes N or MIN:MAX (an elastic job: it runs while at least MIN machines take part)."""
+    text = str(value).strip()
+    try:
+        low, _, high = text.partition(":")
+        low_n, high_n = int(low), int(high or low)
+    except ValueError:
+        raise UsageError(f"--nnodes={value}: give a number of machines, or MIN:MAX for an elastic job") from None
+    if low_n < 1 or high_n < low_n:
+        raise UsageError(f"--nnodes={value}: MIN must be at least 1 and MAX at least MIN")
+    return low_n, high_n
+
+
+def torchrun_command(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endpoint: str | None = None,
+                     max_restarts: int = 0) -> list[str]:  # fmt: skip
+    """``python -m trainlab.distributed ... <target>``: torchrun's own agent and arguments (torch.distributed.run)
+    with the job's end reported in trainlab's words (``_agent``); target is ``['-m', 'pkg', ...]`` or a script."""
     if nproc < 1:
         raise UsageError(f"train.nproc={nproc} must be at least 1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
-    if nnodes > 1 or rdzv_endpoint:
+    cmd = [sys.executable, "-m", "trainlab.distributed", f"--nproc-per-node={nproc}"]
+    low, high = parse_nnodes(nnodes)
+    if high > 1 or rdzv_endpoint:
         if not rdzv_endpoint:
             raise UsageError(f"--nnodes={nnodes} needs a rendezvous endpoint (host:port of the first node)")
-        cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
+        cmd += [f"--nnodes={low}:{high}" if low != high else f"--nnodes={low}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={rdzv_endpoint}"]  # fmt: skip
     else:
         cmd += ["--standalone"]
+    if max_restarts:
+        cmd += [f"--max-restarts={int(max_restarts)}"]
     return cmd + list(target)
 
 
@@ -296,8 +361,25 @@ def _worker_pids(agent_pid: int) -> list[int]:
         return []
 
 
-def run_torchrun(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None,
-                 env: dict[str, str] | None = None) -> int:
+ATTEMPTS_FOLDER = os.path.join(".trainlab", "attempts")  # in the run's local folder (state.attempts reads it)
+
+
+def record_exit(run_dir: Any, pid: int, exitcode: int, local_rank: int) -> None:
+    """The launcher's note of a worker torchrun's agent saw fail, for the next attempt to read."""
+    folder = os.path.join(str(run_dir), ATTEMPTS_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"exit-{pid}.json")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as file:
+        json.dump({"pid": pid, "exitcode": exitcode, "local_rank": local_rank}, file)
+    os.replace(tmp, path)
+
+
+_RECORD_DIR_ENV = "TRAINLAB_ATTEMPTS_DIR"  # launcher -> agent: the run's local folder for the exit notes
+
+
+def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endpoint: str | None = None,
+                 env: dict[str, str] | None = None, max_restarts: int = 0, record_dir: Any = None) -> int:
     """Run ``target`` under torch's launcher; relay output and stop signals; return the job's exit code.
 
     Stop signals (SIGTERM, SIGINT, SIGUSR1) received here are sent straight to the worker processes,
@@ -306,12 +388,16 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: 
     exits 1 whenever a worker fails, so the first failed rank's exit code is read from its failure
     summary and returned instead (143 for a preempted job, 2 for bad input, 128+N for a signal).
     """
-    cmd = torchrun_command(target, nproc, nnodes, rdzv_endpoint)
+    cmd = torchrun_command(target, nproc, nnodes, rdzv_endpoint, max_restarts)
     env = dict(os.environ if env is None else env)
     # The agent ignores stop signals (SIG_IGN, inherited through exec); it still shuts the workers
     # down on SIGHUP/SIGQUIT. Read by torchrun's process context (same as --signals-to-handle).
     env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
     env[_RESET_SIGNALS_ENV] = "1"  # workers put the default dispositions back in setup()
+    if max_restarts and parse_nnodes(nnodes)[1] > 1:  # agents restart separately: a new store per attempt
+        env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    if max_restarts and record_dir is not None:
+        env[_RECORD_DIR_ENV] = str(record_dir)  # the agent (_agent) notes failed workers there
 
     def agent_preexec() -> None:  # pragma: no cover - runs in the child
         for signum in _STOP_SIGNALS:
@@ -372,9 +458,93 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: 
     return 128 - returncode if returncode < 0 else returncode
 
 
-def launch(argv: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None) -> int:
-    """``trainlab train ... train.nproc=N``: re-run the same command under torchrun with N processes."""
-    return run_torchrun(["-m", "trainlab", "train", *_strip_nproc(argv)], nproc, nnodes, rdzv_endpoint)
+def _failure_sort_key(item: tuple[int, Any]) -> tuple[int, int, int]:
+    rank, failure = item
+    return (failure.timestamp, 0 if failure.exitcode < 0 else 1, rank)  # a kill before what it caused
+
+
+def job_outcome(failures: dict[int, Any]) -> tuple[int, str | None]:
+    """(exit code, trainlab line or None) for a torchrun job whose workers failed, from torch's own record of
+    each failed rank (``ChildFailedError.failures``: exit code, or a negative signal number; pid; time).
+
+    The agent SIGTERMs the other workers once one fails, so a SIGTERM death (-15) is taken for the
+    consequence and a saved stop (143) for a clean stop that rank 0 already announced. The cause is the
+    earliest other failure, a killed process before one that raised at the same second."""
+    causes = sorted(((r, f) for r, f in failures.items() if f.exitcode not in (143, -signal.SIGTERM)),
+                    key=_failure_sort_key)  # fmt: skip
+    if not causes:
+        if any(f.exitcode == 143 for f in failures.values()):
+            return 143, None
+        causes = sorted(failures.items(), key=_failure_sort_key)  # SIGTERMed before any rank could save
+    rank, failure = causes[0]
+    if failure.exitcode >= 0:
+        return failure.exitcode, None  # the rank printed its own error (a trainlab line, or its traceback)
+    name = failure.signal_name()
+    hint = " (the kernel's out-of-memory killer sends SIGKILL: see `dmesg`)" if -failure.exitcode == signal.SIGKILL else ""
+    return 128 - failure.exitcode, (
+        f"trainlab: rank {rank} (pid {failure.pid}) was killed by {name}{hint}; the job ended. Re-issue the same "
+        "command to continue from the last checkpoint"
+    )
+
+
+def _agent(argv: list[str]) -> int:
+    """torchrun's agent (``python -m torch.distributed.run ARGS`` does the same) that ends the job in trainlab's
+    words: torch's ChildFailedError traceback and its FAILED table, printed after a clean stop's own line,
+    become the job's exit code and, when a rank was killed by a signal, one line naming it (job_outcome)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # The agent's own log lines ("Sending process N closing signal SIGTERM", "failed (exitcode: 143) ...")
+    # say again, less clearly, what the ranks and job_outcome say (TRAINLAB_DEBUG=1 keeps them).
+    if not os.environ.get("TRAINLAB_DEBUG"):
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+
+    _note_restarted_failures()
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as err:
+        code, line = job_outcome(err.failures)
+        if line:
+            print(line, file=sys.stderr, flush=True)
+        return code
+    return 0
+
+
+def _note_restarted_failures() -> None:
+    """With restarts, the agent's record of each failed worker (exit code or signal, pid) is kept in the run's
+    folder for the next attempt, which cannot learn it otherwise (trainlab.state.attempts). The record is the
+    arguments of torch's own log call (multiprocessing.api: "failed (exitcode: %s) local_rank: %s (pid: %s)"),
+    caught by a handler; nothing is printed."""
+    record_dir = os.environ.get(_RECORD_DIR_ENV)
+    if not record_dir:
+        return
+    import logging
+
+    class ExitNotes(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            args = record.args if isinstance(record.args, tuple) else ()
+            if str(record.msg).startswith("failed (exitcode") and len(args) >= 3:
+                with contextlib.suppress(OSError, TypeError, ValueError):
+                    record_exit(record_dir, int(args[2]), int(args[0]), int(args[1]))
+
+    source = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    source.addHandler(ExitNotes(level=logging.ERROR))
+    if source.level > logging.ERROR or source.level == logging.NOTSET:
+        source.setLevel(logging.ERROR)  # its ERROR records reach the handler, not the terminal:
+        source.propagate = bool(os.environ.get("TRAINLAB_DEBUG"))
+
+
+def launch(argv: list[str], nproc: int, nnodes: int | str = 1, rdzv_endpoint: str | None = None,
+           max_restarts: int = 0, record_dir: Any = None) -> int:
+    """``trainlab train ... train.nproc=N``: re-run the same command under torchrun with N processes
+    (``train.max_restarts``: torchrun restarts the workers that many times when one dies; the exit codes
+    of the workers it restarts are noted in ``record_dir``, the run's local folder, when known)."""
+    return run_torchrun(["-m", "trainlab", "train", *_strip_nproc(argv)], nproc, nnodes, rdzv_endpoint,
+                        max_restarts=max_restarts, record_dir=record_dir)
 
 
 __all__ = [
@@ -392,3 +562,7 @@ __all__ = [
     "unwrap",
     "wrap_model",
 ]
+
+
+if __name__ == "__main__":  # the torchrun agent of `trainlab train ... train.nproc=N` (torchrun_command)
+    sys.exit(_agent(sys.argv[1:]))

@@ -14,3 +14,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
     return value
+
+
+def node_count(text: str) -> str:
+    """--nnodes: a number of machines, or MIN:MAX for an elastic job (torchrun's own form)."""
+    low, _, high = text.partition(":")
+    try:
+        low_n, high_n = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN:MAX machines, got {text!r}") from None
+    if low_n < 1 or high_n < low_n:
+        raise argparse.ArgumentTypeError(f"expected 1 or more machines (MIN <= MAX), got {text!r}")
+    return text

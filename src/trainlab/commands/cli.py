@@ -10,11 +10,15 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Optional
 
-from trainlab.commands.argtypes import positive_int
+from trainlab.commands.argtypes import node_count
 from trainlab.errors import TrainlabError, UsageError
+
+_PACKAGE = Path(__file__).resolve().parents[1]  # src/trainlab: whose UserWarnings are shown as one line
 
 # Subcommands registered by their own module's `register_cli(subparsers)`. Only the module of the command
 # being run is imported, so `trainlab train` does not pay for matplotlib and friends.
@@ -35,18 +39,78 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainlab import distributed
-    from trainlab.commands.fit import train_config
     from trainlab.config import load_config, split_config_and_overrides
 
+    # The config first: a bad one is refused before torch is imported (a second, not several).
     config_path, overrides = split_config_and_overrides(args.items)
     cfg = load_config(config_path, overrides)
-    if (cfg.train.nproc > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
+
+    from trainlab import distributed
+    from trainlab.commands.fit import train_config
+
+    _, max_nodes = distributed.parse_nnodes(args.nnodes)
+    if (cfg.train.nproc > 1 or max_nodes > 1) and "LOCAL_RANK" not in os.environ:
         # Re-launch through torch's own launcher; each worker runs this command with nproc left to torchrun.
         argv = [a for a in args.items if not a.startswith("train.nproc=")]
-        return distributed.launch(argv, nproc=cfg.train.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint)
+        return distributed.launch(argv, nproc=cfg.train.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint,
+                                  max_restarts=cfg.train.max_restarts, record_dir=_local_run_dir(cfg))
     train_config(cfg)
     return 0
+
+
+def _local_run_dir(cfg) -> Optional[str]:
+    """The folder the run's files are in on this machine (the cache of an object-store run dir), when fixed."""
+    from trainlab.state import remote
+
+    if not cfg.run.dir:
+        return None
+    if remote.is_url(cfg.run.dir):
+        return str(cfg.run.cache_dir or remote.default_cache_dir(cfg.run.dir))
+    return str(cfg.run.dir)
+
+
+def _ignore_stop_signals() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+# What gloo says when the other end of a connection is gone; raised as a plain RuntimeError from DDP's
+# all-reduce inside backward(), not as torch.distributed.DistError.
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "/gloo/transport/")
+
+
+def _lost_peer(exc: BaseException) -> Optional[str]:
+    """A collective that failed because another rank of the job is gone (a torch.distributed.DistError, or
+    gloo's 'Connection reset by peer'), as one short line; None for anything else (a real bug keeps its
+    traceback). Only in a process of a multi-process job."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return None
+    distributed = sys.modules.get("torch.distributed")
+    dist_error = getattr(distributed, "DistError", None) if distributed is not None else None
+    text = str(exc).strip()
+    if not ((dist_error is not None and isinstance(exc, dist_error))
+            or (isinstance(exc, RuntimeError) and any(mark in text for mark in _PEER_GONE))):  # fmt: skip
+        return None
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:240]
+
+
+def _one_line_warnings(previous):  # noqa: ANN001, ANN202 - warnings.showwarning's signature
+    """warnings.showwarning that prints trainlab's own warnings as one line (data.skip_bad_images' count...),
+    not Python's two with a path; every other warning goes where it went before."""
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        if category is UserWarning and Path(filename).resolve().is_relative_to(_PACKAGE):
+            (file or sys.stderr).write(f"WARNING: {message}\n")
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -81,7 +145,8 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model: trainlab train [CONFIG] [key=value ...]")
     p.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="a YAML config, then overrides")
-    p.add_argument("--nnodes", type=positive_int, default=1, help="with train.nproc>1: number of machines (torchrun --nnodes)")
+    p.add_argument("--nnodes", type=node_count, default="1", metavar="N|MIN:MAX",
+                   help="with train.nproc>1: number of machines, or MIN:MAX for an elastic job (torchrun --nnodes)")
     p.add_argument("--rdzv-endpoint", default=None, help="with train.nproc>1 on several machines: HOST:PORT")
     p.set_defaults(func=cmd_train)
 
@@ -110,6 +175,15 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warnings(shown)
+    try:
+        return _main(argv)
+    finally:
+        warnings.showwarning = shown
+
+
+def _main(argv: list[str]) -> int:
     try:
         command = next((a for a in argv if not a.startswith("-")), None)
         parser = build_parser(command)
@@ -130,12 +204,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("trainlab: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        lost = _lost_peer(exc)
+        if lost is None or os.environ.get("TRAINLAB_DEBUG"):
+            raise
+        # Another rank died (its own line, or the launcher's, says how); the traceback here says nothing more.
+        rank = os.environ.get("RANK", "0")
+        print(f"trainlab: error (rank {rank}): a collective with the other ranks failed ({lost}): another rank of "
+              "the job ended first", file=sys.stderr)
+        return 1
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if code == 0:
+        # The command is over and its files are complete: a stop signal now (a scheduler's SIGTERM in the
+        # seconds the interpreter takes to exit) has nothing to stop, and must not turn exit 0 into 143. Only
+        # the process's own entry does this: main() called in-process (tests, scripts) leaves the handlers be.
+        _ignore_stop_signals()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -13,11 +14,16 @@ from trainlab import config as config_mod
 from trainlab import distributed
 from trainlab.errors import ConfigError, DataError
 from trainlab.state import checkpoint as ckpt
+from trainlab.state import remote
 from trainlab.train.engine import evaluate
 
 
 def evaluate_checkpoint(path: str, overrides: Sequence[str] = (), use_ema: bool = False) -> dict:
     """The checkpoint's own config (data, model) with `overrides` applied, e.g. data.root=/elsewhere."""
+    if remote.is_url(path):  # a checkpoint in an object store: read from a temporary local copy
+        with tempfile.TemporaryDirectory(prefix="trainlab-eval-") as scratch:
+            result = evaluate_checkpoint(str(remote.fetch_file(path, scratch)), overrides, use_ema)
+        return {**result, "checkpoint": path}
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"checkpoint not found: {file}; give the path of a .pt file in a run's checkpoints/")

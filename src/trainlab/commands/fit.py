@@ -36,7 +36,7 @@ class FitResult:
     `status` is "finished", "stopped" (a stop signal: the checkpoint is written, running the same script again
     continues) or "stopped by callback: <reason>"."""
 
-    run_dir: Path
+    run_dir: Any  # a Path, or the URL (str) of an object-store run dir
     status: str
     summary: dict = field(default_factory=dict)
 
@@ -89,28 +89,39 @@ def fit(
         summary = getattr(stop, "summary", {}) or {}
         reason = summary.get("stop_reason") or ""
         status = f"stopped by {reason}" if reason.startswith("callback: ") else "stopped"
-        return FitResult(Path(summary.get("run_dir", cfg.run.dir or ".")), status, summary)
-    return FitResult(Path(summary["run_dir"]), "finished", summary)
+        return FitResult(_where(summary.get("run_dir", cfg.run.dir or ".")), status, summary)
+    return FitResult(_where(summary["run_dir"]), "finished", summary)
+
+
+def _where(run_dir: str) -> Any:
+    from trainlab.state import remote
+
+    return str(run_dir) if remote.is_url(str(run_dir)) else Path(run_dir)
 
 
 def _launch_self(cfg: Any) -> FitResult:
     """Run this script again under torchrun with train.nproc processes; the job's summary from its run dir."""
     from trainlab import distributed
+    from trainlab.state import remote
     from trainlab.state.resume import choose_run_dir
 
     run_dir = Path(cfg.run.dir) if cfg.run.dir else choose_run_dir(cfg, print)
+    if remote.is_url(cfg.run.dir):  # an object-store run dir: its files are in the local cache
+        run_dir = Path(cfg.run.cache_dir or remote.default_cache_dir(cfg.run.dir)).expanduser()
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     target = ["-m", spec.name, *sys.argv[1:]] if spec is not None and spec.name else [sys.argv[0], *sys.argv[1:]]
     env = {**os.environ, RUN_DIR_ENV: str(run_dir)}
-    code = distributed.run_torchrun(target, int(cfg.train.nproc), env=env)
+    code = distributed.run_torchrun(target, int(cfg.train.nproc), env=env, max_restarts=int(cfg.train.max_restarts),
+                                    record_dir=run_dir)  # fmt: skip
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    where = cfg.run.dir if remote.is_url(cfg.run.dir) else run_dir
     if code == 0:
-        return FitResult(run_dir, "finished", summary)
+        return FitResult(where, "finished", summary)
     if code == 143:
         reason = summary.get("stop_reason") or ""
-        return FitResult(run_dir, f"stopped by {reason}" if reason.startswith("callback: ") else "stopped", summary)
+        return FitResult(where, f"stopped by {reason}" if reason.startswith("callback: ") else "stopped", summary)
     from trainlab.errors import TrainlabError
 
     error = TrainlabError(f"the {cfg.train.nproc}-process job failed (exit {code}); its output is above")

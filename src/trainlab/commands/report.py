@@ -3,21 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
 
 from trainlab.report.pages import report_text, runs_table, write_report
+from trainlab.state import remote
+
+
+def _local(paths: list[str]) -> list[str]:
+    """Run dirs named by a store URL (s3://...) are read from a local copy of their small files."""
+    if not any(remote.is_url(p) for p in paths):
+        return paths
+    scratch = Path(tempfile.mkdtemp(prefix="trainlab-report-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    local = []
+    for index, path in enumerate(paths):
+        if remote.is_url(path):
+            dest = scratch / str(index) / (path.rstrip("/").rsplit("/", 1)[-1] or "run")
+            remote.fetch_run_dirs(path, dest)
+            local.append(str(dest))
+        else:
+            local.append(path)
+    return local
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    run_dirs = _local(args.run_dirs)
     if args.text:
-        print(report_text(args.run_dirs), end="")
+        print(report_text(run_dirs), end="")
         return 0
-    out = write_report(args.run_dirs, args.output)
+    output = args.output
+    if output is None and run_dirs != args.run_dirs:  # not into the temporary copy: here
+        output = "report.html"
+    out = write_report(run_dirs, output)
     print(f"report: {out}  (plots in {out.parent / (out.stem + '_files')})")
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    print(runs_table(args.dir), end="")
+    print(runs_table(_local([args.dir])[0]), end="")
     return 0
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 from trainlab.errors import TrainlabError, UsageError
+from trainlab.paths import write_text_no_follow
 from trainlab.report import compare
 from trainlab.report.read import ERROR_FILE, SWEEP_FILE, load_sweep, read_json, read_jsonl, read_sweep
 from trainlab.report.text import format_table
@@ -237,7 +238,7 @@ def _run_one(
         return Outcome(planned.name, "finished", 0, seconds, warnings=run_warnings(run_dir))
     tail = _tail(err_path) or _tail(out_path)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / ERROR_FILE).write_text(f"exit code {proc.returncode}\n{tail}\n", encoding="utf-8")
+    write_text_no_follow(run_dir / ERROR_FILE, f"exit code {proc.returncode}\n{tail}\n")  # not through a link
     last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "no output")
     status = "stopped" if proc.returncode == 143 else "failed"
     return Outcome(planned.name, status, proc.returncode, seconds, last.strip(), run_warnings(run_dir))

@@ -4,13 +4,21 @@ Same files, same order (data_batch_1..5 then test_batch; train/test for CIFAR-10
 `reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)`, fine labels for CIFAR-100. Unlike torchvision we do not
 md5-check the files (a re-packed or subset copy is legitimate); a missing or unreadable file is a
 DataError that names it.
+
+The files are pickles, and `pickle.load` runs whatever a file names (a folder from elsewhere with a planted
+`__reduce__` ran a shell command). They are read with `_CifarUnpickler`, which builds only what the real
+files hold: dicts, lists, strings and ints (pickle opcodes, no code), numpy arrays and numeric dtypes. Any
+other name in a file is refused before it is looked up (DataError, exit 2).
 """
 
 from __future__ import annotations
 
+import codecs
+import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,16 +90,76 @@ def find_batches_dir(root: str | Path, name: str) -> Path | None:
     return None
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """The file names a Python object that no CIFAR file holds."""
+
+    def __init__(self, module: str, name: str) -> None:
+        super().__init__(f"{module}.{name}")
+        self.qualified = f"{module}.{name}"
+
+
+def _numeric_dtype(*args: Any) -> np.dtype:
+    dtype = np.dtype(*args)
+    if dtype.kind not in "biuf":  # an object dtype would unpickle Python objects into the array
+        raise RefusedGlobal("numpy.dtype", repr(dtype.str))
+    return dtype
+
+
+def _latin1_bytes(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """What Python 3 pickles (protocol 2) write for bytes: _codecs.encode(text, 'latin1')."""
+    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+        raise RefusedGlobal("_codecs.encode", f"({encoding!r})")
+    return codecs.encode(text, "latin1", errors)
+
+
+# Every global the CIFAR python files hold: numpy's array reconstruction (numpy.core before numpy 2,
+# numpy._core after; _frombuffer for protocol 5), ndarray and dtype; bytes as Python 3 writes them at protocol
+# 2; and plain builtins. The originals (Python 2 cPickle, protocol 2) name only the first three. The numpy
+# functions are taken from numpy itself, not imported by the names in the file (numpy.core warns on import).
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
+_ALLOWED: dict[tuple[str, str], Any] = {
+    **{(core, "_reconstruct"): _RECONSTRUCT for core in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(core, "_frombuffer"): _FROMBUFFER for core in ("numpy.core.numeric", "numpy._core.numeric")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _numeric_dtype,
+    ("_codecs", "encode"): _latin1_bytes,
+    **{(module, kind.__name__): kind for module in ("builtins", "__builtin__") for kind in (dict, list, str, bytes, int)},
+}  # fmt: skip
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that hands out only the objects in _ALLOWED (persistent ids are refused by default)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED:
+            raise RefusedGlobal(module, name)
+        return _ALLOWED[(module, name)]
+
+
+def safe_unpickle(data: bytes) -> Any:
+    """Unpickle a CIFAR python file's bytes, building nothing but what such files hold."""
+    return _CifarUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
 def _unpickle(path: Path, layout: _Layout, root: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{layout.title} file missing: {path}; {_fix_hint(layout, root)}")
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+        entry = safe_unpickle(path.read_bytes())
+    except RefusedGlobal as err:
+        raise DataError(
+            f"{layout.title} file {path} holds {err.qualified}, which no CIFAR file does: not loaded (unpickling it "
+            f"could run code); {_fix_hint(layout, root)}"
+        ) from None
     except Exception as err:  # noqa: BLE001 - truncated or not a pickle
         raise DataError(
             f"cannot read {layout.title} file {path} ({type(err).__name__}: {err}); {_fix_hint(layout, root)}"
         ) from None
+    if not isinstance(entry, dict):
+        raise DataError(f"{path} is not a {layout.title} file (a {type(entry).__name__}, not a dict); "
+                        f"{_fix_hint(layout, root)}")
+    return entry
 
 
 def _read_split(

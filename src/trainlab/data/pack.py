@@ -467,6 +467,24 @@ def check_destination(src: Path, dst: Path, force: bool) -> None:
             raise UsageError(f"{dst} already exists; pass --force to replace it, or choose another DST")
         if src.resolve() == dst.resolve() or dst.resolve() in src.resolve().parents:
             raise UsageError(f"DST {dst} is or contains SRC {src}; choose a DST outside the source dataset")
+        if not _replaceable(dst):  # --force replaces a pack; it never deletes a folder of something else
+            raise UsageError(
+                f"DST {dst} exists and is not a packed dataset (no {PACKED_FORMAT} meta.json); --force replaces "
+                "only an earlier pack or an empty folder: choose another DST"
+            )
+
+
+def _replaceable(dst: Path) -> bool:
+    """An empty folder, or one `trainlab data pack` wrote (its meta.json says so)."""
+    if dst.is_symlink() or not dst.is_dir():
+        return False
+    if not any(dst.iterdir()):
+        return True
+    try:
+        meta = json.loads((dst / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == PACKED_FORMAT
 
 
 @contextmanager

@@ -79,7 +79,7 @@ def _read_meta(root: Path) -> dict:
         meta = json.loads(meta_path.read_text())
         classes, img_size, splits = list(meta["classes"]), int(meta["img_size"]), dict(meta["splits"])
         layout = str(meta.get("layout", "square"))
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as err:  # Overflow: "img_size": 1e400
         raise DataError(
             f"{meta_path} is not valid packed metadata ({type(err).__name__}: {err}); {_PACK_HINT}"
         ) from None

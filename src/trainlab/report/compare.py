@@ -119,7 +119,10 @@ def _raw(value: Any) -> Any:
 
 def to_markdown(headers: list[str], rows: list[list[str]]) -> str:
     def escape(cell: str) -> str:
-        return cell.replace("|", "\\|")
+        # '|' would split the cell; '<', '>', '&' would be markup where the page is rendered (inline HTML passes
+        # through most Markdown renderers): a status or a run name from a run dir's files stays text.
+        text = cell.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return text.replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(escape(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]

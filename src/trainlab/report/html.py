@@ -28,6 +28,7 @@ th { background: #f4f6f8; } td.t, th.t { text-align: left; }
 tr:nth-child(even) td { background: #fafbfc; }
 .status-finished { color: #1e8449; font-weight: 600; } .status-failed { color: #c0392b; font-weight: 600; }
 .status-running { color: #2e86c1; font-weight: 600; } .status-stopped { color: #b9770e; font-weight: 600; }
+.status-interrupted { color: #c0392b; font-weight: 600; }
 .plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(600px, 1fr)); gap: 10px; }
 .plots img { display: block; border: 1px solid #eee; width: 100%; max-width: 900px; height: auto; }
 pre { background: #f7f7f7; padding: 8px; font-size: 12px; overflow-x: auto; max-height: 420px; }
@@ -51,8 +52,14 @@ window.addEventListener('load', function () {
 """
 
 
+# The statuses with a colour in CSS. A status is text from summary.json, a file anyone can edit: it never
+# reaches the page's markup, only its text (a crafted status in the class attribute ran script).
+STATUS_CLASSES = ("finished", "failed", "running", "stopped", "interrupted")
+
+
 def _esc(value: object) -> str:
-    return html.escape(str(value))
+    """Text for an element's content or a quoted attribute value: & < > " ' escaped."""
+    return html.escape(str(value), quote=True)
 
 
 def _table(headers: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
@@ -62,9 +69,10 @@ def _table(headers: list[str], rows: list[list[str]], text_columns: int = 1) -> 
         cells = []
         for i, cell in enumerate(row):
             cls = "t" if i < text_columns else ""
-            if headers[i] == "status":
-                cls = f"t status-{cell.rstrip('?')}"
-            cells.append(f'<td class="{cls}">{_esc(cell)}</td>')
+            if headers[i] == "status":  # the colour of a status trainlab writes; any other text gets none
+                known = cell.rstrip("?")
+                cls = f"t status-{known}" if known in STATUS_CLASSES else "t"
+            cells.append(f'<td class="{_esc(cls)}">{_esc(cell)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<div class='scroll'><table><tr>{head}</tr>{''.join(body)}</table></div>"
 
@@ -88,6 +96,9 @@ def _run_section(run: Run, headers: list[str], row: list[str]) -> str:
     facts = [(k, v if not isinstance(v, float) else f"{v:.1f}") for k, v in facts if v not in ("", None)]
     figures = [(h, c) for h, c in zip(headers, row) if c not in ("", "-") and h != "run"]
     parts.append(_table(["fact", "value"], [[k, str(v)] for k, v in facts] + [[h, c] for h, c in figures], 2))
+    if run.skipped:
+        parts.append(f"<details><summary>skipped while reading ({len(run.skipped)})</summary><pre>"
+                     + _esc("\n".join(run.skipped)) + "</pre></details>")
     if run.error or summary.get("error"):
         parts.append(f"<details open><summary>error</summary><pre>{_esc(run.error or summary.get('error'))}</pre></details>")
     if run.events:

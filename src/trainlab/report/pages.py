@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 from trainlab.errors import UsageError
-from trainlab.paths import check_output_dir
+from trainlab.paths import check_output_dir, open_no_follow, write_text_no_follow
 from trainlab.report import html, plots, text
 from trainlab.report.read import Run, find_runs, is_sweep_dir, load_run, load_runs, parse_time
 
@@ -19,9 +20,17 @@ def default_output(paths: list[str | Path], runs: list[Run]) -> Path:
     return Path("report.html")
 
 
+def warn_skipped(runs: list[Run]) -> None:
+    """What the readers left out of the runs' files, one line each on stderr (the report goes on)."""
+    for run in runs:
+        for note in run.skipped:
+            print(f"trainlab: warning: skipped {text.printable(note)}", file=sys.stderr)
+
+
 def write_report(paths: list[str | Path], output: Optional[str | Path] = None) -> Path:
     """Write the HTML page and, beside it in `<stem>_files/`, a PNG of each plot. Returns the page's path."""
     runs = load_runs(list(paths))
+    warn_skipped(runs)
     out = Path(output) if output else default_output(paths, runs)
     check_report_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -29,10 +38,11 @@ def write_report(paths: list[str | Path], output: Optional[str | Path] = None) -
     files_dir = out.parent / f"{out.stem}_files"
     files_dir.mkdir(exist_ok=True)
     for plot in drawn:
-        (files_dir / f"{plot.name}.png").write_bytes(plot.png)
+        with open_no_follow(files_dir / f"{plot.name}.png", "wb") as f:  # often inside a run dir: no links
+            f.write(plot.png)
     title = f"trainlab report: {runs[0].name}" if len(runs) == 1 else f"trainlab report: {len(runs)} runs"
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html.render(runs, drawn, title), encoding="utf-8")
+    write_text_no_follow(tmp, html.render(runs, drawn, title))
     tmp.replace(out)  # a browser reloading the page never sees half of it
     return out
 
@@ -48,7 +58,9 @@ def check_report_output(out: Path) -> None:
 
 
 def report_text(paths: list[str | Path], width: int = 64) -> str:
-    return text.render(load_runs(list(paths)), width=width)
+    runs = load_runs(list(paths))
+    warn_skipped(runs)
+    return text.render(runs, width=width)
 
 
 def runs_table(root: str | Path = "runs", now: Optional[float] = None) -> str:
@@ -57,6 +69,7 @@ def runs_table(root: str | Path = "runs", now: Optional[float] = None) -> str:
     rows = []
     for path in find_runs(root):
         run = load_run(path)
+        warn_skipped([run])
         planned = run.epochs_planned
         best = run.best_val_acc1
         started = parse_time(run.summary.get("started")) or _mtime(path)

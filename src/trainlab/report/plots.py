@@ -12,12 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
+from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from trainlab.report.read import Run
+from trainlab.report.text import printable  # names from files: no control characters in a label
 
 DPI = 100
 WIDTH, HEIGHT = 900, 360  # pixels
@@ -68,7 +70,7 @@ def _mark_events(ax: Axes, runs: list[Run], label: bool = True) -> None:
             severity = str(event.get("severity", "warning"))
             color = SEVERITY_COLORS.get(severity, "#e67e22")
             ax.axvline(x, color=color, linestyle="--", linewidth=0.9, alpha=0.8)
-            kind = str(event.get("kind", "?"))
+            kind = printable(event.get("kind", "?"))
             key = (kind, round(x * 4))  # one label per kind per quarter epoch: no pile of text
             if label and labelled < MAX_EVENT_LABELS and key not in seen:
                 seen.add(key)
@@ -94,7 +96,7 @@ def _finish(ax: Axes, title: str, xlabel: str, ylabel: str, runs: Optional[list[
                                        marker=handle.get_marker(), markersize=3, alpha=handle.get_alpha())
         proxies = [Line2D([], [], color=COLORS[i % len(COLORS)], linewidth=3) for i in range(len(runs))]
         handles = proxies + list(styles.values())
-        labels = [run.name for run in runs] + list(styles)
+        labels = [printable(run.name) for run in runs] + list(styles)
     if handles:
         ax.legend(handles, labels, fontsize=7.5, loc="best", ncol=2 if len(handles) > 4 else 1, framealpha=0.8)
 
@@ -175,7 +177,7 @@ def time_split_plot(runs: list[Run]) -> bytes:
         labels, parts = [], {"data": [], "compute": [], "other": []}
         for run in runs:
             rows = [r for r in run.metrics if r.get("epoch_time_s") is not None]
-            labels.append(run.name)
+            labels.append(printable(run.name))
             for part, column in (("data", "data_time_s"), ("compute", "train_time_s"), ("other", "other_time_s")):
                 values = [r.get(column) or 0.0 for r in rows]
                 parts[part].append(sum(values) / len(values) if values else 0.0)
@@ -249,4 +251,7 @@ PLOTS: list[tuple[str, str, Callable[[list[Run]], bytes]]] = [
 
 
 def make_plots(runs: list[Run]) -> list[Plot]:
-    return [Plot(name, title, draw(runs)) for name, title, draw in PLOTS]
+    # Run names and event kinds come from files people edit; with math parsing on, matplotlib reads "$...$" in
+    # a label as TeX and raises on what is not (a run named "lr$5" or "$\\frac$" broke the report).
+    with rc_context({"text.parse_math": False}):
+        return [Plot(name, title, draw(runs)) for name, title, draw in PLOTS]

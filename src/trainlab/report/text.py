@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional
 
 from trainlab.report import compare
 from trainlab.report.read import Run, flatten_config
 
 GLYPHS = "*o+x#@%&"
+# Control characters (C0, DEL, C1) and line/paragraph separators: text from a run dir's files (a status, a run
+# name, an event) printed as is could move the cursor, retitle the terminal or hide lines.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: object, keep_newlines: bool = False) -> str:
+    """`text` with every control character shown as '?' (newlines kept when asked)."""
+    if keep_newlines:
+        return "\n".join(_CONTROL.sub("?", line) for line in str(text).split("\n"))
+    return _CONTROL.sub("?", str(text))
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     """Columns padded to their widest cell; numbers right-aligned, text left-aligned."""
+    headers = [printable(h) for h in headers]
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
 
     def numeric(cell: str) -> bool:
@@ -84,6 +97,7 @@ def text_chart(
     labels = {0: _nice(y_hi), height - 1: _nice(y_lo), (height - 1) // 2: _nice((y_hi + y_lo) / 2)}
     label_w = max(len(v) for v in labels.values())
     lines = [title]
+    legend = [printable(entry) for entry in legend]
     for r in range(height):
         lines.append(f"{labels.get(r, '').rjust(label_w)} |{''.join(grid[r])}|")
     lines.append(" " * label_w + " +" + "-" * width + ">")
@@ -102,7 +116,7 @@ def text_chart(
                 if kind not in kinds:
                     kinds.append(kind)
         if kinds:
-            lines.append(" " * (label_w + 2) + "".join(under).rstrip() + "  events: " + ", ".join(kinds))
+            lines.append(" " * (label_w + 2) + "".join(under).rstrip() + "  events: " + printable(", ".join(kinds)))
     lines.append(" " * (label_w + 2) + "   ".join(legend))
     return "\n".join(lines) + "\n"
 
@@ -136,10 +150,10 @@ def render(runs: list[Run], width: int = 64) -> str:
         flat = flatten_config(run.config)
         keys = ("model.name", "data.name", "optim.name", "optim.lr", "data.batch_size", "train.epochs", "train.device")
         settings = "  ".join(f"{k}={flat[k]}" for k in keys if k in flat)
-        parts.append(f"run {run.path}  [{run.display_status()}]\n{settings}\n")
+        parts.append(printable(f"run {run.path}  [{run.display_status()}]") + f"\n{printable(settings)}\n")
         parts.append(format_table(["figure", "value"], [[h, c] for h, c in zip(headers[1:], rows[0][1:]) if c]))
         if run.error:
-            parts.append("error:\n" + "\n".join("  " + ln for ln in run.error.splitlines()[-5:]) + "\n")
+            parts.append("error:\n" + "\n".join("  " + printable(ln) for ln in run.error.splitlines()[-5:]) + "\n")
     else:
         parts.append(format_table(headers, rows))
     marks = _marks(runs)

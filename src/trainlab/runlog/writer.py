@@ -1,7 +1,8 @@
 """Writers for the run directory: metrics.csv, steps.jsonl, events.jsonl, summary.json, TensorBoard.
 
 The format is documented in docs/run-dir.md; report and sweep read only these files. A full disk while
-writing any of them is a one-line DiskFullError naming the file (trainlab.paths.writing).
+writing any of them is a one-line DiskFullError naming the file (trainlab.paths.writing); none is written
+through a symbolic link (trainlab.paths.open_no_follow: a link planted in the run dir is refused).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from trainlab.paths import writing
+from trainlab.paths import open_no_follow, writing
 
 METRIC_COLUMNS = [
     "epoch", "step", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "lr",
@@ -30,7 +31,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     text = json.dumps(payload, indent=2, default=_jsonable)
     try:
-        with writing(path, len(text.encode())), open(tmp, "w") as f:
+        with writing(path, len(text.encode())), open_no_follow(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -61,40 +62,32 @@ def _clean(value: Any) -> Any:
 
 
 class RunLogger:
-    """Appends to the run's log files. Only rank 0 makes one; other ranks get `NullLogger`."""
+    """Appends to the run's log files. Only rank 0 makes one; other ranks get `NullLogger`. The records it
+    writes are returned (with their `time`), for the run's callbacks: the trackers among them."""
 
-    def __init__(self, run_dir: Path, trackers: Any = None):
+    def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.csv"
         self.steps_path = self.run_dir / "steps.jsonl"
         self.events_path = self.run_dir / "events.jsonl"
         self.summary_path = self.run_dir / "summary.json"
-        # The experiment trackers (trainlab.runlog.trackers.TrackerSet: TensorBoard, MLflow, wandb) get a copy of
-        # every row, step and event after it is on disk; a tracker's failure never reaches the files here.
-        self.trackers = trackers
-        if trackers is not None:
-            trackers.on_failure = self._tracker_failed
-            trackers.start()
 
-    def _tracker_failed(self, name: str, message: str) -> None:
+    def tracker_failed(self, name: str, message: str) -> None:
+        """A tracker's failure: one warning and an event in events.jsonl (not sent on to the trackers)."""
         print(f"WARNING: {message}", file=sys.stderr, flush=True)
         self._write_event({"kind": "tracker_failed", "severity": "warning", "step": None, "epoch": None,
                            "message": message, "data": {"tracker": name}})  # fmt: skip
-
-    def tracker_ids(self) -> dict:
-        """{tracker: run id}, kept in the checkpoint so a resume continues the same tracker runs."""
-        return self.trackers.ids() if self.trackers else {}
 
     # -- rows ---------------------------------------------------------------
     def rewrite_metrics(self, rows: list[dict]) -> None:
         """On resume: the CSV holds exactly the rows of the epochs the checkpoint has seen, no more, no less."""
         tmp = self.metrics_path.with_name(".metrics.csv.tmp")
         try:
-            with writing(self.metrics_path), open(tmp, "w", newline="") as f:
+            with writing(self.metrics_path), open_no_follow(tmp, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
                 writer.writeheader()
                 for row in rows:
-                    writer.writerow(_csv_row(row))
+                    writer.writerow(csv_row(row))
             os.replace(tmp, self.metrics_path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -103,73 +96,75 @@ class RunLogger:
 
     def append_metrics(self, row: dict) -> None:
         new = not self.metrics_path.exists()
-        with writing(self.metrics_path), open(self.metrics_path, "a", newline="") as f:
+        with writing(self.metrics_path), open_no_follow(self.metrics_path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            csv_row = _csv_row(row)
-            writer.writerow(csv_row)
-        if self.trackers:  # the numbers exactly as metrics.csv holds them, so the two always agree
-            self.trackers.log_epoch({k: float(v) for k, v in csv_row.items() if v != ""})
+            writer.writerow(csv_row(row))
 
     def truncate_jsonl(self, max_step: int) -> None:
-        """After a resume, drop step lines written after the checkpoint so no step appears twice."""
+        """After a resume, drop step lines written after the checkpoint so no step appears twice. The files
+        are read as a person may have left them: a line that is not a JSON object with a numeric step (or
+        none) is kept as it is, never a reason to fail the resume."""
         for path in (self.steps_path, self.events_path):
             if not path.exists():
                 continue
             kept = []
-            for line in path.read_text().splitlines():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):
                     continue  # a line cut by a hard kill
-                step = record.get("step")
-                if step is None or step <= max_step or record.get("kind") in ("preempted", "resumed"):
+                step = record.get("step") if isinstance(record, dict) else None
+                late = isinstance(step, (int, float)) and not isinstance(step, bool) and step > max_step
+                if not late or record.get("kind") in ("preempted", "resumed"):
                     kept.append(line)
-            with writing(path):
-                path.write_text("".join(k + "\n" for k in kept))
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            try:
+                with writing(path), open_no_follow(tmp, "w") as f:
+                    f.write("".join(k + "\n" for k in kept))
+                os.replace(tmp, path)  # a kill meanwhile leaves the old file, not half of it
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
 
-    def log_step(self, record: dict) -> None:
+    def log_step(self, record: dict) -> dict:
         record = {**record, "time": record.get("time", time.time())}
         line = json.dumps(_clean(record), default=_jsonable) + "\n"
-        with writing(self.steps_path, len(line)), open(self.steps_path, "a") as f:
+        with writing(self.steps_path, len(line)), open_no_follow(self.steps_path, "a") as f:
             f.write(line)
-        if self.trackers:
-            self.trackers.log_step(record)
+        return record
 
-    def log_event(self, event: dict) -> None:
-        event = self._write_event(event)
-        if self.trackers:
-            self.trackers.log_event(event)
+    def log_event(self, event: dict) -> dict:
+        return self._write_event(event)
 
     def _write_event(self, event: dict) -> dict:
         event = {**event, "time": event.get("time", time.time())}
         line = json.dumps(_clean(event), default=_jsonable) + "\n"
-        with writing(self.events_path, len(line)), open(self.events_path, "a") as f:
+        with writing(self.events_path, len(line)), open_no_follow(self.events_path, "a") as f:
             f.write(line)
         return event
 
     def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.summary_path, _clean(summary))
-        # The run's last word (finished, stopped by a signal, failed) ends the tracker runs, after the file
-        # they upload is complete. A resume reopens the same runs from the ids in the checkpoint.
-        if self.trackers and summary.get("status") in ("finished", "stopped", "failed"):
-            self.trackers.finish(summary["status"], summary)
-
-    def close(self) -> None:
-        """Flush the trackers. They end with the final summary (which run.py writes after close())."""
-        if self.trackers:
-            self.trackers.flush()
 
 
 class NullLogger:
-    """What non-zero ranks log: nothing."""
+    """What non-zero ranks log: nothing (the records go on to the callbacks as they are)."""
+
+    def log_step(self, record: dict) -> dict:
+        return record
+
+    def log_event(self, event: dict) -> dict:
+        return event
 
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None
 
 
-def _csv_row(row: dict) -> dict:
+def csv_row(row: dict) -> dict:
+    """A metrics row as metrics.csv writes it (6 decimals; the trackers get these very numbers)."""
     out = {}
     for key in METRIC_COLUMNS:
         value: Optional[Any] = row.get(key)

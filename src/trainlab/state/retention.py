@@ -7,6 +7,8 @@ import contextlib
 import math
 import os
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from trainlab.state.checkpoint import CheckpointError, UnsafeCheckpointError, load_checked, save_atomic
@@ -39,6 +41,9 @@ class CheckpointManager:
         self.metric = metric
         self.mode = mode
         self.trusted = trusted  # run.trust_checkpoint: allow a full unpickle of these files
+        # A file the object store does not have yet is not deleted here (remote.RunStore.holds); a later
+        # prune, after its upload, removes it.
+        self.hold: Callable[[Path], bool] = lambda path: False
         self.skipped: list[tuple[Path, str]] = []
         self._best_re = re.compile(rf"^epoch=(\d+)-{re.escape(metric)}=(.+)\.pt$")
         self._best: list[tuple[float, int, Path]] = []
@@ -88,14 +93,25 @@ class CheckpointManager:
                 found.append((int(match.group(1)), path))
         return sorted(found)
 
+    def periodic_path(self, global_step: int) -> Path:
+        return self.directory / f"periodic-step={global_step:07d}.pt"
+
     def save_periodic(self, state: dict, global_step: int) -> Path:
-        path = self.directory / f"periodic-step={global_step:07d}.pt"
+        path = self.periodic_path(global_step)
         save_atomic(state, path)
+        self.prune_periodic()
+        return path
+
+    def prune_periodic(self) -> None:
         keep = max(self.keep_periodic, 1)  # never delete the file just written
         for _, old in self.periodic_files()[:-keep]:
-            with contextlib.suppress(FileNotFoundError):
-                old.unlink()
-        return path
+            self._remove(old)
+
+    def _remove(self, path: Path) -> None:
+        if self.hold(path):
+            return
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
     def _rank_key(self, entry: tuple[float, int, Path]) -> tuple[float, int]:
         value, epoch, _ = entry
@@ -106,8 +122,7 @@ class CheckpointManager:
     def best_filename(self, epoch: int, value: float) -> str:
         return f"epoch={epoch:02d}-{self.metric}={value:.2f}.pt"
 
-    def save_best(self, state: dict, epoch: int, value: float) -> Path | None:
-        """Write ``state`` as a top-k checkpoint if ``value`` ranks in the top ``save_top_k``."""
+    def _best_candidate(self, epoch: int, value: float) -> tuple[tuple[float, int, Path], list] | None:
         if self.save_top_k == 0 or math.isnan(value):
             return None
         # The same epoch re-evaluated after a resume replaces its previous entry.
@@ -115,16 +130,49 @@ class CheckpointManager:
         candidate = (float(value), int(epoch), self.directory / self.best_filename(epoch, value))
         ranked = sorted([*others, candidate], key=self._rank_key)
         kept = ranked if self.save_top_k < 0 else ranked[: self.save_top_k]
-        if candidate not in kept:
-            return None
-        save_atomic(state, candidate[2])
+        return (candidate, kept) if candidate in kept else None
+
+    def _keep_best(self, kept: list) -> None:
         kept_paths = {entry[2] for entry in kept}
         for entry in self._best:
             if entry[2] not in kept_paths:
-                with contextlib.suppress(FileNotFoundError):
-                    entry[2].unlink()
+                self._remove(entry[2])
         self._best = kept
+
+    def save_best(self, state: dict, epoch: int, value: float) -> Path | None:
+        """Write ``state`` as a top-k checkpoint if ``value`` ranks in the top ``save_top_k``."""
+        found = self._best_candidate(epoch, value)
+        if found is None:
+            return None
+        candidate, kept = found
+        save_atomic(state, candidate[2])
+        self._keep_best(kept)
         return candidate[2]
+
+    def add_best(self, written: Path, epoch: int, value: float) -> Path | None:
+        """Keep the checkpoint just written at ``written`` (last.pt) as a top-k one too, if ``value`` ranks:
+        a hard link to the same file (a copy where links are not possible), so an epoch end serialises the
+        state once. last.pt is later replaced by a rename, which leaves the link's content as it is."""
+        found = self._best_candidate(epoch, value)
+        if found is None:
+            return None
+        candidate, kept = found
+        target = candidate[2]
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            try:
+                os.link(written, tmp)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(written, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise  # a best of the same epoch re-evaluated after a resume is replaced whole
+        self._keep_best(kept)
+        return target
 
     def best(self) -> list[tuple[float, int, Path]]:
         """The current top-k as (value, epoch, path), best first."""

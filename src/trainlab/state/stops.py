@@ -1,12 +1,19 @@
-"""Stop signals (SIGTERM, SIGINT, SIGUSR1) turned into a flag the loop checks, so a run saves and exits 143."""
+"""Stop signals (SIGTERM, SIGINT, SIGUSR1) and the clouds' preemption notices turned into a flag the loop
+checks, so a run saves and exits 143."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import signal
 import threading
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from trainlab.errors import ConfigError
 
 
 def _default_signals() -> tuple[int, ...]:
@@ -72,3 +79,110 @@ class PreemptionGuard:
             yield
         finally:
             self._saving_depth -= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# preemption notices from the instance metadata endpoint
+
+_AWS_DEFAULT = "http://169.254.169.254"
+_GCP_DEFAULT = "metadata.google.internal"
+
+
+def notice_endpoint(spec: str) -> tuple[str, str]:
+    """(kind, URL polled) for run.preemption_notice: aws, gcp or an http(s) URL.
+
+    aws: IMDSv2 (a token from PUT /latest/api/token, then GET /latest/meta-data/spot/instance-action: 404 until
+    the two-minute notice), at AWS_EC2_METADATA_SERVICE_ENDPOINT when set (the variable boto uses).
+    gcp: GET /computeMetadata/v1/instance/preempted with Metadata-Flavor: Google (TRUE once preempted), at
+    GCE_METADATA_HOST when set (the variable Google's client libraries use).
+    URL: any endpoint that answers 200 with a body other than empty or FALSE when a stop is due."""
+    text = (spec or "").strip()
+    if text.lower() == "aws":
+        base = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or _AWS_DEFAULT
+        return "aws", base.rstrip("/") + "/latest/meta-data/spot/instance-action"
+    if text.lower() == "gcp":
+        host = os.environ.get("GCE_METADATA_HOST") or _GCP_DEFAULT
+        base = host if "://" in host else f"http://{host}"
+        return "gcp", base.rstrip("/") + "/computeMetadata/v1/instance/preempted"
+    if text.startswith(("http://", "https://")):
+        return "url", text
+    raise ConfigError(f"run.preemption_notice={spec!r} is not valid; choose aws, gcp or an http(s):// URL")
+
+
+class PreemptionNotice:
+    """Polls the cloud's notice endpoint from a daemon thread every `poll_s` seconds (a request or two each
+    time, nothing on the training path). On a notice it calls `on_notice(description)` once and stops."""
+
+    def __init__(self, spec: str, poll_s: float, on_notice: Callable[[str], None],
+                 on_problem: Callable[[str], None] = lambda message: None, timeout_s: float = 2.0) -> None:  # fmt: skip
+        self.kind, self.url = notice_endpoint(spec)
+        self.poll_s = float(poll_s)
+        self.timeout_s = timeout_s
+        self.on_notice = on_notice
+        self.on_problem = on_problem
+        self.noticed: str | None = None
+        self.polls = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned = False
+
+    def describe(self) -> str:
+        return f"watching for preemption notices: {self.kind} ({self.url}, every {self.poll_s:g} s)"
+
+    def _request(self, url: str, method: str = "GET", headers: dict | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(url, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return response.status, response.read(4096).decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+
+    def check(self) -> str | None:
+        """One poll: the notice's description, or None. Network errors raise OSError."""
+        self.polls += 1
+        if self.kind == "aws":
+            base = self.url.split("/latest/", 1)[0]
+            headers = {}
+            status, token = self._request(base + "/latest/api/token", "PUT",
+                                          {"X-aws-ec2-metadata-token-ttl-seconds": "300"})  # fmt: skip
+            if status == 200 and token:
+                headers["X-aws-ec2-metadata-token"] = token
+            status, body = self._request(self.url, headers=headers)
+            if status == 200 and body.strip():
+                try:
+                    action = json.loads(body)
+                    return f"AWS spot {action.get('action', 'interruption')} at {action.get('time', 'soon')}"
+                except ValueError:
+                    return f"AWS spot interruption ({body.strip()[:80]})"
+            return None
+        if self.kind == "gcp":
+            status, body = self._request(self.url, headers={"Metadata-Flavor": "Google"})
+            return "GCP preemption" if status == 200 and body.strip().upper() == "TRUE" else None
+        status, body = self._request(self.url)
+        if status == 200 and body.strip() and body.strip().lower() != "false":
+            return f"notice from {self.url} ({body.strip().splitlines()[0][:80]})"
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                found = self.check()
+            except (OSError, ValueError) as exc:  # not on that cloud, or the endpoint is down: keep polling
+                found = None
+                if not self._warned:
+                    self._warned = True
+                    self.on_problem(f"run.preemption_notice={self.kind}: {self.url} does not answer "
+                                    f"({getattr(exc, 'reason', exc)}); polling goes on")  # fmt: skip
+            if found:
+                self.noticed = found
+                self.on_notice(found)
+                return
+            self._stop.wait(self.poll_s)
+
+    def start(self) -> PreemptionNotice:
+        self._thread = threading.Thread(target=self._run, name="trainlab-preemption-notice", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()

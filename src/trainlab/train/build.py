@@ -47,9 +47,16 @@ def resolve_auto_batch(cfg: Any, ctx: distributed.DistContext, state: Optional[d
                        user: Any = None) -> tuple[Any, Optional[str]]:  # fmt: skip
     """cfg with data.batch_size=auto replaced by a number: the checkpoint's on a resume (so the math stays the
     same), else the largest batch every rank's device trains, agreed as the minimum over ranks."""
+    from trainlab.state.resume import resume_batch_size
+
+    if state is not None and cfg.data.batch_size != "auto":
+        kept = resume_batch_size(cfg, state, ctx.world_size)
+        if kept != int(cfg.data.batch_size):  # an elastic restart on another process count: keep the math
+            note = (f"elastic restart on {ctx.world_size} processes: data.batch_size={kept} per process keeps the "
+                    f"checkpoint's global batch of {kept * ctx.world_size * int(cfg.train.grad_accum)}")  # fmt: skip
+            return config_mod.replace(cfg, **{"data.batch_size": kept}), note
     if cfg.data.batch_size != "auto":
         return cfg, None
-    from trainlab.state.resume import resume_batch_size
 
     if state is not None:
         batch = resume_batch_size(cfg, state, ctx.world_size)

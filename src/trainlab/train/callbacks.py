@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-HOOKS = ("on_train_start", "on_step_end", "on_epoch_end", "on_event", "on_checkpoint", "on_train_end")
+HOOKS = ("on_train_start", "on_step_end", "on_log", "on_epoch_end", "on_event", "on_checkpoint", "on_train_end")
 
 
 class Callback:
@@ -24,6 +24,9 @@ class Callback:
 
     def on_step_end(self, run: Any, step: int) -> None:
         """After each optimizer step; `step` counts optimizer steps of the whole run."""
+
+    def on_log(self, run: Any, record: dict) -> None:
+        """Every `watch.print_every` steps, with the record steps.jsonl just got (loss, lr, throughput, memory)."""
 
     def on_epoch_end(self, run: Any, row: dict) -> None:
         """After each epoch's validation, with the epoch's `metrics.csv` row."""
@@ -50,6 +53,10 @@ class CallbackList:
     def __iter__(self):
         return iter(self.callbacks)
 
+    def insert_first(self, callback: Any) -> None:
+        """A callback that must see each record before the user's do (the run's trackers)."""
+        self.callbacks.insert(0, callback)
+
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
             method = getattr(callback, hook, None)
@@ -61,6 +68,9 @@ class CallbackList:
 
     def on_step_end(self, run: Any, step: int) -> None:
         self._call("on_step_end", run, step)
+
+    def on_log(self, run: Any, record: dict) -> None:
+        self._call("on_log", run, record)
 
     def on_epoch_end(self, run: Any, row: dict) -> None:
         self._call("on_epoch_end", run, row)

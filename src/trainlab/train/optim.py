@@ -246,6 +246,19 @@ def check_schedule(sched_cfg: Any, epochs: int, steps_per_epoch: int) -> list[st
     return warnings
 
 
+def _steps_cause(cfg: Any, state: dict) -> str:
+    """Why the steps per epoch changed since the checkpoint: the cap, or the training set's size (a resume
+    with data.skip_bad_images=true was blamed on train.max_steps_per_epoch, which had not changed)."""
+    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+    saved_train, saved_data = saved.get("train") or {}, saved.get("data") or {}
+    if saved_train.get("max_steps_per_epoch") != cfg.train.max_steps_per_epoch:
+        return (f"train.max_steps_per_epoch {saved_train.get('max_steps_per_epoch')} -> "
+                f"{cfg.train.max_steps_per_epoch}")  # fmt: skip
+    if cfg.data.skip_bad_images and not saved_data.get("skip_bad_images"):
+        return "data.skip_bad_images=true left unreadable images out of the training set"
+    return "the training set is not the size it was when the run started"
+
+
 def plan_schedule(cfg: Any, state: Optional[dict], steps_per_epoch: int, base_lr: float, say) -> dict:
     """The LR schedule a run follows: `{"plan": segments, "epochs", "steps_per_epoch"}` (saved in checkpoints).
 
@@ -280,7 +293,7 @@ def plan_schedule(cfg: Any, state: Optional[dict], steps_per_epoch: int, base_lr
         return candidate
     old_lr, new_lr = base_lr * old_curve(jump), base_lr * new_curve(jump)
     what = (f"train.epochs {saved['epochs']} -> {epochs}" if saved["epochs"] != epochs
-            else f"steps per epoch {saved['steps_per_epoch']} -> {steps_per_epoch} (train.max_steps_per_epoch)")
+            else f"steps per epoch {saved['steps_per_epoch']} -> {steps_per_epoch} ({_steps_cause(cfg, state)})")
     mode = str(cfg.sched.extend)
     left = max(1, epochs * steps_per_epoch - step)
     if mode == "hold":

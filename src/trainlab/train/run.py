@@ -7,6 +7,8 @@ top to bottom: execute() -> _loop() -> per epoch: train, validate, log, save.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
 import time
@@ -18,15 +20,25 @@ import torch
 
 from trainlab import config as config_mod
 from trainlab import distributed
-from trainlab.errors import NonFiniteLoss, Preempted
-from trainlab.paths import check_run_dir, discard_new_run_dir
+from trainlab.errors import ConfigError, NonFiniteLoss, Preempted
+from trainlab.paths import (
+    LOCK_FILE,
+    check_run_dir,
+    discard_new_run_dir,
+    make_run_dir,
+    note_entries,
+    remove_made_dirs,
+    write_text_no_follow,
+)
 from trainlab.runlog import trackers
 from trainlab.runlog.console import Console, epoch_block, farewell_lines
 from trainlab.runlog.writer import NullLogger, RunLogger
+from trainlab.state import attempts, remote, resume
 from trainlab.state import checkpoint as ckpt
-from trainlab.state import resume
+from trainlab.state.background import BackgroundWriter
+from trainlab.state.lock import FileLock
 from trainlab.state.retention import CheckpointManager
-from trainlab.state.stops import PreemptionGuard
+from trainlab.state.stops import PreemptionGuard, PreemptionNotice
 from trainlab.train.build import build_parts
 from trainlab.train.callbacks import CallbackList
 from trainlab.train.engine import EpochTotals, evaluate
@@ -52,10 +64,18 @@ class Run:
         self.totals_state: Optional[dict] = None
         self.last_periodic_time = time.time()
         self.logger: Any = NullLogger()
+        self.trackers: Any = None  # runlog.trackers.TrackerSet on rank 0
         self.guard = PreemptionGuard()
+        self.writer = BackgroundWriter()  # checkpoints are written (and uploaded) off the training path
+        self.snapshot = ckpt.HostSnapshot()  # the host copy of the state a background write reads
+        self.written: list[Path] = []  # files the writer finished, for the on_checkpoint hooks (main thread)
+        self.store: Any = None  # remote.RunStore when run.dir is an object-store URL
+        self.attempt: Optional[attempts.AttemptRecord] = None
+        self.restarts: list[dict] = []  # torchrun restarts of this run (train.max_restarts)
         # Stop flags travel on the host: a gloo group beside nccl, so agreeing never waits for the device.
         self.control_group = distributed.control_group(ctx)
         self.boundaries = 0  # optimizer-step boundaries seen by this process (paces the stop agreement)
+        self.lock: Optional[FileLock] = None  # rank 0's lock on the run dir, held from start to end
 
     # -- building ----------------------------------------------------------------------------
     def _build(self, state: Optional[dict]) -> None:
@@ -76,7 +96,7 @@ class Run:
             print_every=s.print_every, show_gpu=s.show_gpu, warn_on_leak=s.warn_on_leak,
             warn_on_bottleneck=s.warn_on_bottleneck, warn_on_variance=s.warn_on_variance,
             settings=s, device=self.device, printer=self.console.print, on_event=self._on_event,
-            on_log=self.logger.log_step, model=self.raw_model, optimizer=self.trainer.optimizer,
+            on_log=self._on_log, model=self.raw_model, optimizer=self.trainer.optimizer,
             rank=self.ctx.rank, world_size=self.ctx.world_size, verbose=self.ctx.is_main and s.enabled,
             planned_steps=self.cfg.train.epochs * self.trainer.batches_per_epoch(self.data.train),  # watch budget
             num_classes=self.data.num_classes,  # what chance means: the labels the data has, not the head's width
@@ -95,9 +115,11 @@ class Run:
         self.console.advance()
 
     def _on_event(self, event: Any) -> None:
-        record = event.to_dict() if hasattr(event, "to_dict") else dict(event)
-        self.logger.log_event(record)
+        record = self.logger.log_event(event.to_dict() if hasattr(event, "to_dict") else dict(event))
         self.callbacks.on_event(self, record)
+
+    def _on_log(self, record: dict) -> None:
+        self.callbacks.on_log(self, self.logger.log_step(record))
 
     def request_stop(self, reason: str) -> None:
         """Stop cleanly at the next optimizer step (every rank agrees): checkpoint, then status "stopped"."""
@@ -144,19 +166,30 @@ class Run:
             "class_names": list(self.data.class_names),
             "wall_time_s": self.wall_time(),
             "world_size": self.ctx.world_size,
-            "trackers": self.logger.tracker_ids(),
+            "trackers": self.trackers.ids() if self.trackers is not None else {},
             # a user's iterable of batches keeps its generators' state at the epoch's start (data/user_data.py)
             "loader": self.data.train.state_dict() if hasattr(self.data.train, "state_dict") else None,
         }
 
     def _load_state(self, state: dict) -> None:
         t = self.trainer
-        self.raw_model.load_state_dict(state["model"])
-        t.optimizer.load_state_dict(state["optimizer"])
-        t.scheduler.load_state_dict(state["scheduler"])
-        t.scaler.load_state_dict(state["scaler"])
-        if t.ema is not None and state.get("ema") is not None:
-            t.ema.load_state_dict(state["ema"])
+        parts = [("model", self.raw_model), ("optimizer", t.optimizer), ("scheduler", t.scheduler),
+                 ("scaler", t.scaler)] + ([("ema", t.ema)] if t.ema is not None and state.get("ema") is not None else [])
+        for name, part in parts:
+            try:
+                part.load_state_dict(state[name])
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # e.g. another class count, forced
+                section = {"model": "model.", "ema": "model.", "optimizer": "optim."}.get(name, "")
+                changed = [f"{k} {old!r} -> {new!r}" for k, old, new in
+                           resume.math_changes(state.get("config"), config_mod.to_dict(self.cfg))
+                           if section and k.startswith(section)]  # fmt: skip
+                why = f"{', '.join(changed[:2])}; " if changed else ""
+                forced = " (run.resume_force=true cannot change that)" if self.cfg.run.resume_force else ""
+                raise ConfigError(
+                    f"cannot resume: the checkpoint's {name} state does not fit this run ({why}"
+                    f"{type(exc).__name__}: {ckpt.load_error_line(exc)}){forced}; restore the settings it was "
+                    "made with, or start a new run.dir"
+                ) from None
         t.global_step = state["global_step"]
         t.batches_seen = state["batches_seen"]
         self.epoch = state["epoch"]
@@ -198,23 +231,90 @@ class Run:
         torch.distributed.all_gather_object(gathered, mine, group=self.control_group)
         return gathered
 
-    def _save(self, kind: str, totals: Optional[EpochTotals] = None) -> Optional[Path]:
-        """Rank 0 writes; every rank waits, so nobody exits before the file is whole."""
-        path = None
+    def _save(self, kind: str, totals: Optional[EpochTotals] = None,
+              best: Optional[tuple[int, float]] = None) -> Path:
+        """Take the state to host memory here, at the step boundary, and hand the write (and upload) to the
+        background writer; training goes on meanwhile. Only rank 0 writes. `best` = (epoch, score) also keeps
+        the file as a top-k checkpoint (a link to the same file). Returns where the file will be."""
         if totals is not None and self.ctx.enabled:  # the job's sums; every rank takes part in the collective
             totals = totals.summed(self.ctx)
         rng = self._gather_rng()
+        step = self.trainer.global_step
+        path = self.manager.last_path if kind == "last" else self.manager.periodic_path(step)
         if self.ctx.is_main:
-            state = self.state(totals, rng)
-            with self.guard.saving():
-                if kind == "last":
-                    path = self.manager.save_last(state)
-                elif kind == "periodic":
-                    path = self.manager.save_periodic(state, self.trainer.global_step)
-        distributed.barrier(self.ctx)
-        if path is not None:
-            self.callbacks.on_checkpoint(self, path)
+            self.writer.wait()  # one write in flight: its host copy is the one reused for this state
+            self._announce_written()
+            state = self.snapshot.take(self.state(totals, rng))
+            self.writer.submit(lambda: self._write(kind, state, step, best))
         return path
+
+    def _write(self, kind: str, state: dict, step: int, best: Optional[tuple[int, float]]) -> None:
+        """On the writer thread: the files, then the copies in the object store (run.dir=s3://...)."""
+        if kind == "last":
+            written = [self.manager.save_last(state)]
+            if best is not None:
+                kept = self.manager.add_best(written[0], *best)
+                written += [kept] if kept is not None else []
+        else:
+            written = [self.manager.save_periodic(state, step)]
+        self.written.extend(written)  # complete on disk: their on_checkpoint hooks run on the training thread
+        if self.store is not None:
+            self.store.push_checkpoints(written, step)
+            self.store.push_files()
+
+    def _drain(self) -> None:
+        """Wait for the write in flight (rank 0), then let every rank go on: nobody leaves a stop or the run's
+        end before the checkpoint is whole. The agreement is on the host-side group."""
+        self.writer.wait()
+        self._announce_written()
+        distributed.host_barrier(self.ctx)
+
+    def _announce_written(self) -> None:
+        """The on_checkpoint hooks of the files the writer finished, here on the training thread (a user's
+        callback need not be thread-safe): called at each step boundary, save and stop."""
+        while self.written:
+            self.callbacks.on_checkpoint(self, self.written.pop(0))
+
+    # -- the object store (run.dir=s3://...) ---------------------------------------------------------
+    @property
+    def run_label(self) -> str:
+        """The run dir as the user named it: the store URL, or the local folder."""
+        return self.store.url if self.store is not None else str(self.run_dir)
+
+    def _open_store(self) -> Path:
+        """Check the store (one line, exit 2, before anything trains) and bring the run from it into the
+        cache; one process per machine does both, the others wait and read the cache."""
+        cfg, ctx = self.cfg, self.ctx
+        self._store_for(cfg)
+        if ctx.local_rank == 0:
+            self.store.check()
+            if str(cfg.run.resume) != "never":
+                self.store.pull(self.console.info)
+            elif self.store.has_run():  # as for a local folder: never start over on top of a run
+                raise ConfigError(f"run.dir {self.store.url} already holds a run and run.resume=never; choose a "
+                                  "new run.dir or run.resume=auto")  # fmt: skip
+        distributed.host_barrier(ctx)
+        return self.store.cache
+
+    def _store_for(self, cfg: Any) -> Any:
+        """The RunStore of run.dir (made once; a bad URL or a missing fsspec package is one line, exit 2)."""
+        if self.store is None:
+            self.store = remote.RunStore(cfg.run.dir, cfg.run.cache_dir, dict(cfg.run.storage_options or {}),
+                                         on_event=self._store_event)  # fmt: skip
+        return self.store
+
+    def _store_event(self, kind: str, severity: str, message: str, **data: Any) -> None:
+        if self.ctx.is_main:
+            self.log_event(kind, severity, message, **data)
+
+    def _finish_store(self, wait_s: Optional[float] = None) -> list[str]:
+        """At a stop or the end (rank 0): upload what is pending and the small files; what stays missing."""
+        self.not_uploaded: list[str] = []
+        if self.store is None or not self.ctx.is_main:
+            return []
+        wait = float(self.cfg.run.upload_wait_s) if wait_s is None else wait_s
+        self.not_uploaded = self.store.finish(wait, say=self.console.warn)
+        return self.not_uploaded
 
     # -- summary -----------------------------------------------------------------------------
     def summary(self, status: str, error: Optional[str] = None) -> dict:
@@ -243,16 +343,39 @@ class Run:
             "wall_time_s": round(self.wall_time(), 3),
             "error": error,
             "stop_reason": getattr(self, "stopped_by", None) if status == "stopped" else None,
-            "run_dir": str(self.run_dir),
+            "run_dir": self.run_label if hasattr(self, "run_dir") else None,
+            **({"restarts": self.restarts} if self.restarts else {}),
+            **({"cache_dir": str(self.store.cache)} if self.store is not None else {}),
         }
 
     # -- the run -----------------------------------------------------------------------------
     def execute(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
-        self.run_dir = Path(resume.choose_run_dir(cfg, self.console.info))
-        if ctx.enabled:  # every rank uses rank 0's choice (its timestamp)
-            self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), ctx))
-        self.run_dir_existing = check_run_dir(self.run_dir)  # a bad run.dir fails here, in one line
+        self.notice = None
+        if cfg.run.preemption_notice:  # a bad value fails here, before anything else
+            self.notice = PreemptionNotice(cfg.run.preemption_notice, cfg.run.preemption_poll_s,
+                                           on_notice=self._on_notice, on_problem=self.console.warn)  # fmt: skip
+        remote_dir = remote.is_url(cfg.run.dir)  # an object store: work in a local cache, keep the store up to date
+        if ctx.is_main:
+            # A bad run.dir (a file, a foreign folder, a link inside) fails here in one line; then the folders
+            # made for it are recorded (a failed start removes only those) and the run dir is locked for the
+            # run's life before anything in it is read or written: one writer per run dir (for a store URL,
+            # its cache on this machine).
+            local = self._store_for(cfg).cache if remote_dir else resume.choose_run_dir(cfg, self.console.info)
+            self.run_dir = check_run_dir(local)
+            self.made_dirs = make_run_dir(self.run_dir)
+            self.lock = FileLock(self.run_dir)
+            self.lock.acquire()
+            note_entries(self.made_dirs, self.run_dir, (LOCK_FILE,) if self.lock.created_file else ())
+        if ctx.enabled:  # every rank uses rank 0's choice (its timestamp), once rank 0 holds it
+            self.run_dir = Path(distributed.broadcast_object(str(getattr(self, "run_dir", "")), ctx))
+        if remote_dir:  # the store checked (one line, exit 2, before anything trains), the run pulled from it
+            cache = self._open_store()
+            if not ctx.is_main:  # this machine's own cache (rank 0 has locked its own)
+                self.run_dir = cache
+        self.attempt = attempts.AttemptRecord(self.run_dir, ctx.rank) if attempts.max_restarts() else None
+        if self.attempt is not None:  # torchrun may restart this job: leave a note for the next attempt
+            self.attempt.begin()
         state = resume.load_resume_state(cfg, self.run_dir, self.console.info, self.console.warn)
         distributed.barrier(ctx)  # every rank has looked at the run dir before rank 0 writes into it
         if state is not None:
@@ -263,54 +386,83 @@ class Run:
                     f"run {self.run_dir} is finished ({saved_cfg['train']['epochs']} epochs); raise train.epochs "
                     "to extend it, or choose a new run.dir"
                 )
-                return {"status": "finished", "run_dir": str(self.run_dir), "already_finished": True}
+                if ctx.is_main:  # nothing was written: a run dir made for this (run.resume=PATH) goes again
+                    remove_made_dirs(self.made_dirs, self.run_dir)
+                self._finish_store()  # what an earlier command could not upload goes up now
+                return {"status": "finished", "run_dir": self.run_label, "already_finished": True}
 
         self._build(state)
         cfg = self.cfg
         if ctx.is_main:
-            tracker_set = trackers.open_trackers(cfg, self.run_dir, (state or {}).get("trackers"))
+            self.trackers = trackers.open_trackers(cfg, self.run_dir, (state or {}).get("trackers"))
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
-            self.logger = RunLogger(self.run_dir, trackers=tracker_set)
+            write_text_no_follow(self.run_dir / "config.yaml", config_mod.to_yaml(cfg))
+            self.logger = RunLogger(self.run_dir)
+            # The trackers are the run's first callback: each row, step and event right after the run dir has it
+            self.trackers.on_failure = self.logger.tracker_failed
+            self.trackers.start()
+            self.callbacks.insert_first(self.trackers)
         self.manager = CheckpointManager(
             self.run_dir / "checkpoints", save_top_k=cfg.run.save_top_k, keep_periodic=cfg.run.keep_periodic
         )
+        if self.store is not None:
+            self.manager.hold = self.store.holds  # nothing leaves the cache before the store has it
         self._build_watcher()
         if state is not None:
             self._load_state(state)
             if self.phase == "done":  # extending a finished run with more epochs
                 self.epoch, self.step_in_epoch, self.phase = self.epoch + 1, 0, "train"
+            self._note_restart()
             self.logger.rewrite_metrics(self.metrics_rows)
             self.logger.truncate_jsonl(self.trainer.batches_seen)
             self.log_event("resumed", "info", f"resumed at epoch {self.epoch}, batch {self.step_in_epoch}",
                         global_step=self.trainer.global_step)  # fmt: skip
 
+        if state is None:
+            self._note_restart()
         self._announce()
         self.resumed = state is not None
         self.callbacks.on_train_start(self)  # the doctor's start checks among them (trainlab.doctor.start)
         for warning in self.schedule_warnings:
             self.log_event("schedule", "warning", warning)
         self.logger.write_summary(self.summary("running"))
+        if self.notice is not None and ctx.local_rank == 0:  # one poller per machine; ranks OR the stop flags
+            self.notice.start()
+        # From the first step until train() returns, a stop signal is a flag: during the loop it stops the run
+        # with a checkpoint; after the loop it changes nothing (a finished run must not end as killed, 143).
+        self.guard.__enter__()
         try:
-            with self.guard:
-                self._loop()
-        except Preempted as stop:
-            stop.summary = self.summary("stopped")  # what trainlab.fit returns
-            self._end(stop.summary)
+            self._loop()
+            self._drain()  # the last checkpoint is whole before the run says it finished
+        except Preempted as stop:  # _preempt wrote the summary and finished the uploads
+            self._end_attempt("stopped")
+            stop.summary = self.stop_summary  # what trainlab.fit returns
+            self.callbacks.on_train_end(self, stop.summary)
             raise
         except NonFiniteLoss as exc:
             self._end(self.summary("failed", str(exc)))
+            self._finish_store()
             raise
         except BaseException as exc:
+            self._end_attempt(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+            with contextlib.suppress(BaseException):  # a checkpoint already being written is finished
+                self.writer.wait()
             self._end(self.summary("failed", f"{type(exc).__name__}: {exc}"))
+            with contextlib.suppress(Exception):
+                self._finish_store(wait_s=min(10.0, float(cfg.run.upload_wait_s)))
             raise
         finally:
+            if self.notice is not None:
+                self.notice.stop()
             self.watcher.close()
-            self.logger.close()
             self.console.close()
+        self._end_attempt("finished")
         final = self.summary("finished")
+        self.logger.write_summary(final)  # on disk before the last upload carries it
+        if self._finish_store():  # the store could not take everything: the summary says what is missing
+            final = {**final, "not_uploaded": self.not_uploaded}
         self._end(final)
-        for line in farewell_lines(final, self.run_dir):
+        for line in farewell_lines(final, self.run_label):
             self.console.info(line)
         return final
 
@@ -336,7 +488,13 @@ class Run:
                 f"lr {effective_lr(cfg.optim, self.global_batch):.6g} = optim.lr {cfg.optim.lr:g} x "
                 f"{self.global_batch}/{REFERENCE_BATCH} global batch (optim.lr_scale=linear)"
             )
-        self.console.info(f"run dir: {self.run_dir}")
+        if self.notice is not None:
+            self.console.info(self.notice.describe())
+        if self.store is not None:
+            self.console.info(f"run dir: {self.store.url} (working in the cache {self.store.cache}; checkpoints are "
+                              "uploaded when written)")
+        else:
+            self.console.info(f"run dir: {self.run_dir}")
 
     def _loop(self) -> None:
         cfg, t = self.cfg, self.trainer
@@ -357,6 +515,7 @@ class Run:
                 if t.nonfinite_stop is not None:
                     self.step_in_epoch = t.nonfinite_stop[1] + 1
                     self._save("last", totals)
+                    self._drain()
                     raise NonFiniteLoss(
                         f"non-finite loss at epoch {self.epoch}, batch {t.nonfinite_stop[1]} "
                         f"(watch.on_nonfinite=stop); checkpoint saved in {self.run_dir / 'checkpoints'}. "
@@ -380,12 +539,12 @@ class Run:
             self.logger.append_metrics(row)
             self.console.print(epoch_block(row, epoch_report, cfg.train.epochs))
             self.callbacks.on_epoch_end(self, row)
-            self._update_best(row)
+            best = self._update_best(row)
             self.phase = "done" if self.epoch == cfg.train.epochs else "train"
             if self.phase == "train":
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            self._save("last")
-            self.logger.write_summary(self.summary("running"))
+            self.logger.write_summary(self.summary("running"))  # before the save: its upload carries it
+            self._save("last", best=best)
             if self.phase == "done":
                 break
 
@@ -447,26 +606,18 @@ class Run:
                     row[key] = val[key]
         return row
 
-    def _update_best(self, row: dict) -> None:
+    def _update_best(self, row: dict) -> Optional[tuple[int, float]]:
+        """Track the best score; (epoch, score) when the epoch's checkpoint is a top-k candidate. The epoch
+        end writes the state once (last.pt) and keeps it as the best file too, ready to continue from the
+        next epoch."""
         score, weights = row.get("val_acc1"), "raw"
         if row.get("ema_val_acc1") is not None and (score is None or row["ema_val_acc1"] > score):
             score, weights = row["ema_val_acc1"], "ema"
         if score is None:
-            return
+            return None
         if self.best["val_acc1"] is None or score > self.best["val_acc1"]:
             self.best = {"val_acc1": score, "epoch": self.epoch, "weights": weights}
-        rng = self._gather_rng()  # a collective: every rank calls it
-        if self.ctx.is_main:
-            phase, epoch, step = self.phase, self.epoch, self.step_in_epoch
-            # The best files hold the state after this epoch, ready to continue from the next one.
-            done = epoch == self.cfg.train.epochs
-            self.phase, self.epoch, self.step_in_epoch = ("done", epoch, 0) if done else ("train", epoch + 1, 0)
-            state = self.state(None, rng)
-            self.phase, self.epoch, self.step_in_epoch = phase, epoch, step
-            with self.guard.saving():
-                path = self.manager.save_best(state, epoch, score)
-            if path is not None:
-                self.callbacks.on_checkpoint(self, path)
+        return (self.epoch, float(score))
 
     # -- stops and periodic checkpoints --------------------------------------------------------
     def _agreed(self, *flags: bool) -> list[bool]:
@@ -485,6 +636,8 @@ class Run:
         steps, counted identically on every rank so the all-reduces pair up."""
         self.step_in_epoch = done
         self.boundaries += 1
+        if self.written:
+            self._announce_written()
         self.callbacks.on_step_end(self, self.trainer.global_step)
         cfg = self.cfg
         every_steps = cfg.run.checkpoint_every_steps
@@ -505,6 +658,46 @@ class Run:
             self.last_periodic_time = time.time()
         return False
 
+    def _on_notice(self, description: str) -> None:
+        """On the notice thread: stop as on SIGTERM (the ranks agree on the step, save, upload, exit 143)."""
+        self.guard.request(f"a preemption notice ({description})")
+        if self.ctx.is_main:
+            self.log_event("preemption_notice", "warning", f"preemption notice: {description}; stopping at the "
+                           "next agreed step", notice=description)  # fmt: skip
+
+    def _note_restart(self) -> None:
+        """On a torchrun restart (rank 0): say which rank ended the attempt before and how, where this one
+        continues and how many steps are done again; in events.jsonl (`restart`) and summary.json."""
+        attempt = attempts.attempt_number()
+        if self.attempt is None or attempt == 0 or not self.ctx.is_main:
+            return
+        steps_path, last_logged = self.run_dir / "steps.jsonl", 0
+        if steps_path.exists():  # read before the resume truncates what the lost attempt logged
+            for line in steps_path.read_text().splitlines():
+                with contextlib.suppress(ValueError, AttributeError, TypeError):
+                    last_logged = max(last_logged, int(json.loads(line).get("step") or 0))
+        ranks = attempts.previous_attempt(self.run_dir, attempt)
+        record = {"attempt": attempt, "max_restarts": attempts.max_restarts(), "ranks": ranks,
+                  "resumed_step": self.trainer.global_step,
+                  "steps_redone": max(0, last_logged - self.trainer.batches_seen)}  # fmt: skip
+        with contextlib.suppress(OSError, ValueError):
+            self.restarts = list(json.loads((self.run_dir / "summary.json").read_text()).get("restarts") or [])
+        self.restarts.append(record)
+        lost = [r for r in ranks if "without a word" in r["ended"] or "killed" in r["ended"]] or ranks
+        who = "; ".join(f"rank {r['rank']} (pid {r['pid']}) {r['ended']}" for r in lost) or "a worker failed"
+        self.log_event("restart", "warning", f"restart {attempt} of {record['max_restarts']}: {who}; continuing "
+                       f"from step {record['resumed_step']} ({record['steps_redone']} steps done again)",
+                       **record)  # fmt: skip
+
+    def _end_attempt(self, how: str) -> None:
+        if self.attempt is not None:
+            self.attempt.end(how)
+
+    def _where(self, path: Path) -> str:
+        if self.store is None:
+            return str(path)
+        return f"{self.store.url}/checkpoints/{path.name}"
+
     def _stop_wanted(self) -> bool:
         return self.guard.requested or self.stop_reason is not None
 
@@ -517,12 +710,20 @@ class Run:
             sig = "a stop on another rank"
         self.stopped_by = sig
         path = self._save("last", totals)
+        self.writer.wait()
+        self._announce_written()
         message = (
             f"stopped by {sig} at epoch {self.epoch}, batch {self.step_in_epoch}; checkpoint saved to "
-            f"{path or self.run_dir / 'checkpoints' / 'last.pt'}. Continue with the same command "
-            f"(run.dir={self.run_dir} run.resume=auto)"
+            f"{self._where(path)}. Continue with the same command "
+            f"(run.dir={self.run_label} run.resume=auto)"
         )
         self.log_event("preempted", "warning", f"stopped by {sig}", epoch=self.epoch, batch=self.step_in_epoch)
+        # Rank 0 finishes the stop's files and uploads before any rank leaves: under torchrun, the first rank
+        # to exit makes the agent end the others, which would cut an upload still going.
+        self.stop_summary = self.summary("stopped")
+        self.logger.write_summary(self.stop_summary)
+        self._finish_store()
+        distributed.host_barrier(self.ctx)
         raise Preempted(message)
 
 
@@ -530,12 +731,19 @@ def train(cfg: Any, callbacks: Any = (), user: Any = None) -> dict:
     """Run `cfg` to the end (or a stop signal: Preempted). Returns the run's summary. `user`
     (trainlab.user.UserParts) carries the user's own model, data, loss and transforms."""
     ctx = distributed.setup(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
+    run: Optional[Run] = None
     try:
         run = Run(cfg, ctx, callbacks, user)
-        with discard_new_run_dir(run):  # a new run dir that failed on bad input is removed
-            summary = run.execute()
+        try:
+            with discard_new_run_dir(run):  # a new run dir that failed on bad input is removed
+                summary = run.execute()
+        finally:
+            if run.lock is not None:  # after the last word in summary.json: a reader then sees it ended
+                run.lock.release()
         distributed.barrier(ctx)  # no rank tears the process group down while a peer still uses it
         return summary
     finally:
         distributed.cleanup(ctx)
         sys.stdout.flush()
+        if run is not None:
+            run.guard.__exit__(None, None, None)  # the caller's own handlers back (installed in execute)

@@ -8,11 +8,14 @@ from typing import Any, Optional
 import torch
 
 NO_LOSS, ON_DEVICE, ON_HOST = 0, 1, 2  # where each step's loss is
+DEVICE_SLOTS = 1024  # losses kept on the device between reads: one sync per 1024 steps of a long interval
 
 
 class Interval:
     def __init__(self, size: int) -> None:
-        self.size = size  # steps per interval: the buffer has one slot per step plus one for the grad norm
+        # one slot per step of the interval, at most DEVICE_SLOTS (print_every=10**7 made ten million views, 6 GB,
+        # and 10**12 asked for a 4 TB buffer), plus one for the grad norm
+        self.size = max(1, min(int(size), DEVICE_SLOTS))
         self._buf: Optional[torch.Tensor] = None
         self._slots: list[torch.Tensor] = []
         self.reset()
@@ -41,7 +44,10 @@ class Interval:
                 self.flush()
                 self._buf = torch.zeros(self.size + 1, dtype=torch.float32, device=value.device)
                 self._slots = list(self._buf.unbind(0))  # views made once: no indexing cost per step
-            self._slots[index].copy_(value)  # an async device copy, no sync
+            slot = index % self.size
+            if slot == 0 and index:  # a long interval filled the buffer: read it (one sync) before reusing it
+                self.flush()
+            self._slots[slot].copy_(value)  # an async device copy, no sync
             self.sources.append(ON_DEVICE)
         else:
             self.host_losses[index] = float(loss)
@@ -63,7 +69,7 @@ class Interval:
             values = self._buf.tolist()
             for i, src in enumerate(self.sources):
                 if src == ON_DEVICE:
-                    self.host_losses[i] = values[i]
+                    self.host_losses[i] = values[i % self.size]
                     self.sources[i] = ON_HOST
             if self.grad_norm == "buffer":
                 self.grad_norm = values[-1]
@@ -72,7 +78,7 @@ class Interval:
         """([(step, loss)] of the steps that gave one, the gradient norm given to step()): the one sync."""
         values = self._buf.tolist() if self._in_buffer() else []
         first_step = last_step - len(self.sources) + 1
-        steps_losses = [(first_step + i, values[i] if src == ON_DEVICE else self.host_losses[i])
+        steps_losses = [(first_step + i, values[i % self.size] if src == ON_DEVICE else self.host_losses[i])
                         for i, src in enumerate(self.sources) if src != NO_LOSS]
         grad_norm = values[-1] if self.grad_norm == "buffer" else self.grad_norm
         return steps_losses, grad_norm

@@ -49,7 +49,11 @@ def default_mlflow_uri(run_dir: Path) -> str:
 
 class TrackerSet:
     """The run's trackers behind one call each. A tracker that raises is reported once (console and
-    events.jsonl, through `on_failure`) and dropped; the others and the run go on."""
+    events.jsonl, through `on_failure`) and dropped; the others and the run go on.
+
+    It is one of the run's callbacks (train/callbacks.py): rank 0's run installs it first, so every epoch row,
+    logged step and event reaches the trackers right after the run dir has it, through the same hooks a
+    user's callback gets; the run's end (on_train_end) finishes their runs."""
 
     def __init__(self, trackers: list[Any], on_failure: Optional[Callable[[str, str], None]] = None):
         self.trackers = list(trackers)
@@ -105,6 +109,24 @@ class TrackerSet:
         self._each("finish", status, summary)
         self.trackers = []
 
+    # -- the run's hooks ------------------------------------------------------------
+    def on_log(self, run: Any, record: dict) -> None:
+        self.log_step(record)
+
+    def on_epoch_end(self, run: Any, row: dict) -> None:
+        from trainlab.runlog.writer import csv_row
+
+        self.log_epoch({k: float(v) for k, v in csv_row(row).items() if v != ""})  # as metrics.csv holds them
+
+    def on_event(self, run: Any, event: dict) -> None:
+        if event.get("kind") != "tracker_failed":  # the failure of a tracker is said by the run dir, not to it
+            self.log_event(event)
+
+    def on_train_end(self, run: Any, summary: dict) -> None:
+        self.flush()
+        if summary.get("status") in ("finished", "stopped", "failed"):
+            self.finish(summary["status"], summary)
+
     def ids(self) -> dict:
         """What a checkpoint keeps so that a resume continues the same tracker runs: {name: run id}."""
         return {t.name: t.run_id for t in self.opened if getattr(t, "run_id", None)}
@@ -125,7 +147,7 @@ def _root_cause(exc: BaseException) -> str:
 
 def open_trackers(cfg: Any, run_dir: Path, resume_ids: Optional[dict] = None,
                   on_failure: Optional[Callable[[str, str], None]] = None) -> TrackerSet:  # fmt: skip
-    """The trackers `cfg` chooses for `run_dir`, not started yet (RunLogger starts them); `resume_ids` (from
+    """The trackers `cfg` chooses for `run_dir`, not started yet (the run starts them); `resume_ids` (from
     the checkpoint) continues their runs. A missing package is a config error, raised here before the run dir
     is written; a tracker that cannot start (server unreachable) is a warning, like a failure mid-run."""
     names = chosen(cfg)

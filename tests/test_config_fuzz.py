@@ -100,7 +100,7 @@ def test_watch_keeps_few_device_slots_for_a_long_print_interval():
         watch.start_epoch(1)
         for i in range(3):
             watch.step(loss=torch.tensor(float(i)), batch_size=1)
-        assert watch._buf is not None and watch._buf.numel() <= 1025
+        assert watch._interval._buf is not None and watch._interval._buf.numel() <= 1025  # watch/interval.py
     with Watcher(settings=WatchSettings(print_every=2500), printer=lambda s: None, verbose=False,
                  on_log=logged.append) as watch:  # fmt: skip
         watch.start_epoch(1)

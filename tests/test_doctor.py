@@ -31,6 +31,22 @@ def doctor(tmp_path: Path, *overrides: str, plant: str = "", name: str = "doc") 
     return proc, {c["check"]: c for c in report.get("checks", [])}
 
 
+def assert_lr_range_agrees_with_its_figures(check: dict) -> None:
+    """The verdict's words place the peak where its figures do (before: 'your peak LR 0.05 is in range ...
+    suggested range 0.119..1.37', a peak 2.4x below the range)."""
+    figures, summary = check["figures"], check["summary"]
+    low, high = figures["suggested"]
+    peak = figures["peak_lr"]
+    if peak < low:
+        assert "below" in summary and "inside" not in summary and "in range" not in summary, summary
+    elif peak <= high:
+        assert "inside the suggested range" in summary, summary
+    else:
+        assert "above" in summary and "inside" not in summary, summary
+    if peak > 3 * high:
+        assert check["status"] in ("warning", "problem"), check
+
+
 def test_healthy_config_passes_every_check_and_writes_the_report(tmp_path: Path) -> None:
     proc, checks = doctor(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -47,16 +63,21 @@ def test_healthy_config_passes_every_check_and_writes_the_report(tmp_path: Path)
     assert signal["figures"]["heldout_accuracy"] > signal["figures"]["above_chance"]
     lr = checks["lr_range"]["figures"]
     assert lr["lr_falls"] is not None and lr["lr_falls"] <= 0.05 * 10  # the loss falls below 10x the peak
+    assert_lr_range_agrees_with_its_figures(checks["lr_range"])
     for name in ("doctor.txt", "samples.png", "lr_range.png"):
         assert (tmp_path / "doc" / name).stat().st_size > 0
     assert "0 problem(s)" in (tmp_path / "doc" / "doctor.txt").read_text()
 
 
 def test_lr_far_too_low_is_placed_below_where_the_loss_falls(tmp_path: Path) -> None:
-    proc, checks = doctor(tmp_path, "optim.lr=0.00002")
+    # and a second, independent fault in the same run: a 1000-way head on the 10-class data (before: not said)
+    proc, checks = doctor(tmp_path, "optim.lr=0.00002", "model.num_classes=1000")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert checks["lr_range"]["status"] == "problem"
     assert "below where the loss starts to fall" in checks["lr_range"]["summary"]
+    smells = checks["config_smells"]
+    assert smells["status"] == "warning" and "model.num_classes=1000 but the dataset has 10 classes" in smells["summary"]
+    assert smells["figures"]["head_outputs"] == 1000 and smells["figures"]["dataset_classes"] == 10
     assert checks["overfit_batch"]["status"] in ("problem", "warning")
 
 
@@ -128,3 +149,5 @@ def test_healthy_recipes_have_label_signal_and_no_warning(tmp_path: Path, overri
     assert signal["status"] == "ok" and "predictable" in signal["summary"], signal
     flagged = {k: c["summary"] for k, c in checks.items() if c["status"] in ("warning", "problem") and k not in allowed}
     assert not flagged, flagged
+    if "suggested" in checks["lr_range"]["figures"]:
+        assert_lr_range_agrees_with_its_figures(checks["lr_range"])

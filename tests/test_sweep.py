@@ -133,6 +133,27 @@ def test_sweep_table_matches_each_runs_metrics_and_rerun_skips(tmp_path, capsys,
         assert _close(row["images_per_s"], metrics[1]["images_per_s"])
         assert _close(row["peak_mem_mb"], str(max(float(m["peak_mem_mb"]) for m in metrics)))
         assert row["run"] in out  # the printed table
+        # one warning count everywhere: events.jsonl, the sweep's lines, its table, summary.json, the health lines
+        log = run_dir / "events.jsonl"
+        events = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+        warned = [e for e in events if e["severity"] in ("warning", "critical")]
+        kinds = sorted({e["kind"] for e in warned})
+        if row["optim.name"] == "adam":  # adam at lr 0.05/0.1 smells (usual 1e-4..3e-3): said at step 0
+            assert "config_smell" in kinds, events
+        line = next(x for x in out.splitlines() if f"] {row['run']}: finished in" in x)
+        assert line.endswith(f", {len(warned)} warning{'s' if len(warned) != 1 else ''}" if warned else "s"), line
+        for e in warned:
+            assert f"    {row['run']}: WARNING {e['kind']} (epoch {e['epoch']}, step {e['step']}):" in out
+        assert row["warnings"] == ", ".join(f"{k} x{sum(e['kind'] == k for e in warned)}" for k in kinds)
+        assert json.loads((run_dir / "summary.json").read_text())["events"] == {
+            k: sum(e["kind"] == k for e in warned) for k in kinds}
+        health = [x for x in (sweep / "logs" / f"{row['run']}.out").read_text().splitlines() if "- Health:" in x]
+        for epoch, text in enumerate(health, 1):
+            mine = sorted({e["kind"] for e in warned if e["epoch"] == epoch})
+            said = text.split("warnings: ")[1]
+            assert said == ("none" if not mine else ", ".join(
+                f"{k} x{sum(e['kind'] == k and e['epoch'] == epoch for e in warned)}" for k in mine)) or \
+                sorted(part.split(" x")[0] for part in said.split(", ")) == mine, (text, warned)
     md = (sweep / "sweep.md").read_text()
     assert all(f"| {name} |" in md for name in names) and "optim.lr=0.05,0.1" in md
     gpus = _gpus_by_run(out)

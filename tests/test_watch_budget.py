@@ -24,6 +24,7 @@ def train(run_dir: Path, *overrides: str, plant: str = "") -> list[dict]:
     proc = subprocess.run([sys.executable, "-m", "trainlab", "train", *BASE, *overrides, *planted, f"run.dir={run_dir}"],
                           env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (run_dir.parent / f"{run_dir.name}.out").write_text(proc.stdout)  # the console, for tests that read it
     log = run_dir / "events.jsonl"  # written at the first event: a quiet run has none
     events = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
     return [e for e in events if e["severity"] != "info"]
@@ -53,3 +54,27 @@ def test_slow_leak_is_reported_by_trend_and_projected_oom_within_a_few_hundred_s
     assert "remaining_steps" in leak["data"] and "run out in" in leak["message"]
     # batch 8 is noisy: nothing but the leak may speak
     assert {e["kind"] for e in warnings} == {"memory_leak"}, warnings
+
+
+def test_short_runs_say_chance_divergence_and_a_head_too_wide_within_the_run(tmp_path: Path) -> None:
+    """Short runs (1-2 epochs), where the planned-budget rules never get their turn. Before: a 2-epoch Adadelta
+    run at chance said nothing (the val rule is skipped once the planned steps are reached), a head of 1000 on
+    10 classes trained silently, and a run at lr 30 had no divergence event in its epoch."""
+    chance = tmp_path / "chance"
+    warnings = train(chance, "optim.name=adadelta", "train.epochs=2", "data.train_size=640", "model.num_classes=1000")
+    smells = [e for e in warnings if e["kind"] == "config_smell"]
+    assert len(smells) == 1 and smells[0]["step"] == 0, warnings
+    assert "model.num_classes=1000 but the dataset has 10 classes" in smells[0]["message"]
+    stuck = [e for e in warnings if e["kind"] == "not_learning"]
+    assert len(stuck) == 1 and stuck[0]["epoch"] <= 2 and "ln(10)" in stuck[0]["message"], warnings
+    assert "optim.lr" in stuck[0]["message"]  # inside trainlab the fix is a config key
+    # one count: each epoch's health line names exactly the warnings events.jsonl holds for that epoch
+    health = [line for line in (tmp_path / "chance.out").read_text().splitlines() if "- Health:" in line]
+    for epoch, line in enumerate(health, 1):
+        mine = sorted(e["kind"] for e in warnings if e["epoch"] == epoch)
+        said = line.split("warnings: ")[1]
+        assert sorted(part.split(" x")[0] for part in said.split(", ")) == mine if mine else said == "none", line
+
+    diverged = train(tmp_path / "diverged", "optim.lr=30", "train.epochs=1", "data.train_size=640")
+    assert {e["kind"] for e in diverged} & {"divergence", "loss_spike", "nonfinite"}, diverged
+    assert all(e["epoch"] == 1 for e in diverged)

@@ -338,6 +338,12 @@ RANGES: dict[str, Range] = {
     "watch.input_max_abs_mean": _upto(0, BIG, low_open=True), "watch.input_max_std": _upto(0, BIG, low_open=True),
     "watch.input_min_std": _upto(0, BIG), "watch.divergence_window": _upto(4, 10**9),
     "watch.divergence_ratio": _upto(1, BIG), "watch.straggler_ratio": _upto(1, BIG),
+    "watch.bottleneck_min_samples": COUNT, "watch.bottleneck_min_lost_s": _upto(0, BIG),
+    "watch.bottleneck_clear_frac": PROBABILITY, "watch.spike_min_level": _upto(0, BIG),
+    "watch.leak_min_kb_per_step": _upto(0, BIG), "watch.leak_min_steadiness": _upto(0, BIG),
+    "watch.chance_flat_drop": PROBABILITY, "watch.chance_val_drop": PROBABILITY, "watch.chance_min_steps": COUNT,
+    "watch.label_move_min": _upto(0, BIG), "watch.divergence_level_ratio": _upto(1, BIG),
+    "watch.divergence_level_steps": COUNT,
 }  # fmt: skip
 # Keys whose value is one or more sizes checked apart (img_size may be a schedule, batch_size may be 'auto').
 _CHECKED_APART = ("data.img_size", "data.batch_size")

@@ -34,6 +34,8 @@ SIGNAL_Z = 3.0  # "clearly above chance": chance + this many binomial standard e
 SIGNAL_AT_CHANCE_Z = 1.5  # "at chance": held-out accuracy within this many standard errors of it (a problem)
 SIGNAL_MIN_PER_CLASS = 8  # fewer fitted samples per class: nothing to generalise from, the check cannot conclude
 FALL = 0.9  # the loss "starts to fall" where its smoothed value is 10% below its start
+RANGE_BELOW = 3.0  # a peak within 3x below the suggested range is ok (said so), further below a warning
+RANGE_ABOVE = 3.0  # ... and within 3x above its top; further above a warning (below the blow-up)
 
 
 def _g(x: float) -> str:
@@ -362,18 +364,39 @@ def lr_range(p: Patient, out_dir: Optional[Path]) -> Verdict:
     where = (f"the loss starts to fall at lr {_g(fall_lr)}, is lowest at {_g(lrs[best])}"
              + (f" and blows up at {_g(lrs[blowup])}" if blowup is not None else f" (no blow-up up to {_g(lrs[-1])})")
              + f"; suggested range {_g(suggested[0])}..{_g(suggested[1])}")
+    figures["placement"] = placement = _placement(peak, suggested, lrs[blowup] if blowup is not None else None)
+    max_lr = ", sched.max_lr" if p.cfg.sched.name == "onecycle" else ""
     if blowup is not None and peak >= lrs[blowup]:
         return Verdict("lr_range", "problem", f"your peak LR {_g(peak)} is above where the loss blows up: {where}",
-                       f"set the peak LR (optim.lr{', sched.max_lr' if p.cfg.sched.name == 'onecycle' else ''}) to "
-                       f"about {_g(suggested[1])}", figures)
+                       f"set the peak LR (optim.lr{max_lr}) to about {_g(suggested[1])}", figures)
     if peak < fall_lr / 10:
         return Verdict("lr_range", "problem", f"your peak LR {_g(peak)} is {fall_lr / peak:.0f}x below where the loss "
                        f"starts to fall: {where}", f"raise the peak LR to at least {_g(suggested[0])} (optim.lr"
-                       f"{', or sched.max_lr' if p.cfg.sched.name == 'onecycle' else ''})", figures)
+                       f"{', or sched.max_lr' if max_lr else ''})", figures)
     if peak < fall_lr / 3:
         return Verdict("lr_range", "warning", f"your peak LR {_g(peak)} is {fall_lr / peak:.0f}x below where the loss "
                        f"starts to fall: {where}", f"try a peak LR of at least {_g(suggested[0])}", figures)
-    return Verdict("lr_range", "ok", f"your peak LR {_g(peak)} is in range: {where}", "", figures)
+    if peak > RANGE_ABOVE * suggested[1]:
+        risk = (f"{lrs[blowup] / peak:.1f}x below where it blows up" if blowup is not None
+                else "the test found no blow-up")
+        return Verdict("lr_range", "warning", f"your peak LR {_g(peak)} is {placement}, {risk}: {where}",
+                       f"above the range the fixed batch's loss had stopped improving: a peak this high risks loss "
+                       f"spikes or divergence in the first epochs (more so without warm-up). If the run spikes or "
+                       f"stalls, lower the peak LR (optim.lr{max_lr}) toward {_g(suggested[1])} or add warm-up "
+                       f"(sched.warmup_epochs)", figures)
+    return Verdict("lr_range", "ok", f"your peak LR {_g(peak)} is {placement}: {where}", "", figures)
+
+
+def _placement(peak: float, suggested: tuple[float, float], blowup: Optional[float]) -> str:
+    """Where the peak sits on the suggested range, in words that agree with the figures."""
+    low, high = suggested
+    if peak < low:
+        return f"{low / peak:.1f}x below the suggested range (close enough: within {RANGE_BELOW:g}x of it)"
+    if peak <= high:
+        return "inside the suggested range"
+    if peak <= RANGE_ABOVE * high:
+        return f"{peak / high:.1f}x above the suggested range's top (close enough: within {RANGE_ABOVE:g}x of it)"
+    return f"{peak / high:.0f}x above the suggested range's top"
 
 
 def _plot_range(path: Path, lrs: list, raw: list, smooth: list, peak: float) -> None:

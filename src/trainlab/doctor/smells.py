@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import nn
@@ -25,6 +26,14 @@ def config_smells(p: Patient, model: nn.Module) -> Verdict:
         fixes.append("give model.pretrained=... or set model.freeze_backbone=false")
     for warning in p.schedule_warnings:
         warnings.append(warning)
+    labels = int(p.data.num_classes)
+    if p.num_classes > labels:  # a head wider than the labels: legal, but rarely meant (a wrong dataset, a copied config)
+        warnings.append(f"model.num_classes={p.num_classes} but the dataset has {labels} classes (labels 0..{labels - 1}): "
+                        f"{p.num_classes - labels} of the head's outputs match no label, the untrained loss is "
+                        f"ln({p.num_classes}) = {math.log(p.num_classes):.2f} instead of ln({labels}) = "
+                        f"{math.log(max(labels, 2)):.2f}, and top-k accuracies count outputs no sample can have")
+        fixes.append(f"set model.num_classes={labels} (or leave it unset to use the dataset's count), or check "
+                     f"that data.root is the dataset you meant")
     wd, name = float(cfg.optim.weight_decay), cfg.optim.name
     warn_at, bad_at = DECOUPLED_WD if name == "adamw" else COUPLED_WD
     if wd > bad_at:
@@ -52,7 +61,8 @@ def config_smells(p: Patient, model: nn.Module) -> Verdict:
     if name in ("adam", "adamw") and lr >= 0.01:
         warnings.append(f"peak LR {lr:g} with {name} is high (usual 1e-4..3e-3)")
         fixes.append("see lr_range")
-    figures: dict[str, Any] = {"problems": problems, "warnings": warnings}
+    figures: dict[str, Any] = {"problems": problems, "warnings": warnings, "head_outputs": p.num_classes,
+                               "dataset_classes": labels}
     if not problems and not warnings:
         return Verdict("config_smells", "ok", "no smells: frozen layers, schedule, weight decay, label smoothing and "
                        "the BatchNorm batch size look usual", "", figures)

@@ -23,7 +23,7 @@ from typing import Any, Optional
 from trainlab.errors import UsageError
 from trainlab.paths import write_text_no_follow
 from trainlab.report import compare
-from trainlab.report.read import ERROR_FILE, SWEEP_FILE, load_sweep, read_json, read_sweep
+from trainlab.report.read import ERROR_FILE, SWEEP_FILE, load_sweep, read_json, read_jsonl, read_sweep
 from trainlab.report.text import format_table
 from trainlab.sweep.engines import Engine, EngineOptions, make_engine
 from trainlab.sweep.jobs import STOPPED, Job, Result, describe_exit, last_line, tail
@@ -38,6 +38,18 @@ class Outcome:
     returncode: Optional[int] = None
     seconds: float = 0.0
     message: str = ""
+    warnings: tuple[str, ...] = ()  # the run's warning lines, from its events.jsonl
+
+
+def run_warnings(run_dir: Path) -> tuple[str, ...]:
+    """One line per warning (or critical) event the run logged: what the sweep prints, the same events the
+    run's health lines, its summary and the sweep's table count."""
+    lines = []
+    for e in read_jsonl(run_dir / "events.jsonl"):
+        if e.get("severity") in ("warning", "critical"):
+            label = "CRITICAL" if e["severity"] == "critical" else "WARNING"
+            lines.append(f"{label} {e.get('kind')} (epoch {e.get('epoch')}, step {e.get('step')}): {e.get('message')}")
+    return tuple(lines)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -71,14 +83,14 @@ def make_job(config: Optional[str], overrides: list[str], planned: PlannedRun, s
 def outcome_of(job: Job, result: Result) -> Outcome:
     """What a run's exit means; a run that did not finish gets RUN/error.txt with its log's tail."""
     if result.returncode == 0:
-        return Outcome(job.name, "finished", 0, result.seconds)
+        return Outcome(job.name, "finished", 0, result.seconds, warnings=run_warnings(job.run_dir))
     log = tail(job.err_path) or tail(job.out_path)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     head = f"exit code {result.returncode}" if result.returncode is not None else result.message
     write_text_no_follow(job.run_dir / ERROR_FILE, f"{head}\n{log}\n")  # in a run dir: never through a link
     message = result.message if result.returncode is None else last_line(job)
     status = "stopped" if result.returncode == STOPPED else "failed"
-    return Outcome(job.name, status, result.returncode, result.seconds, message)
+    return Outcome(job.name, status, result.returncode, result.seconds, message, run_warnings(job.run_dir))
 
 
 def write_spec(sweep_dir: Path, config: Optional[str], grid: dict[str, list[str]], overrides: list[str],
@@ -180,11 +192,15 @@ def _run(runner: Engine, config: Optional[str], grid: dict[str, list[str]], over
         with lock:
             outcomes.append(outcome)
             i = f"[{index[job.name]}/{len(todo)}] {job.name}"
+            count = len(outcome.warnings)
+            said = f", {count} warning{'s' if count != 1 else ''}" if count else ""
             if outcome.status == "finished":
-                echo(f"{i}: finished in {outcome.seconds:.1f}s")
+                echo(f"{i}: finished in {outcome.seconds:.1f}s{said}")
             else:
-                echo(f"{i}: {outcome.status} ({describe_exit(outcome.returncode)}): {outcome.message}  "
+                echo(f"{i}: {outcome.status} ({describe_exit(outcome.returncode)}){said}: {outcome.message}  "
                      f"-> {job.run_dir / ERROR_FILE}")  # fmt: skip
+            for line in outcome.warnings:
+                echo(f"    {job.name}: {line}")
 
     interrupted = False
     worker = threading.Thread(target=runner.run_all, args=(todo, started, finished), daemon=True)

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -100,7 +99,8 @@ class Run:
             on_log=self._on_log, model=self.raw_model, optimizer=self.trainer.optimizer,
             rank=self.ctx.rank, world_size=self.ctx.world_size, verbose=self.ctx.is_main and s.enabled,
             planned_steps=self.cfg.train.epochs * self.trainer.batches_per_epoch(self.data.train),  # watch budget
-            num_classes=self.num_classes, lr_at=self._planned_lr(),
+            num_classes=self.data.num_classes,  # what chance means: the labels the data has, not the head's width
+            lr_at=self._planned_lr(), advice="trainlab",  # fixes named as config keys
         )  # fmt: skip
         self.watcher.print_epoch_block = False
         self.trainer.watcher = self.watcher
@@ -126,12 +126,18 @@ class Run:
         self.stop_reason = str(reason)
 
     def log_event(self, kind: str, severity: str, message: str, **data: Any) -> None:
-        """An event of the run itself (or of a callback): events.jsonl, the trackers, the console."""
-        record = {"kind": kind, "severity": severity, "step": self.trainer.batches_seen, "epoch": self.epoch,
-                  "message": message, "data": data}  # fmt: skip
-        record = self.logger.log_event(record)
+        """An event of the run itself (or of a callback): events.jsonl, the trackers, the console. It goes
+        through the watch like the detectors' events (on_event writes events.jsonl), so one list counts them:
+        the epoch's health line, summary.json, the sweep and the report."""
+        from trainlab.watch import Event
+
+        event = Event(kind, severity, self.trainer.batches_seen, self.epoch, message, data)
+        watcher = getattr(self, "watcher", None)
+        if watcher is not None:
+            watcher.add_event(event, announce=False)  # its on_event (_on_event) logs it and tells the callbacks
+        else:  # before the watch is built
+            self._on_event(event)
         (self.console.warn if severity != "info" else self.console.info)(message)
-        self.callbacks.on_event(self, record)
 
     # -- checkpoint state --------------------------------------------------------------------
     def state(self, totals: Optional[EpochTotals], rng_per_rank: list[dict]) -> dict:
@@ -313,7 +319,7 @@ class Run:
     # -- summary -----------------------------------------------------------------------------
     def summary(self, status: str, error: Optional[str] = None) -> dict:
         watcher = getattr(self, "watcher", None)  # absent when the run failed before it was built
-        counts = dict(Counter(event.kind for event in watcher.events)) if watcher is not None else {}
+        counts = watcher.warning_counts() if watcher is not None else {}
         return {
             "status": status,
             "epochs": self.cfg.train.epochs,
@@ -526,7 +532,7 @@ class Run:
             # accuracy for its not-learning check (accuracy near chance after several epochs).
             epoch_report = self._job_report(self.watcher.epoch_end(
                 val_loss=val["val_loss"] if val else None, val_acc=val["val_acc1"] if val else None,
-                num_classes=self.num_classes,
+                num_classes=self.data.num_classes,
             ))  # fmt: skip
             row = self._metrics_row(train_figures, val, epoch_report)
             self.metrics_rows.append(row)

@@ -4,42 +4,37 @@ events; none touches the device. Each kind fires once per episode (see `Episode`
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Optional
 
 import numpy as np
 
+from trainlab.watch.advice import CODE, Advice
+from trainlab.watch.budget import BudgetProgress  # the old import paths of these three
 from trainlab.watch.events import Episode, Event
+from trainlab.watch.figures import CRITICAL, WARNING, cap, chance_limit, fmt, fraction
+from trainlab.watch.leaks import LeakDetector
 from trainlab.watch.settings import WatchSettings
-from trainlab.watch.stats import MAD_TO_SIGMA, median_mad, theil_sen
+from trainlab.watch.stats import MAD_TO_SIGMA, median_mad
+from trainlab.watch.stragglers import straggler_events
 
-WARNING, CRITICAL = 1, 2
+__all__ = ["BottleneckDetector", "BudgetProgress", "LeakDetector", "LossDetectors", "straggler_events"]
+
 _SEVERITY = {WARNING: "warning", CRITICAL: "critical"}
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.4g}"
-
-
-def _fraction(acc: float) -> float:
-    """A validation accuracy given as a percentage or a fraction, as a fraction."""
-    return float(acc) / 100.0 if float(acc) > 1.0 else float(acc)
-
-
-def _chance(num_classes: int, margin: float) -> tuple[float, float]:
-    """(chance, the accuracy at or below which a run reads as at chance)."""
-    chance = 1.0 / num_classes
-    return chance, chance + margin * (1.0 - chance)
 
 
 class LossDetectors:
     """loss_spike, nonfinite, divergence and not_learning, fed with the per-step losses of each reduction."""
 
     REFERENCE_STEPS = 20  # the run's first finite losses: what "has the loss gone down?" compares against
+    UNTRAINED_STEPS = 5  # the first of them: the untrained model's loss, before the updates have done much
 
-    def __init__(self, s: WatchSettings) -> None:
+    def __init__(self, s: WatchSettings, advice: Advice = CODE, num_classes: Optional[int] = None) -> None:
         self.s = s
+        self.advice = advice
+        self.num_classes = num_classes if num_classes and num_classes >= 2 else None  # also set by epoch_end
+        self._untrained: tuple[Any, list[float]] = (None, [])  # (its inputs, the levels): a cache
         self.recent: deque[float] = deque(maxlen=max(s.spike_window, s.divergence_window, 8))
         self.reference: list[float] = []
         self.finite_seen = 0
@@ -49,7 +44,28 @@ class LossDetectors:
         self.divergence = Episode()
         self.not_learning = Episode()
         self.val_not_learning = Episode()
+        self.chance_episode = Episode()
+        self.chance_history: list[tuple[bool, bool]] = []  # per epoch: (val at chance, train loss flat at chance)
         self.val_history: list[float] = []
+
+    def untrained_level(self, high: bool = True) -> Optional[float]:
+        """What the loss of a model that has learnt nothing is: ln(classes) (uniform outputs over the labels)
+        and the run's own first losses, which start higher with a head wider than the labels (ln(1000) = 6.9
+        for a 1000-way head on 10 classes) or a BatchNorm net's confident init (2.5x ln(10) in the zoo's CNN).
+        `high`: the larger of the two (what divergence must exceed), else the smaller (what a spike must reach:
+        a BatchNorm init's first losses would hide a mislabelled batch at 2.6x ln(10))."""
+        key = (self.num_classes, min(len(self.reference), self.UNTRAINED_STEPS))
+        if self._untrained[0] != key:
+            self._untrained = (key, self._untrained_levels())
+        levels = self._untrained[1]
+        return (max(levels) if high else min(levels)) if levels else None
+
+    def _untrained_levels(self) -> list[float]:
+        first = self.reference[: self.UNTRAINED_STEPS]
+        levels = [math.log(self.num_classes)] if self.num_classes else []
+        if len(first) == self.UNTRAINED_STEPS:
+            levels.append(float(np.median(first)))
+        return levels
 
     def feed(self, steps_losses: list[tuple[int, float]], epoch: int) -> list[Event]:
         events: list[Event] = []
@@ -78,11 +94,11 @@ class LossDetectors:
         return events
 
     def _nonfinite(self, step: int, epoch: int, loss: float) -> Event:
+        a = self.advice
         return Event(
             "nonfinite", "critical", step, epoch,
-            f"loss is {loss} at step {step}: the weights are probably corrupted from here on. Try a lower "
-            f"optim.lr, train.clip_grad=1.0, train.precision=32 (fp16 overflows), and check the inputs for NaN "
-            f"(watch.on_nonfinite=stop checkpoints and stops at the first one).",
+            f"loss is {loss} at step {step}: the weights are probably corrupted from here on. Check that step's "
+            f"inputs for NaN/Inf, {a.join('lower_lr', 'clip', 'precision')}; {a('stop_at_nan')}.",
             {"loss": str(loss), "first_bad_step": step},
         )
 
@@ -94,43 +110,66 @@ class LossDetectors:
         window = np.fromiter(list(self.recent)[-s.spike_window:], dtype=np.float64)
         med, mad = median_mad(window)
         top = float(window.max())
-        # Three floors, so the ordinary tails of small batches never fire: k robust sigmas, a ratio of the
-        # median, and twice the distance of anything seen in the window.
-        threshold = max(med + s.spike_mads * MAD_TO_SIGMA * mad, s.spike_min_ratio * med, top + (top - med))
+        # Four floors, so the ordinary tails of small batches never fire: k robust sigmas, a ratio of the
+        # median, twice the distance of anything seen in the window, and a share of the untrained loss. Late in a
+        # run at batch 8 the median may be 0.001 and one hard batch 0.9: a thousand times the median, but not a
+        # step that undid the training.
+        level = self.untrained_level(high=False) or 0.0
+        threshold = max(med + s.spike_mads * MAD_TO_SIGMA * mad, s.spike_min_ratio * med, top + (top - med),
+                        s.spike_min_level * level)
         return threshold, med, mad, len(window)
 
     def _spike(self, step: int, epoch: int, loss: float, threshold: float, med: float, mad: float,
                window: int) -> Event:
         return Event(
             "loss_spike", "warning", step, epoch,
-            f"loss spiked to {_fmt(loss)} at step {step}, {loss / max(med, 1e-12):.1f}x the median "
-            f"{_fmt(med)} of the {window} steps before (threshold {_fmt(threshold)}). One bad batch or an LR "
-            f"jump: check that step's data, lower optim.lr or add warm-up (sched.warmup_epochs), "
-            f"or set train.clip_grad.",
+            f"loss spiked to {fmt(loss)} at step {step}, {loss / max(med, 1e-12):.1f}x the median "
+            f"{fmt(med)} of the {window} steps before (threshold {fmt(threshold)}). One bad batch or an LR "
+            f"jump: check that step's data (and labels), {self.advice.join('lower_lr', 'warmup', 'clip')}.",
             {"loss": loss, "median": med, "mad": mad, "threshold": threshold, "window": window},
         )
 
     def _divergence(self, step: int, epoch: int) -> Optional[Event]:
+        """Two ways up, one episode: a consistent rise over divergence_window steps, or a loss that has
+        settled at divergence_level_ratio times the untrained loss (it exploded early and stays there: no
+        trend is left to see, whatever the run's length)."""
         w = self.s.divergence_window
-        if len(self.recent) < w:
-            self.divergence.update(0)
+        found = self._exploded() or (self._rising() if len(self.recent) >= w else None)
+        if not self.divergence.update(WARNING if found else 0):
             return None
+        message, data = found
+        return Event("divergence", "warning", step, epoch,
+                     f"{message} The LR is likely too high: {self.advice.join('lower_lr_much', 'warmup', 'clip')}.",
+                     data)
+
+    def _exploded(self) -> Optional[tuple[str, dict[str, Any]]]:
+        s, n = self.s, self.s.divergence_level_steps
+        level = self.untrained_level()
+        if level is None or level <= 0 or len(self.recent) < n:
+            return None
+        now = float(np.median(list(self.recent)[-n:]))
+        if now < s.divergence_level_ratio * level:
+            return None
+        chance = math.log(self.num_classes) if self.num_classes else None
+        what = (f"ln({self.num_classes}) = {level:.3f}, the loss of uniform outputs" if chance == level
+                else f"{fmt(level)}, the run's first losses")
+        return (f"loss is {now / level:.1f}x an untrained model's: median {fmt(now)} over the last {n} steps vs {what}.",
+                {"rule": "level", "recent_median": now, "untrained": level, "ratio": now / level, "window": n})
+
+    def _rising(self) -> Optional[tuple[str, dict[str, Any]]]:
+        w = self.s.divergence_window
         window = np.fromiter(list(self.recent)[-w:], dtype=np.float64)
         q = max(2, w // 4)
         first, last = window[:q], window[-q:]
         first_med, last_med = float(np.median(first)), float(np.median(last))
         # consistency: the share of (early, late) pairs where the late loss is higher
         higher = float(np.mean(last[None, :] > first[:, None]))
-        rising = last_med > self.s.divergence_ratio * first_med and higher >= 0.9
-        if not self.divergence.update(WARNING if rising else 0):
+        if not (last_med > self.s.divergence_ratio * first_med and higher >= 0.9):
             return None
-        return Event(
-            "divergence", "warning", step, epoch,
-            f"loss is trending up: median {_fmt(last_med)} over the last {q} steps vs {_fmt(first_med)} "
-            f"{w} steps ago ({last_med / max(first_med, 1e-12):.1f}x; later loss higher in {higher:.0%} of pairs). "
-            f"The LR is likely too high: lower optim.lr (try /3 to /10), add warm-up, or set train.clip_grad.",
-            {"window": w, "first_median": first_med, "last_median": last_med, "ratio": last_med / max(first_med, 1e-12)},
-        )
+        ratio = last_med / max(first_med, 1e-12)
+        return (f"loss is trending up: median {fmt(last_med)} over the last {q} steps vs {fmt(first_med)} "
+                f"{w} steps ago ({ratio:.1f}x; later loss higher in {higher:.0%} of pairs).",
+                {"window": w, "first_median": first_med, "last_median": last_med, "ratio": ratio})
 
     def _stalled(self, step: int, epoch: int) -> Optional[Event]:
         s = self.s
@@ -145,30 +184,96 @@ class LossDetectors:
             return None
         return Event(
             "not_learning", "warning", step, epoch,
-            f"the loss has not gone down in {self.finite_seen} steps: median {_fmt(now)} over the last {n} steps "
-            f"vs {_fmt(ref)} at the start (needs a drop of {s.not_learning_min_drop:.0%}). Check that labels match "
-            f"inputs, that the LR is neither tiny nor huge (optim.lr), and that the model's output size is the "
-            f"class count.",
+            f"the loss has not gone down in {self.finite_seen} steps: median {fmt(now)} over the last {n} steps "
+            f"vs {fmt(ref)} at the start (needs a drop of {s.not_learning_min_drop:.0%}). "
+            f"{cap(self.advice('labels'))}; check that the LR is neither tiny nor huge, and "
+            f"{self.advice('head')}.",
             {"steps": self.finite_seen, "start_median": ref, "recent_median": now},
+        )
+
+    def epoch_at_chance(self, step: int, epoch: int, val_acc: Optional[float], epoch_losses: list[float],
+                        weights_moved: Optional[float] = None, final: bool = False,
+                        val_loss: Optional[float] = None) -> Optional[Event]:
+        """not_learning from two epochs in a row that both end with validation accuracy at chance and a training
+        loss still at the chance level ln(classes) (within chance_flat_drop, over each epoch's last half): the
+        loss did not move, so nothing was learnt that carries to new samples. One epoch is not enough: heavy
+        augmentation or a slow start under warm-up sits at chance for a whole epoch, then moves (the standalone
+        zoo's heavy augmentation: 9.5% after epoch 1, 18% after 2; the CLI zoo's base recipe: 13% after epochs
+        1 and 2, but its loss fell 6% in epoch 2). The validation loss, when given, must sit at ln(classes) too
+        (within chance_val_drop): a hard but healthy run's falls below it before its accuracy rises (the CLI
+        zoo's heavy policy: 14.2% after epoch 2, at chance, but its val loss 2% under ln(10)); labels that do
+        not match the images keep it there (0.996-1.003 ln(classes) in both zoos).
+        `final`: the run ends here (its last epoch), so one epoch at chance is all there will be.
+        `weights_moved` (the trainable weights' relative distance from their start, when the watch has the
+        model) tells a label problem (they move) from an LR far too low (they do not)."""
+        s, classes = self.s, self.num_classes
+        if val_acc is None or not classes:
+            return None
+        chance, limit = chance_limit(classes, s.chance_margin)
+        acc = fraction(val_acc)
+        tail = epoch_losses[len(epoch_losses) // 2:]
+        loss_now, level = (float(np.median(tail)) if tail else float("nan")), math.log(classes)
+        flat = len(epoch_losses) >= s.chance_min_steps and loss_now >= (1.0 - s.chance_flat_drop) * level \
+            and (val_loss is None or not math.isfinite(val_loss) or val_loss >= (1.0 - s.chance_val_drop) * level)
+        previous, self.chance_history = (self.chance_history[-1] if self.chance_history else None), \
+            [*self.chance_history[-7:], (acc <= limit, flat)]
+        at_chance = acc <= limit and flat and (previous == (True, True) or final)
+        if not self.chance_episode.update(WARNING if at_chance else 0):
+            return None
+        if weights_moved is not None and weights_moved >= s.label_move_min:
+            cause = (f"The weights moved {weights_moved:.2f} of their norm meanwhile, so the LR is not too low: what "
+                     f"is learnt does not carry to new samples. {cap(self.advice('labels'))}")
+        else:
+            cause = (f"Either the LR is far off (too low: nothing moves; too high: the outputs die and the loss "
+                     f"sits at ln(classes)), or {self.advice('labels')}, or the parameters do not train ("
+                     f"{self.advice('frozen')})")
+        if final and previous != (True, True):  # one epoch: it may also just be too short to leave chance
+            cause += f"; or {step} steps are too few for this model to leave chance (a slow start)"
+        cause += "."
+        when = "at the end of the run" if final and previous != (True, True) else "for two epochs in a row"
+        return Event(
+            "not_learning", "warning", step, epoch,
+            f"validation accuracy is at chance {when} ({acc:.1%} now, chance {chance:.1%} for {classes} classes) "
+            f"and the training loss did not leave the chance level ln({classes}) = {level:.3f} (median "
+            f"{fmt(loss_now)} over this epoch's last {len(tail)} steps). {cause}",
+            {"rule": "epoch_chance", "val_acc": acc, "chance": chance, "limit": limit, "train_loss": loss_now,
+             "chance_loss": level, "weights_moved": weights_moved, "final": final},
+        )
+
+    def run_end(self, step: int, epoch: int) -> Optional[Event]:
+        """A run that ends (close()) after an epoch at chance with a flat loss, not said yet: said now. For a loop
+        that did not tell the watch its length, its end is the first moment a one-epoch run can be judged."""
+        if not self.chance_history or self.chance_history[-1] != (True, True) or self.chance_episode.active_level:
+            return None
+        self.chance_episode.update(WARNING)
+        classes = self.num_classes or 0
+        return Event(
+            "not_learning", "warning", step, epoch,
+            f"the run ended at chance: validation accuracy at chance ({100 / max(classes, 1):.1f}% for {classes} "
+            f"classes) after its last epoch, and the training loss still at ln({classes}) = "
+            f"{math.log(max(classes, 2)):.3f}. Either the LR is far off, or {self.advice('labels')}, or the "
+            f"parameters do not train ({self.advice('frozen')}); or {step} steps are too few for this model to "
+            f"leave chance (a slow start).",
+            {"rule": "epoch_chance", "final": True},
         )
 
     def epoch_val(self, step: int, epoch: int, val_acc: Optional[float], num_classes: Optional[int]) -> Optional[Event]:
         """not_learning from validation: accuracy near chance after `not_learning_epochs` epochs."""
         if val_acc is None or not num_classes or num_classes < 2:
             return None
-        self.val_history.append(_fraction(val_acc))
+        self.val_history.append(fraction(val_acc))
         k = self.s.not_learning_epochs
         if len(self.val_history) < k:
             return None
-        chance, limit = _chance(num_classes, self.s.chance_margin)
+        chance, limit = chance_limit(num_classes, self.s.chance_margin)
         best = max(self.val_history[-k:])
         if not self.val_not_learning.update(WARNING if best <= limit else 0):
             return None
         return Event(
             "not_learning", "warning", step, epoch,
             f"validation accuracy is at chance: best {best:.1%} over the last {k} epochs, chance is {chance:.1%} "
-            f"({num_classes} classes). The model is not learning: check that labels match inputs (a shuffled or "
-            f"constant label column), the LR (optim.lr), and the data normalisation.",
+            f"({num_classes} classes). The model is not learning: {self.advice('labels')}; check the LR and "
+            f"{self.advice('normalise')}.",
             {"best_val_acc": best, "chance": chance, "limit": limit, "epochs": k},
         )
 
@@ -176,9 +281,10 @@ class LossDetectors:
         return {
             "recent": list(self.recent), "reference": self.reference, "finite_seen": self.finite_seen,
             "spike_cooldown_until": self.spike_cooldown_until, "finite_run": self.finite_run,
-            "nonfinite_armed": self.nonfinite_armed, "val_history": self.val_history,
+            "nonfinite_armed": self.nonfinite_armed, "val_history": self.val_history, "num_classes": self.num_classes,
+            "chance_history": self.chance_history,
             "episodes": [self.divergence.active_level, self.not_learning.active_level,
-                         self.val_not_learning.active_level],
+                         self.val_not_learning.active_level, self.chance_episode.active_level],
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -189,84 +295,19 @@ class LossDetectors:
         self.finite_run = d["finite_run"]
         self.nonfinite_armed = d["nonfinite_armed"]
         self.val_history = list(d["val_history"])
-        for episode, level in zip((self.divergence, self.not_learning, self.val_not_learning), d["episodes"]):
+        self.num_classes = d.get("num_classes") or self.num_classes
+        self.chance_history = [tuple(x) for x in d.get("chance_history", [])]
+        episodes = (self.divergence, self.not_learning, self.val_not_learning, self.chance_episode)
+        for episode, level in zip(episodes, d["episodes"]):
             episode.active_level = level
-
-
-class LeakDetector:
-    """memory_leak for one memory (host RSS or device allocated): a steady, large trend over steps."""
-
-    LABELS = {"host": "host memory (process RSS)", "gpu": "device memory (allocated)"}
-
-    def __init__(self, s: WatchSettings, source: str) -> None:
-        self.s = s
-        self.source = source
-        self.samples: deque[tuple[int, float]] = deque(maxlen=s.leak_window)
-        self.episode = Episode()
-
-    def add(self, step: int, mb: float) -> None:
-        if step >= self.s.leak_warmup_steps:
-            self.samples.append((step, mb))
-
-    def check(self, step: int, epoch: int, steps_per_epoch: int, steps_per_s: float,
-              free_mb: Callable[[], Optional[float]], remaining_steps: Optional[int] = None) -> Optional[Event]:
-        """`free_mb` is asked only when the event fires (it is slow to read). With `remaining_steps` (the run
-        told the watch its budget) a consistent trend of leak_min_total_mb is enough, whatever the MB per epoch:
-        a slow leak is reported with its projected time to out-of-memory, critical when that comes before the
-        run's end."""
-        s = self.s
-        if len(self.samples) < s.leak_min_samples:
-            return None
-        x = np.array([p[0] for p in self.samples], dtype=np.float64)
-        y = np.array([p[1] for p in self.samples], dtype=np.float64)
-        slope, tau = theil_sen(x, y)
-        span = float(x[-1] - x[0])
-        growth = slope * span
-        per_epoch = slope * max(steps_per_epoch, 1)
-        big_enough = per_epoch >= s.leak_min_mb_per_epoch if remaining_steps is None else True
-        leaking = tau >= s.leak_min_tau and growth >= s.leak_min_total_mb and big_enough
-        if not self.episode.update(WARNING if leaking else 0):
-            return None
-        runway = ""
-        free = free_mb()
-        data: dict[str, Any] = {"source": self.source, "mb_per_step": slope, "mb_per_epoch": per_epoch,
-                                "growth_mb": growth, "span_steps": span, "tau": tau, "now_mb": float(y[-1])}
-        if free is not None and slope > 0:
-            steps_left = free / slope
-            epochs_left = steps_left / max(steps_per_epoch, 1)
-            data.update(free_mb=free, epochs_until_full=epochs_left)
-            runway = f"; the {free:,.0f} MB still free run out in {epochs_left:.1f} epochs"
-            if steps_per_s > 0:
-                minutes = steps_left / steps_per_s / 60.0
-                data["minutes_until_full"] = minutes
-                runway += f" (~{minutes:,.0f} min)"
-            if remaining_steps is not None:
-                data.update(steps_until_full=steps_left, remaining_steps=remaining_steps)
-                runway += (f", before the run's remaining {remaining_steps:,} steps end" if steps_left < remaining_steps
-                           else f", after the run's remaining {remaining_steps:,} steps (+{slope * remaining_steps:,.0f} MB by then)")
-        severity = "critical" if data.get("steps_until_full", float("inf")) < (remaining_steps or 0) else "warning"
-        return Event(
-            "memory_leak", severity, step, epoch,
-            f"{self.LABELS[self.source]} grows steadily: {per_epoch:+,.1f} MB per epoch ({slope:.3f} MB/step, "
-            f"{growth:+,.0f} MB over {span:.0f} steps, rising in {(tau + 1) / 2:.0%} of sample pairs){runway}. "
-            f"Something keeps tensors alive across steps: store loss.item() not loss, .detach() outputs you keep, "
-            f"and clear lists or caches that grow every step.",
-            data,
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"samples": list(self.samples), "episode": self.episode.active_level}
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.samples.extend(tuple(p) for p in d["samples"])
-        self.episode.active_level = d["episode"]
 
 
 class BottleneckDetector:
     """data_bottleneck: the median share of step time spent blocked on the loader, over a window of steps."""
 
-    def __init__(self, s: WatchSettings, on_cpu: bool = False) -> None:
+    def __init__(self, s: WatchSettings, on_cpu: bool = False, advice: Advice = CODE) -> None:
         self.s = s
+        self.advice = advice
         # On a CPU device the loader and the model share the same cores: a small wait is the price of that
         # sharing, not an idle accelerator, so only a wait that dominates the step is worth a warning.
         self.on_cpu = on_cpu
@@ -279,170 +320,37 @@ class BottleneckDetector:
         self.waits.append(wait_s)
         self.walls.append(wall_s)
 
-    def check(self, step: int, epoch: int, loader_info: dict[str, Any]) -> Optional[Event]:
+    def check(self, step: int, epoch: int, loader_info: dict[str, Any], steps_per_epoch: int = 0) -> Optional[Event]:
+        """`steps_per_epoch`: the loader's length when known (else the steps of an epoch so far): a wait that
+        costs less than bottleneck_min_lost_s over a whole epoch is not worth anyone's time."""
         s = self.s
-        if len(self.waits) < max(4, s.bottleneck_window // 2):
+        if len(self.waits) < max(4, s.bottleneck_min_samples):
             return None
-        waits = np.fromiter(self.waits, dtype=np.float64)
-        walls = np.maximum(np.fromiter(self.walls, dtype=np.float64), 1e-9)
-        share = float(np.median(waits / walls))
-        wait_ms = float(np.median(waits)) * 1000.0
+        # plain Python on 50 floats: numpy's per-call overhead is larger than the work, every 10 steps
+        share = statistics.median(w / max(t, 1e-9) for w, t in zip(self.waits, self.walls))
+        wait_ms = statistics.median(self.waits) * 1000.0
+        lost_s = wait_ms / 1000.0 * max(steps_per_epoch, len(self.waits))
         level = 0
-        if wait_ms >= s.bottleneck_min_wait_ms:
+        if wait_ms >= s.bottleneck_min_wait_ms and lost_s >= s.bottleneck_min_lost_s:
             critical = max(s.bottleneck_critical, self.warning_share)
             level = CRITICAL if share > critical else WARNING if share > self.warning_share else 0
+            # hysteresis: a wait hovering around the bar is one episode, not one event per crossing
+            if level == 0 and self.episode.active_level and share > s.bottleneck_clear_frac * self.warning_share:
+                level = self.episode.active_level
         if not self.episode.update(level):
             return None
         workers = loader_info.get("num_workers")
-        tips = []
-        if workers is not None:
-            tips.append(f"more loader workers (data.num_workers={max(2, 2 * workers)}, now {workers})")
-        else:
-            tips.append("more loader workers (data.num_workers)")
-        if loader_info.get("pin_memory") is False:
-            tips.append("data.pin_memory=true")
-        tips.append("the in-memory loader (data.loader=tensor) when the data fits in memory")
+        a = self.advice
+        tips = [a("workers", suggested=max(2, 2 * workers), now=workers) if workers is not None else a("workers_unknown")]
+        if loader_info.get("pin_memory") is False and not self.on_cpu:
+            tips.append(a("pin_memory"))
+        tips.append(a("in_memory"))
         return Event(
             "data_bottleneck", _SEVERITY[level], step, epoch,
-            f"the loop waits for data {share:.0%} of each step (median over the last {len(waits)} steps: "
-            f"{wait_ms:.1f} ms waiting of {float(np.median(walls)) * 1000:.1f} ms per step); "
+            f"the loop waits for data {share:.0%} of each step (median over the last {len(self.waits)} steps: "
+            f"{wait_ms:.1f} ms waiting of {statistics.median(self.walls) * 1000:.1f} ms per step); "
             + ("the model waits for the loader meanwhile. " if self.on_cpu else "the device idles meanwhile. ")
             + "Try: " + "; ".join(tips) + ".",
-            {"data_wait_frac": share, "wait_ms": wait_ms, "step_ms": float(np.median(walls)) * 1000,
-             "window": len(waits), **{k: v for k, v in loader_info.items() if v is not None}},
+            {"data_wait_frac": share, "wait_ms": wait_ms, "step_ms": statistics.median(self.walls) * 1000,
+             "window": len(self.waits), **{k: v for k, v in loader_info.items() if v is not None}},
         )
-
-
-def straggler_events(step_times: list[float], step: int, epoch: int, ratio: float,
-                     episodes: dict[int, Episode]) -> list[Event]:
-    """straggler: ranks whose mean step time is `ratio` times the median rank's or more."""
-    med = float(np.median(step_times))
-    events = []
-    for rank, t in enumerate(step_times):
-        slow = med > 0 and t > ratio * med
-        if episodes.setdefault(rank, Episode()).update(WARNING if slow else 0):
-            events.append(Event(
-                "straggler", "warning", step, epoch,
-                f"rank {rank} is {t / med:.2f}x slower than the median rank ({t * 1000:.1f} ms vs {med * 1000:.1f} "
-                f"ms per step); every rank waits for it at each all-reduce. Check that host's load, its data "
-                f"loading (data.num_workers) and its GPU clocks/thermals.",
-                {"rank": rank, "step_time_s": t, "median_step_time_s": med, "all_ranks_s": step_times},
-            ))
-    return events
-
-
-class BudgetProgress:
-    """not_learning judged against the run's own budget (the planned number of steps), so a hopeless run is
-    flagged early while a slow start is left alone.
-
-    - train loss: once the LR has been at its peak for a while (a warm-up or OneCycle ramp is not judged), the
-      loss has not dropped from its start and its current slope, over the whole planned budget, would lower it
-      by less than `progress_min_rate` of its start;
-    - validation: accuracy near chance once `progress_val_frac` of the planned steps are done.
-    Off when the planned steps are unknown (a Watcher in someone else's loop that was not told)."""
-
-    START_STEPS = 20
-
-    def __init__(self, s: WatchSettings, planned_steps: Optional[int], num_classes: Optional[int]) -> None:
-        self.s = s
-        self.planned = int(planned_steps) if planned_steps else None
-        self.num_classes = num_classes
-        self.start: list[float] = []
-        self.recent: deque[tuple[int, float]] = deque(maxlen=4096)
-        self.lrs: deque[tuple[int, float]] = deque(maxlen=4096)
-        self.lr_max = 0.0
-        self.loss_episode = Episode()
-        self.val_episode = Episode()
-        self.streak = 0  # consecutive reductions that found the run hopeless
-        self.best_val = 0.0
-
-    def _window(self) -> int:
-        return max(20, int(self.s.progress_window_frac * (self.planned or 0)))
-
-    def _lr_at(self, step: int) -> Optional[float]:
-        older = [lr for s, lr in self.lrs if s <= step]
-        return older[-1] if older else None
-
-    def feed(self, steps_losses: list[tuple[int, float]], lr: Optional[float], step: int, epoch: int) -> Optional[Event]:
-        for st, loss in steps_losses:
-            if math.isfinite(loss):
-                if len(self.start) < self.START_STEPS:
-                    self.start.append(loss)
-                self.recent.append((st, loss))
-        if lr is not None:
-            self.lrs.append((step, float(lr)))
-            self.lr_max = max(self.lr_max, float(lr))
-        if not self.planned or lr is None or len(self.start) < self.START_STEPS:
-            return None
-        s, w = self.s, self._window()
-        if step < max(s.progress_min_steps, s.progress_min_frac * self.planned) or step >= self.planned:
-            return None
-        lr_before = self._lr_at(step - w)
-        at_peak = lr >= 0.9 * self.lr_max and lr_before is not None and lr <= 1.1 * lr_before and lr_before >= 0.5 * self.lr_max
-        window = [(st, v) for st, v in self.recent if st > step - 3 * w]
-        if not at_peak or len(window) < 10:
-            self.streak = 0
-            return None
-        start = float(np.median(self.start))
-        now = float(np.median([v for st, v in window if st > step - w]))
-        x = np.array([p[0] for p in window], dtype=np.float64)
-        y = np.array([p[1] for p in window], dtype=np.float64)
-        slope, _ = theil_sen(x, y)
-        # the slope's uncertainty (least squares standard error): a noisy small-batch run gets the benefit of
-        # the doubt, a run stuck at chance (little noise, no drift) does not
-        residual = y - (np.median(y - slope * x) + slope * x)
-        spread = float(np.sqrt(np.sum((x - x.mean()) ** 2))) or 1.0
-        stderr = float(np.std(residual)) / spread
-        hopeful = slope - s.progress_slope_sigmas * stderr  # the steepest descent the data still allows
-        remaining = self.planned - step
-        projected = now + min(slope, 0.0) * remaining
-        rate = -hopeful * self.planned / max(start, 1e-12)  # the share of the start loss the whole budget removes
-        flat = now >= (1.0 - s.progress_min_drop) * start
-        self.streak = self.streak + 1 if flat and rate < s.progress_min_rate else 0
-        # judged at every reduction: it must hold at consecutive ones, so one lucky window of noise does not speak
-        if not self.loss_episode.update(WARNING if self.streak >= s.progress_confirm else 0):
-            return None
-        chance = f" (chance level ln({self.num_classes}) = {math.log(self.num_classes):.3f})" if self.num_classes else ""
-        return Event(
-            "not_learning", "warning", step, epoch,
-            f"the loss has not moved after {step} of the {self.planned} planned steps ({step / self.planned:.0%}): "
-            f"median {_fmt(now)} over the last {w} steps vs {_fmt(start)} at the start{chance}, while the LR has been "
-            f"at its peak {_fmt(lr)} for {w}+ steps; at the current slope ({slope:+.2e} ± {stderr:.1e}/step: at best "
-            f"{rate:.1%} of the start over the whole budget) it would end near {_fmt(projected)} after the remaining {remaining} steps. Try: a larger optim.lr (`trainlab doctor` "
-            f"places it on an LR range test), labels that match the images, no frozen random weights "
-            f"(model.freeze_backbone without model.pretrained), a smaller optim.weight_decay.",
-            {"rule": "budget_loss", "planned_steps": self.planned, "start_median": start, "recent_median": now,
-             "slope_per_step": slope, "slope_stderr": stderr, "budget_rate": rate, "projected_end": projected, "lr": lr, "window": w},
-        )
-
-    def epoch_val(self, step: int, epoch: int, val_acc: Optional[float]) -> Optional[Event]:
-        if not self.planned or val_acc is None or not self.num_classes or self.num_classes < 2:
-            return None
-        self.best_val = max(self.best_val, _fraction(val_acc))
-        if step < self.s.progress_val_frac * self.planned or step >= self.planned:
-            return None
-        acc = self.best_val  # the best so far: one noisy validation dipping back to chance is not a verdict
-        chance, limit = _chance(self.num_classes, self.s.chance_margin)
-        if not self.val_episode.update(WARNING if acc <= limit else 0):
-            return None
-        return Event(
-            "not_learning", "warning", step, epoch,
-            f"validation accuracy is at chance: the best so far is {acc:.1%}, chance is {chance:.1%} "
-            f"({self.num_classes} classes), after {step} of the "
-            f"{self.planned} planned steps ({step / self.planned:.0%}). Check that labels match inputs (a shuffled "
-            f"label column), the LR (`trainlab doctor` runs an LR range test), and the data normalisation.",
-            {"rule": "budget_val", "planned_steps": self.planned, "val_acc": acc, "chance": chance, "limit": limit},
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "recent": list(self.recent), "lrs": list(self.lrs), "lr_max": self.lr_max,
-                "episodes": [self.loss_episode.active_level, self.val_episode.active_level], "streak": self.streak, "best_val": self.best_val}
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.start = list(d["start"])
-        self.recent.extend(tuple(p) for p in d["recent"])
-        self.lrs.extend(tuple(p) for p in d["lrs"])
-        self.lr_max = d["lr_max"]
-        self.loss_episode.active_level, self.val_episode.active_level = d["episodes"]
-        self.streak = d.get("streak", 0)
-        self.best_val = d.get("best_val", 0.0)

@@ -28,6 +28,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from trainlab.watch.advice import CODE, Advice
 from trainlab.watch.events import Episode, Event
 from trainlab.watch.settings import WatchSettings
 
@@ -68,8 +69,10 @@ class PlannedLR:
 
 class ModelProbe:
     def __init__(self, s: WatchSettings, model: Optional[nn.Module], planned_steps: Optional[int],
-                 num_classes: Optional[int], lr_at: Optional[Callable[[int], float]] = None) -> None:
+                 num_classes: Optional[int], lr_at: Optional[Callable[[int], float]] = None,
+                 advice: Advice = CODE) -> None:
         self.s = s
+        self.advice = advice
         self.model = model
         self.planned = planned_steps
         self.num_classes = num_classes
@@ -122,13 +125,12 @@ class ModelProbe:
             return None
         fmt = ", ".join(f"{m:.3g}/{v:.3g}" for m, v in zip(means, stds))
         raw = max(stds) > 20 or max(abs(m) for m in means) > 20
-        hint = ("that is the scale of raw 0..255 pixels: data.mean/data.std are probably given for 0..1 images "
-                "(or not at all)" if raw else "data.mean/data.std do not fit these images")
+        hint = self.advice("input_hint_raw" if raw else "input_hint")
         return Event(
             "input_scale", "warning", step, epoch,
             f"the first batch's inputs after normalisation have per-channel mean/std {fmt} (expected about 0/1): "
-            f"{hint}. Let trainlab measure them (drop data.mean/data.std, or `trainlab data stats ROOT`) "
-            f"or give them for the same scale as the loader's images; BatchNorm hides this from the loss, but "
+            f"{hint}. {self.advice('input_stats')[:1].upper() + self.advice('input_stats')[1:]}, "
+            f"for the same scale as the images the loop feeds; BatchNorm hides this from the loss, but "
             f"the first layer and the weight decay do not.",
             {"mean": means, "std": stds},
         )
@@ -212,8 +214,8 @@ class ModelProbe:
             f"the weights have barely moved: {moved:.2e} of their norm after {step} of the {planned} planned steps "
             f"({step / planned:.0%}); at this pace (the LR still planned is {scale:.1f}x the LR spent) they would "
             f"move {projected:.1e} of their norm by the end, while the loss is {loss_now:.4g}{chance}. The LR is far too "
-            f"low for this optimizer (peak so far {self.lr_max:.3g}): raise optim.lr (`trainlab doctor` runs an "
-            f"LR range test), or check that the optimizer holds the model's parameters.",
+            f"low for this optimizer (peak so far {self.lr_max:.3g}): {self.advice('raise_lr')}, or "
+            f"{self.advice('frozen')}.",
             {"rule": "weights_static", "weight_change": moved, "projected_change": projected,
              "weight_norm_ratio": norm_ratio, "lr_budget_ratio": scale, "planned_steps": planned, "loss": loss_now},
         )
@@ -226,7 +228,7 @@ class ModelProbe:
             f"the weights are shrinking: their norm is {norm_ratio:.2f}x its start after {step} of the {planned} "
             f"planned steps ({step / planned:.0%}), and at this pace (the LR still planned is {scale:.1f}x the LR "
             f"spent) it would end near {norm_end:.1e}x, while the loss is {loss_now:.4g}, still at chance. Weight "
-            f"decay is crushing the weights: lower optim.weight_decay (usual: 5e-4 for SGD, 0.05 for AdamW).",
+            f"decay is crushing the weights: {self.advice('weight_decay')}.",
             {"rule": "weights_shrinking", "weight_norm_ratio": norm_ratio, "projected_norm_ratio": norm_end,
              "lr_budget_ratio": scale, "planned_steps": planned, "loss": loss_now},
         )

@@ -52,3 +52,29 @@ def read_summary(run_dir: Path) -> dict:
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)
+
+
+def _stop_handlers() -> dict:
+    import signal
+
+    return {n: signal.getsignal(getattr(signal, n)) for n in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, n)}
+
+
+_ORIGINAL_STOP_HANDLERS = _stop_handlers()  # before any test, any module fixture, ran
+
+
+@pytest.fixture(autouse=True)
+def _stop_signal_handlers_restored():
+    """`main(["train", ...])` in this process ends a finished run by ignoring stop signals (the CLI's
+    IgnoreStopsWhenFinished, for the seconds a CLI process takes to exit): the process's own handlers are put
+    back around every test, or every later test inherits SIGINT/SIGTERM ignored (test_checkpoint's guard test
+    saw SIG_IGN after an in-process run, also one in a module-scoped fixture)."""
+    import signal
+
+    for name, handler in _ORIGINAL_STOP_HANDLERS.items():  # a module fixture may have run main() already
+        if handler is not None:
+            signal.signal(getattr(signal, name), handler)
+    yield
+    for name, handler in _ORIGINAL_STOP_HANDLERS.items():
+        if handler is not None:
+            signal.signal(getattr(signal, name), handler)

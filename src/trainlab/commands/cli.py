@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(config_path, overrides)
 
     from trainlab import distributed
-    from trainlab.commands.fit import train_config
+    from trainlab.commands.fit import IgnoreStopsWhenFinished, train_config
 
     _, max_nodes = distributed.parse_nnodes(args.nnodes)
     if (cfg.train.nproc > 1 or max_nodes > 1) and "LOCAL_RANK" not in os.environ:
@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         argv = [a for a in args.items if not a.startswith("train.nproc=")]
         return distributed.launch(argv, nproc=cfg.train.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint,
                                   max_restarts=cfg.train.max_restarts, record_dir=_local_run_dir(cfg))
-    train_config(cfg)
+    train_config(cfg, extra=(IgnoreStopsWhenFinished(),))
     return 0
 
 
@@ -67,16 +67,6 @@ def _local_run_dir(cfg) -> Optional[str]:
     if remote.is_url(cfg.run.dir):
         return str(cfg.run.cache_dir or remote.default_cache_dir(cfg.run.dir))
     return str(cfg.run.dir)
-
-
-def _ignore_stop_signals() -> None:
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 # What gloo says when the other end of a connection is gone; raised as a plain RuntimeError from DDP's
@@ -218,13 +208,7 @@ def _main(argv: list[str]) -> int:
 
 
 def entry() -> None:
-    code = main()
-    if code == 0:
-        # The command is over and its files are complete: a stop signal now (a scheduler's SIGTERM in the
-        # seconds the interpreter takes to exit) has nothing to stop, and must not turn exit 0 into 143. Only
-        # the process's own entry does this: main() called in-process (tests, scripts) leaves the handlers be.
-        _ignore_stop_signals()
-    sys.exit(code)
+    sys.exit(main())
 
 
 if __name__ == "__main__":

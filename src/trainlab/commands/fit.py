@@ -41,15 +41,30 @@ class FitResult:
     summary: dict = field(default_factory=dict)
 
 
-def train_config(cfg: Any, given: Any = None) -> dict:
-    """One process's part of the run `cfg` describes, with the user's parts; the doctor's start checks and
-    the config's callbacks included. Returns the summary (raises Preempted on a stop)."""
+def train_config(cfg: Any, given: Any = None, extra: tuple = ()) -> dict:
+    """One process's part of the run `cfg` describes, with the user's parts; the doctor's start checks, the
+    config's callbacks and `extra` ones included. Returns the summary (raises Preempted on a stop)."""
     from trainlab.doctor.start import StartChecks
     from trainlab.train.run import train
     from trainlab.user import UserParts
 
     user = UserParts.resolve(cfg, given)
-    return train(cfg, callbacks=[StartChecks(), *user.callbacks], user=user)
+    return train(cfg, callbacks=[StartChecks(), *user.callbacks, *extra], user=user)
+
+
+class IgnoreStopsWhenFinished:
+    """The CLI's: once a run has finished (its files complete, before "done" is printed), a stop signal has
+    nothing left to stop; a scheduler's SIGTERM in the seconds the process takes to exit must not turn exit 0
+    into 143. Not for trainlab.fit: a script goes on after it and keeps its Ctrl-C."""
+
+    def on_train_end(self, run: Any, summary: dict) -> None:
+        import signal
+        import threading
+
+        if summary.get("status") == "finished" and threading.current_thread() is threading.main_thread():
+            for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
+                if hasattr(signal, name):
+                    signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def fit(

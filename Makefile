@@ -14,8 +14,9 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e .
 	touch $@
 
+# Debian's chromium (for the browser test) installs beside pip, not after it: the two wait on the network.
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -q -e '.[test]'
+	{ bash scripts/ensure_chromium.sh >/dev/null 2>&1 & }; $(PIP) install -q -e '.[test]'; status=$$?; wait; exit $$status
 	touch $(VENV)/.installed $@
 
 demo: $(VENV)/.installed
@@ -24,7 +25,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	bash scripts/ensure_chromium.sh || echo "chromium unavailable: the browser test will be skipped"
 	$(VENV)/bin/ruff check src tests bench
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench

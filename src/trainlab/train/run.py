@@ -44,6 +44,17 @@ from trainlab.train.callbacks import CallbackList
 from trainlab.train.engine import EpochTotals, evaluate
 
 
+def log_every(print_every: int, steps_per_epoch: int) -> int:
+    """The steps between the watch's logged lines. At its default (50) watch.print_every would log nothing
+    in an epoch of fewer steps until the epoch's end: the default logs at least 10 times an epoch instead
+    (every steps_per_epoch // 10 steps). A value the config sets otherwise is kept as it is."""
+    from trainlab.watch.settings import WatchSettings
+
+    if print_every == WatchSettings().print_every and steps_per_epoch < 10 * print_every:
+        return max(1, steps_per_epoch // 10)
+    return print_every
+
+
 class Run:
     """Everything one run holds; `execute()` runs it."""
 
@@ -93,7 +104,7 @@ class Run:
 
         s = self.cfg.watch
         self.watcher = Watcher(
-            print_every=s.print_every, show_gpu=s.show_gpu, warn_on_leak=s.warn_on_leak,
+            print_every=log_every(s.print_every, self.steps_per_epoch), show_gpu=s.show_gpu, warn_on_leak=s.warn_on_leak,
             warn_on_bottleneck=s.warn_on_bottleneck, warn_on_variance=s.warn_on_variance,
             settings=s, device=self.device, printer=self.console.print, on_event=self._on_event,
             on_log=self._on_log, model=self.raw_model, optimizer=self.trainer.optimizer,
@@ -119,6 +130,7 @@ class Run:
         self.callbacks.on_event(self, self.logger.log_event(record))
 
     def _on_log(self, record: dict) -> None:
+        self.console.show_loss(record.get("loss"))
         self.callbacks.on_log(self, self.logger.log_step(self._with_micro_step(record)))
 
     def _with_micro_step(self, record: dict) -> dict:

@@ -220,7 +220,7 @@ class CountCollectives:
         self.dir.mkdir(parents=True, exist_ok=True)
         record = {"counts": dict(self.counts), "total": sum(self.counts.values()), "by_phase": dict(self.by_phase),
                   "optimizer_steps": run.trainer.global_step, "boundaries": run.boundaries,
-                  "micro_batches": run.trainer.batches_seen}  # fmt: skip
+                  "micro_batches": run.trainer.micro_step}  # fmt: skip
         (self.dir / f"rank{_rank()}.json").write_text(json.dumps(record))
 
 
@@ -264,7 +264,7 @@ class CountSyncs:
             warnings.showwarning = self._show
         self.dir.mkdir(parents=True, exist_ok=True)
         record = {"cuda": self.active, "by_phase": dict(self.by_phase), "optimizer_steps": run.trainer.global_step,
-                  "micro_batches": run.trainer.batches_seen, "top_places": self.places.most_common(20)}  # fmt: skip
+                  "micro_batches": run.trainer.micro_step, "top_places": self.places.most_common(20)}  # fmt: skip
         (self.dir / f"rank{_rank()}.json").write_text(json.dumps(record))
 
 

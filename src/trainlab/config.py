@@ -139,7 +139,7 @@ class TrainConfig:
     deterministic: bool = False
     ema_decay: Optional[float] = None
     ema_warmup: bool = True
-    max_steps_per_epoch: Optional[int] = None  # cap for smoke tests
+    max_steps_per_epoch: Optional[int] = None  # cap for smoke tests, in optimizer steps (micro_batch_cap)
     nproc: int = 1  # >1 launches itself through torchrun
     threads: Optional[int] = None  # torch CPU threads; null leaves torch's default
     # >0: a rank that dies (SIGKILL, OOM kill, lost node) restarts the workers (torchrun --max-restarts) and
@@ -625,6 +625,13 @@ def img_size_schedule(value: Any) -> list[tuple[float, int]]:
     ):  # fmt: skip
         raise ConfigError(f"data.img_size={[list(s) for s in steps]} is not valid; {fix}")
     return steps
+
+
+def micro_batch_cap(cfg: Any) -> Optional[int]:
+    """The micro-batches an epoch may take: train.max_steps_per_epoch counts optimizer steps, as every step
+    in the run dir does, so it allows grad_accum micro-batches per step (None: no cap)."""
+    cap = cfg.train.max_steps_per_epoch
+    return int(cap) * max(1, int(cfg.train.grad_accum)) if cap else None
 
 
 def final_img_size(value: Any) -> int:

@@ -38,7 +38,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if output is None and run_dirs != args.run_dirs:  # not into the temporary copy: here
         output = "report.html"
     out = write_report(run_dirs, output)
-    print(f"report: {out}  (plots in {out.parent / (out.stem + '_files')})")
+    where = " (beside the runs, in the folder they share; -o names another)" if output is None and len(run_dirs) > 1 else ""
+    print(f"report: {out}{where}  (plots in {out.parent / (out.stem + '_files')})")
     return 0
 
 
@@ -55,7 +56,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "directories. A sweep directory expands to its runs; several runs are overlaid and compared.",
     )
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run or sweep directories")
-    report.add_argument("-o", "--output", help="HTML file (default RUN_DIR/report.html, ./report.html for several)")
+    report.add_argument("-o", "--output", help="HTML file (default RUN_DIR/report.html; for several, report.html in the folder they share)")
     report.add_argument("--text", action="store_true", help="print a summary table and text charts instead")
     report.set_defaults(func=cmd_report)
 

@@ -26,6 +26,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from trainlab.config import micro_batch_cap
 from trainlab.data import transforms as T
 from trainlab.errors import ConfigError, DataError
 
@@ -264,9 +265,10 @@ def iterable_length(data: Any, cfg: Any, name: str) -> int:
         return len(data)
     except TypeError:
         if cfg.train.max_steps_per_epoch:
-            return int(cfg.train.max_steps_per_epoch)
+            return micro_batch_cap(cfg)
         raise ConfigError(f"{name} has no length (a streaming iterable): set train.max_steps_per_epoch=N, the "
-                          "batches per epoch it yields, so the LR schedule and the epoch have an end") from None
+                          "optimizer steps per epoch (it then reads N x train.grad_accum batches), so the LR "
+                          "schedule and the epoch have an end") from None
 
 
 def build_user_data(cfg: Any, user: Any, device: torch.device, rank: int, world_size: int) -> Any:

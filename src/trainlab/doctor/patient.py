@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from trainlab.config import micro_batch_cap
 from trainlab.errors import ConfigError, DataError
 from trainlab.train import optim
 
@@ -117,7 +118,7 @@ def examine(cfg: Any, user: Any = None) -> Patient:
                         "raise model.num_classes or drop it to use the dataset's count")
     batches = len(data.train)
     if cfg.train.max_steps_per_epoch:
-        batches = min(batches, int(cfg.train.max_steps_per_epoch))
+        batches = min(batches, micro_batch_cap(cfg))
     steps_per_epoch = -(-batches // int(cfg.train.grad_accum))
     epochs = int(cfg.train.epochs)
     warnings = optim.check_schedule(cfg.sched, epochs, steps_per_epoch)

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import torch
 
+from trainlab.config import micro_batch_cap
 from trainlab.doctor.verdict import Verdict, timed
 from trainlab.train.optim import check_schedule
 
@@ -55,7 +56,7 @@ def preflight_verdicts(cfg: Any, data: Any, model: torch.nn.Module, num_classes:
     try:
         batches = len(data.train)
         if cfg.train.max_steps_per_epoch:
-            batches = min(batches, int(cfg.train.max_steps_per_epoch))
+            batches = min(batches, micro_batch_cap(cfg))
         spe = -(-batches // int(cfg.train.grad_accum))
         device = next(model.parameters()).device
         patient = Patient(cfg, device, data, num_classes, int(data.train.batch_size), spe,

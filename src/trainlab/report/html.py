@@ -97,7 +97,8 @@ def _run_section(run: Run, headers: list[str], row: list[str]) -> str:
         ("best weights", summary.get("best_weights", "")),
     ]
     facts = [(k, v if not isinstance(v, float) else f"{v:.1f}") for k, v in facts if v not in ("", None)]
-    figures = [(h, c) for h, c in zip(headers, row) if c not in ("", "-") and h != "run"]
+    named = {k for k, _ in facts}  # a figure the facts already give (status) is listed once
+    figures = [(h, c) for h, c in zip(headers, row) if c not in ("", "-") and h != "run" and h not in named]
     parts.append(_table(["fact", "value"], [[k, str(v)] for k, v in facts] + [[h, c] for h, c in figures], 2))
     if run.skipped:
         parts.append(f"<details><summary>skipped while reading ({len(run.skipped)})</summary><pre>"

@@ -14,6 +14,7 @@ from typing import Optional
 
 from trainlab.report.plots import COLORS, SEVERITY_COLORS
 from trainlab.report.read import Run
+from trainlab.report.text import wants_log_scale
 
 W, H = 900, 340
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 28, 40
@@ -113,7 +114,12 @@ def chart(name: str, title: str, spec: list[tuple[str, str, str]], runs: list[Ru
     if not data:
         return None
     xs = [x for *_, pts in data for x, _, _ in pts]
-    ys = [y for *_, pts in data for _, y, _ in pts]
+    # a log axis when one exploded value would flatten the rest (the same rule as the PNGs and --text)
+    log = wants_log_scale([y for *_, pts in data for _, y, _ in pts])
+    scale = math.log10 if log else (lambda y: y)
+    if log:
+        title += " (log scale)"
+    ys = [scale(y) for *_, pts in data for _, y, _ in pts]
     x_lo, x_hi = min(0.0, min(xs)), max(xs) or 1.0
     y_lo, y_hi = min(ys), max(ys)
     if y_hi == y_lo:
@@ -124,15 +130,16 @@ def chart(name: str, title: str, spec: list[tuple[str, str, str]], runs: list[Ru
     def sx(x: float) -> float:
         return LEFT + (x - x_lo) / (x_hi - x_lo or 1) * (W - LEFT - RIGHT)
 
-    def sy(y: float) -> float:
-        return TOP + (y_hi - y) / (y_hi - y_lo) * (H - TOP - BOTTOM)
+    def sy(y: float, scaled: bool = False) -> float:  # a value, or with `scaled` a position on the axis
+        return TOP + (y_hi - (y if scaled else scale(y))) / (y_hi - y_lo) * (H - TOP - BOTTOM)
 
     parts = [f'<svg class="ichart" id="chart-{name}" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
              f'role="img" aria-label="{_esc(title)}">',
              f'<text x="{W / 2}" y="16" text-anchor="middle" font-weight="600">{_esc(title)}</text>']  # fmt: skip
     for y in _ticks(y_lo, y_hi):
-        parts.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>'
-                     f'<text x="{LEFT - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{_fmt_tick(y)}</text>')  # fmt: skip
+        label = _fmt_tick(10.0**y if log else y)
+        parts.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{sy(y, True):.1f}" y2="{sy(y, True):.1f}" stroke="#eee"/>'
+                     f'<text x="{LEFT - 6}" y="{sy(y, True) + 4:.1f}" text-anchor="end">{label}</text>')  # fmt: skip
     for x in _ticks(x_lo, x_hi, 8):
         parts.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{TOP}" y2="{H - BOTTOM}" stroke="#f3f3f3"/>'
                      f'<text x="{sx(x):.1f}" y="{H - BOTTOM + 16}" text-anchor="middle">{_fmt_tick(x)}</text>')  # fmt: skip

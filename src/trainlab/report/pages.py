@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,10 +16,11 @@ from trainlab.report.search import objective_plots, ranking_text, search_of
 
 
 def default_output(paths: list[str | Path], runs: list[Run]) -> Path:
-    """RUN_DIR/report.html for one run or one sweep, ./report.html for several."""
+    """RUN_DIR/report.html for one run or one sweep; for several, report.html beside them, in the folder they
+    share (runs/a and runs/b: runs/report.html), never in whatever folder the command ran from."""
     if len(paths) == 1 and (len(runs) == 1 or is_sweep_dir(Path(paths[0]))):
         return Path(paths[0]) / "report.html"
-    return Path("report.html")
+    return Path(os.path.commonpath([str(Path(p).resolve()) for p in paths])) / "report.html"
 
 
 def warn_skipped(runs: list[Run]) -> None:

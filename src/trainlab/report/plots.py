@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from trainlab.report.read import Run
-from trainlab.report.text import printable  # names from files: no control characters in a label
+from trainlab.report.text import WIDE_RANGE, printable  # printable: no control characters in a label
 
 DPI = 100
 WIDTH, HEIGHT = 900, 360  # pixels
@@ -104,7 +104,7 @@ def _finish(ax: Axes, title: str, xlabel: str, ylabel: str, runs: Optional[list[
 def _log_scale_if_wide(ax: Axes, values: list[float]) -> None:
     """A diverging run's loss would flatten every other curve: use a log axis when the range is wide."""
     positive = [v for v in values if v > 0]
-    if positive and max(positive) / min(positive) > 30:
+    if positive and max(positive) / min(positive) > WIDE_RANGE:
         ax.set_yscale("log")
 
 

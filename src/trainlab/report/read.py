@@ -281,6 +281,20 @@ def read_jsonl(path: Path, skipped: Optional[list[str]] = None) -> list[dict[str
     return records
 
 
+def in_optimizer_steps(records: list[dict[str, Any]], grad_accum: int) -> list[dict[str, Any]]:
+    """Every record's `step` in optimizer steps, as metrics.csv counts. A record without `micro_step` was
+    written before trainlab counted one kind of step: its `step` counted micro-batches, so under
+    accumulation it becomes micro_step and the step is the optimizer step that micro-batch belonged to
+    (exact when an epoch's batches are a multiple of grad_accum, else within a step per epoch)."""
+    if grad_accum <= 1:
+        return records
+    for record in records:
+        step = _whole(record.get("step"))
+        if "micro_step" not in record and step is not None:
+            record["micro_step"], record["step"] = step, -(-step // grad_accum)
+    return records
+
+
 def read_json(path: Path, skipped: Optional[list[str]] = None) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -378,13 +392,15 @@ def load_run(path: str | Path, name: Optional[str] = None, values: Optional[dict
             error = error_path.read_text(encoding="utf-8", errors="replace").strip()
         except OSError as exc:
             skipped.append(f"{error_path}: unreadable ({exc.strerror or exc})")
+    config = read_yaml(path / "config.yaml", skipped)
+    accum = _whole(config.get("train", {}).get("grad_accum"), low=1) or 1
     return Run(
         path=path,
         name=name or path.name,
-        config=read_yaml(path / "config.yaml", skipped),
+        config=config,
         metrics=read_metrics(path / "metrics.csv", skipped),
-        steps=read_jsonl(path / "steps.jsonl", skipped),
-        events=read_jsonl(path / "events.jsonl", skipped),
+        steps=in_optimizer_steps(read_jsonl(path / "steps.jsonl", skipped), accum),
+        events=in_optimizer_steps(read_jsonl(path / "events.jsonl", skipped), accum),
         summary=read_summary(path / "summary.json", skipped),
         error=error,
         values={str(k): str(v) for k, v in (values or {}).items()},

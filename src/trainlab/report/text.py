@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Optional
 
 from trainlab.report import compare
@@ -50,6 +51,16 @@ def _nice(value: float) -> str:
     return f"{value:.3g}"
 
 
+WIDE_RANGE = 30  # largest / smallest value beyond which a chart's y axis is logarithmic
+
+
+def wants_log_scale(values: list[float]) -> bool:
+    """One exploded value (a diverging loss) flattens every other point on a linear axis: a log axis when the
+    finite values are all positive and span more than WIDE_RANGE times."""
+    finite = [v for v in values if math.isfinite(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > WIDE_RANGE
+
+
 def text_chart(
     title: str,
     series: dict[str, list[tuple[float, float]]],
@@ -58,11 +69,18 @@ def text_chart(
     height: int = 12,
     x_label: str = "epoch",
 ) -> str:
-    """A scatter/line chart in plain text: one glyph per series, event marks (^) under the x axis."""
+    """A scatter/line chart in plain text: one glyph per series, event marks (^) under the x axis. The y axis
+    is logarithmic when the values span a wide range (wants_log_scale); the title then says so."""
     points = [(x, y) for pts in series.values() for x, y in pts if math.isfinite(y)]
     if not points:
         return f"{title}\n  (no data yet)\n"
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    log = wants_log_scale([y for _, y in points])
+    scale: Callable[[float], float] = math.log10 if log else (lambda y: y)
+    unscale: Callable[[float], float] = (lambda v: 10.0**v) if log else (lambda v: v)
+    series = {label: [(x, scale(y)) for x, y in pts if math.isfinite(y)] for label, pts in series.items()}
+    if log:
+        title += " (log scale)"
+    xs, ys = [p[0] for p in points], [scale(p[1]) for p in points]
     x_lo, x_hi = min(xs), max(xs)
     y_lo, y_hi = min(ys), max(ys)
     if x_hi == x_lo:
@@ -92,9 +110,10 @@ def text_chart(
         for x, y in finite:
             grid[row(y)][col(x)] = glyph
         if finite:
-            legend[-1] += f" (last {_nice(finite[-1][1])})"
+            legend[-1] += f" (last {_nice(unscale(finite[-1][1]))})"
 
-    labels = {0: _nice(y_hi), height - 1: _nice(y_lo), (height - 1) // 2: _nice((y_hi + y_lo) / 2)}
+    labels = {0: _nice(unscale(y_hi)), height - 1: _nice(unscale(y_lo)),
+              (height - 1) // 2: _nice(unscale((y_hi + y_lo) / 2))}  # fmt: skip
     label_w = max(len(v) for v in labels.values())
     lines = [title]
     legend = [printable(entry) for entry in legend]

@@ -26,6 +26,7 @@ class Console:
         self._rich = RichConsole(highlight=False, soft_wrap=True) if self.is_tty else None
         self._progress: Optional[Progress] = None
         self._task = None
+        self.bar_info = ""  # the bar's text after its counts: the running loss, from the watch's last read
 
     def print(self, text: str) -> None:
         if not self.enabled:
@@ -55,11 +56,19 @@ class Console:
             console=self._rich, transient=True,
         )  # fmt: skip
         self._progress.start()
-        self._task = self._progress.add_task("train", total=total, completed=done, info="")
+        self._task = self._progress.add_task("train", total=total, completed=done, info=self.bar_info)
 
-    def advance(self, info: str = "") -> None:
+    def advance(self) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, advance=1, info=info)
+            self._progress.update(self._task, advance=1, info=self.bar_info)
+
+    def show_loss(self, loss: Optional[float]) -> None:
+        """The running loss on the bar: the watch's mean over its last logged steps (read there, no sync here)."""
+        if not self.show_bar or not isinstance(loss, (int, float)):
+            return
+        self.bar_info = f"loss {loss:.4f}"
+        if self._progress is not None:
+            self._progress.update(self._task, info=self.bar_info)
 
     def end_epoch(self) -> None:
         if self._progress is not None:

@@ -102,10 +102,12 @@ class RunLogger:
                 writer.writeheader()
             writer.writerow(csv_row(row))
 
-    def truncate_jsonl(self, max_step: int) -> None:
-        """After a resume, drop step lines written after the checkpoint so no step appears twice. The files
-        are read as a person may have left them: a line that is not a JSON object with a numeric step (or
-        none) is kept as it is, never a reason to fail the resume."""
+    def truncate_jsonl(self, max_micro_step: int) -> None:
+        """After a resume, drop step lines written after the checkpoint so no step appears twice. Lines are
+        compared by their `micro_step` (the micro-batches done, exact under accumulation); a line without one
+        was written by an older trainlab, whose `step` counted micro-batches. The files are read as a person
+        may have left them: a line that is not a JSON object with a numeric step (or none) is kept as it is,
+        never a reason to fail the resume."""
         for path in (self.steps_path, self.events_path):
             if not path.exists():
                 continue
@@ -115,8 +117,8 @@ class RunLogger:
                     record = json.loads(line)
                 except (ValueError, RecursionError):
                     continue  # a line cut by a hard kill
-                step = record.get("step") if isinstance(record, dict) else None
-                late = isinstance(step, (int, float)) and not isinstance(step, bool) and step > max_step
+                step = record.get("micro_step", record.get("step")) if isinstance(record, dict) else None
+                late = isinstance(step, (int, float)) and not isinstance(step, bool) and step > max_micro_step
                 if not late or record.get("kind") in ("preempted", "resumed"):
                     kept.append(line)
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

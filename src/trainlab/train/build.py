@@ -134,8 +134,8 @@ def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], s
     global_batch = batch_size * ctx.world_size * cfg.train.grad_accum
     optimizer = optim.build_optimizer(raw_model, cfg.optim, global_batch)
     batches = len(data.train)
-    if cfg.train.max_steps_per_epoch:
-        batches = min(batches, cfg.train.max_steps_per_epoch)
+    if config_mod.micro_batch_cap(cfg):
+        batches = min(batches, config_mod.micro_batch_cap(cfg))
     steps_per_epoch = -(-batches // cfg.train.grad_accum)  # optimizer steps
     base_lr = float(cfg.sched.max_lr) if cfg.sched.name == "onecycle" and cfg.sched.max_lr else (
         optimizer.param_groups[0]["lr"])  # fmt: skip
@@ -165,7 +165,7 @@ def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], s
         model=wrapped, optimizer=optimizer, scheduler=scheduler, device=device, precision=precision,
         channels_last=channels_last, grad_accum=cfg.train.grad_accum, clip_grad=cfg.train.clip_grad,
         label_smoothing=cfg.train.label_smoothing, mixer=mixer, ema=ema, on_nonfinite=cfg.watch.on_nonfinite,
-        seed=train_seed, max_batches=cfg.train.max_steps_per_epoch, on_batch=on_batch,
+        seed=train_seed, max_batches=config_mod.micro_batch_cap(cfg), on_batch=on_batch,
         compile_mode=cfg.train.compile, loss=run_loss(cfg, getattr(user, "loss_fn", None)),
     )  # fmt: skip
     return Parts(cfg=cfg, data=data, raw_model=raw_model, trainer=trainer, num_classes=num_classes, params=params,

@@ -21,7 +21,7 @@ from trainlab.distributed import DistContext, all_reduce_sum, find_ddp, maybe_no
 from trainlab.errors import ConfigError
 from trainlab.models.outputs import training_loss
 
-# Called at every optimizer-step boundary with (epoch, batches done in this epoch); True stops the epoch there.
+# Called at every optimizer-step boundary with (epoch, micro-batches done in this epoch); True stops the epoch there.
 BoundaryHook = Callable[[int, int], bool]
 
 
@@ -208,9 +208,12 @@ class Trainer:
     watcher: Optional[object] = None  # trainlab.watch.Watcher
     on_nonfinite: str = "warn"
     seed: int = 0
-    max_batches: Optional[int] = None
-    global_step: int = 0  # optimizer steps taken
-    batches_seen: int = 0  # micro-batches taken (the watch's step counter)
+    max_batches: Optional[int] = None  # micro-batches per epoch (train.max_steps_per_epoch x grad_accum)
+    # The run's one step counter: optimizer steps, i.e. accumulation windows ended (a window whose every
+    # micro-batch was skipped as non-finite counts too: the LR plan follows the position, as AMP's skipped
+    # steps do). metrics.csv, steps.jsonl, events, the watch and periodic checkpoints all count these.
+    global_step: int = 0
+    micro_step: int = 0  # micro-batches taken (global_step x grad_accum, less for short last windows)
     skipped_nonfinite: int = 0
     nonfinite_stop: Optional[tuple[int, int]] = field(default=None)  # (epoch, batch) that stopped the run
     on_batch: Optional[Callable[[int, int], None]] = None  # (epoch, batch index): progress bar, drills
@@ -220,6 +223,9 @@ class Trainer:
     def __post_init__(self) -> None:
         self.ddp = find_ddp(self.model) is not None
         self._window_skipped = 0  # micro-batches skipped (non-finite loss) in the current accumulation window
+        self._window_loss: Optional[torch.Tensor] = None  # the window's summed losses, on the device (no sync)
+        self._window_seen = 0  # micro-batches and images in the window so far, for the watch's one step
+        self._window_images = 0
         # reduce-overhead and max-autotune replay CUDA graphs whose outputs live in static buffers. Under
         # accumulation, autograd would adopt the first micro-batch's gradient buffer as p.grad and the next
         # replay would overwrite it. Keeping p.grad allocated (zeroed, never None) makes every micro-batch
@@ -282,6 +288,7 @@ class Trainer:
         boundary = (index + 1) % self.grad_accum == 0 or index + 1 == n_batches
         if index % self.grad_accum == 0:
             self._window_skipped = 0
+            self._window_loss, self._window_seen, self._window_images = None, 0, 0
 
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
@@ -306,7 +313,11 @@ class Trainer:
             if self.ddp and boundary:
                 sync_wait = time.perf_counter() - backward_started
 
-        self.batches_seen += 1
+        self.micro_step += 1
+        detached = loss.detach()
+        self._window_loss = detached if self._window_loss is None else self._window_loss + detached
+        self._window_seen += 1
+        self._window_images += labels.shape[0]
         if not bad:  # a skipped batch's loss is not part of the epoch's figures
             totals.add(loss, _correct_top1(logits.detach(), targets), labels.shape[0])
         if self.on_batch is not None:
@@ -320,11 +331,19 @@ class Trainer:
                 if self._window_skipped:
                     self._rescale_partial_window(window, good, last_was_skipped=bad)
                 grad_norm = self._optimizer_step()
-            else:  # every micro-batch of the window was skipped: nothing to step with
+            else:  # every micro-batch of the window was skipped: nothing to step with, but the step is counted
                 self.optimizer.zero_grad(set_to_none=not self.keep_grads)
-        if self.watcher is not None:  # before the boundary hook: a checkpoint it writes holds this step
-            self.watcher.step(loss=loss.detach(), batch_size=labels.shape[0], lr=self.optimizer.param_groups[0]["lr"],
-                              sync_wait_s=sync_wait, grad_norm=grad_norm)
+                self.scheduler.step()
+                self.global_step += 1
+        if self.watcher is not None:
+            if boundary or self.nonfinite_stop is not None:
+                # One watch step per optimizer step (before the boundary hook: a checkpoint it writes holds
+                # it), with the window's mean loss and all its images.
+                self.watcher.step(loss=self._window_loss / self._window_seen, batch_size=self._window_images,
+                                  lr=self.optimizer.param_groups[0]["lr"], sync_wait_s=sync_wait,
+                                  grad_norm=grad_norm)  # fmt: skip
+            else:  # a micro-batch inside the window: timed, not counted
+                self.watcher.micro_batch()
         if self.nonfinite_stop is not None:
             return True
         if boundary and on_boundary is not None:
@@ -352,7 +371,7 @@ class Trainer:
     def _optimizer_step(self) -> Optional[torch.Tensor]:
         """One optimizer step. Returns the total gradient norm (a device tensor, never read here) when it is
         free (clipping computes it) or the watch will log it in this window; else None."""
-        want_norm = self.watcher is not None and self.watcher.wants_grad_norm(self.grad_accum)
+        want_norm = self.watcher is not None and self.watcher.wants_grad_norm()
         grad_norm = self.step.optimizer_step(want_norm, set_to_none=not self.keep_grads)
         self.scheduler.step()
         self.global_step += 1

@@ -44,6 +44,17 @@ from trainlab.train.callbacks import CallbackList
 from trainlab.train.engine import EpochTotals, evaluate
 
 
+def log_every(print_every: int, steps_per_epoch: int) -> int:
+    """The steps between the watch's logged lines. At its default (50) watch.print_every would log nothing
+    in an epoch of fewer steps until the epoch's end: the default logs at least 10 times an epoch instead
+    (every steps_per_epoch // 10 steps). A value the config sets otherwise is kept as it is."""
+    from trainlab.watch.settings import WatchSettings
+
+    if print_every == WatchSettings().print_every and steps_per_epoch < 10 * print_every:
+        return max(1, steps_per_epoch // 10)
+    return print_every
+
+
 class Run:
     """Everything one run holds; `execute()` runs it."""
 
@@ -93,12 +104,12 @@ class Run:
 
         s = self.cfg.watch
         self.watcher = Watcher(
-            print_every=s.print_every, show_gpu=s.show_gpu, warn_on_leak=s.warn_on_leak,
+            print_every=log_every(s.print_every, self.steps_per_epoch), show_gpu=s.show_gpu, warn_on_leak=s.warn_on_leak,
             warn_on_bottleneck=s.warn_on_bottleneck, warn_on_variance=s.warn_on_variance,
             settings=s, device=self.device, printer=self.console.print, on_event=self._on_event,
             on_log=self._on_log, model=self.raw_model, optimizer=self.trainer.optimizer,
             rank=self.ctx.rank, world_size=self.ctx.world_size, verbose=self.ctx.is_main and s.enabled,
-            planned_steps=self.cfg.train.epochs * self.trainer.batches_per_epoch(self.data.train),  # watch budget
+            planned_steps=self.cfg.train.epochs * self.steps_per_epoch,  # the watch's budget, in optimizer steps
             num_classes=self.data.num_classes,  # what chance means: the labels the data has, not the head's width
             lr_at=self._planned_lr(), advice="trainlab",  # fixes named as config keys
         )  # fmt: skip
@@ -106,20 +117,27 @@ class Run:
         self.trainer.watcher = self.watcher
 
     def _planned_lr(self):
-        """The LR the schedule plans at a watch step (a batch; the scheduler counts optimizer steps)."""
-        sched, accum = self.trainer.scheduler, max(1, int(self.cfg.train.grad_accum))
+        """The LR the schedule plans at a watch step (an optimizer step, as the scheduler counts)."""
+        sched = self.trainer.scheduler
         base, multiplier = float(sched.base_lrs[0]), sched.lr_lambdas[0]
-        return lambda step: base * multiplier(step // accum)
+        return lambda step: base * multiplier(step)
 
     def _on_batch(self, epoch: int, index: int) -> None:
         self.console.advance()
 
     def _on_event(self, event: Any) -> None:
-        record = self.logger.log_event(event.to_dict() if hasattr(event, "to_dict") else dict(event))
-        self.callbacks.on_event(self, record)
+        record = self._with_micro_step(event.to_dict() if hasattr(event, "to_dict") else dict(event))
+        self.callbacks.on_event(self, self.logger.log_event(record))
 
     def _on_log(self, record: dict) -> None:
-        self.callbacks.on_log(self, self.logger.log_step(record))
+        self.console.show_loss(record.get("loss"))
+        self.callbacks.on_log(self, self.logger.log_step(self._with_micro_step(record)))
+
+    def _with_micro_step(self, record: dict) -> dict:
+        """`step` counts optimizer steps; `micro_step` beside it the micro-batches, which a resume truncates by
+        and which tells these records from the ones of older runs (whose `step` counted micro-batches)."""
+        trainer = getattr(self, "trainer", None)
+        return {**record, "micro_step": trainer.micro_step} if trainer is not None else record
 
     def request_stop(self, reason: str) -> None:
         """Stop cleanly at the next optimizer step (every rank agrees): checkpoint, then status "stopped"."""
@@ -131,7 +149,7 @@ class Run:
         the epoch's health line, summary.json, the sweep and the report."""
         from trainlab.watch import Event
 
-        event = Event(kind, severity, self.trainer.batches_seen, self.epoch, message, data)
+        event = Event(kind, severity, self.trainer.global_step, self.epoch, message, data)
         watcher = getattr(self, "watcher", None)
         if watcher is not None:
             watcher.add_event(event, announce=False)  # its on_event (_on_event) logs it and tells the callbacks
@@ -149,7 +167,7 @@ class Run:
             "step_in_epoch": self.step_in_epoch,
             "phase": self.phase,
             "global_step": t.global_step,
-            "batches_seen": t.batches_seen,
+            "micro_step": t.micro_step,
             "model": self.raw_model.state_dict(),
             "optimizer": t.optimizer.state_dict(),
             "scheduler": t.scheduler.state_dict(),
@@ -191,7 +209,7 @@ class Run:
                     "made with, or start a new run.dir"
                 ) from None
         t.global_step = state["global_step"]
-        t.batches_seen = state["batches_seen"]
+        t.micro_step = state.get("micro_step", state.get("batches_seen", 0))  # batches_seen: older checkpoints
         self.epoch = state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.phase = state["phase"]
@@ -202,6 +220,8 @@ class Run:
         self.resumed_wall = state.get("wall_time_s", 0.0)
         if state.get("watch") is not None:
             self.watcher.load_state_dict(state["watch"])
+            if state["watch"].get("version", 1) < 2:  # its watch counted micro-batches: continue in optimizer steps
+                self.watcher.step_count = t.global_step
         if state.get("loader") is not None and hasattr(self.data.train, "load_state_dict"):
             self.data.train.load_state_dict(state["loader"])
         self._restore_rng(state)
@@ -414,7 +434,7 @@ class Run:
                 self.epoch, self.step_in_epoch, self.phase = self.epoch + 1, 0, "train"
             self._note_restart()
             self.logger.rewrite_metrics(self.metrics_rows)
-            self.logger.truncate_jsonl(self.trainer.batches_seen)
+            self.logger.truncate_jsonl(self.trainer.micro_step)
             self.log_event("resumed", "info", f"resumed at epoch {self.epoch}, batch {self.step_in_epoch}",
                         global_step=self.trainer.global_step)  # fmt: skip
 
@@ -597,7 +617,8 @@ class Run:
             "data_time_s": rep.get("data_time_s"), "train_time_s": rep.get("compute_time_s"),
             "other_time_s": rep.get("other_time_s"), "epoch_time_s": rep.get("epoch_time_s"),
             "images_per_s": rep.get("images_per_s"), "peak_mem_mb": peak,
-            "rss_mb": rep.get("rss_mb"), "time": time.time(), "batches": rep.get("steps"),
+            "rss_mb": rep.get("rss_mb"), "time": time.time(),
+            "batches": self.trainer.batches_per_epoch(self.data.train),  # micro-batches (step counts optimizer steps)
         }  # fmt: skip
         if val is not None:
             row.update({k: val[k] for k in ("val_loss", "val_acc1", "val_acc5", "val_time_s")})
@@ -675,11 +696,11 @@ class Run:
         if steps_path.exists():  # read before the resume truncates what the lost attempt logged
             for line in steps_path.read_text().splitlines():
                 with contextlib.suppress(ValueError, AttributeError, TypeError):
-                    last_logged = max(last_logged, int(json.loads(line).get("step") or 0))
+                    last_logged = max(last_logged, int(json.loads(line).get("step") or 0))  # optimizer steps
         ranks = attempts.previous_attempt(self.run_dir, attempt)
         record = {"attempt": attempt, "max_restarts": attempts.max_restarts(), "ranks": ranks,
                   "resumed_step": self.trainer.global_step,
-                  "steps_redone": max(0, last_logged - self.trainer.batches_seen)}  # fmt: skip
+                  "steps_redone": max(0, last_logged - self.trainer.global_step)}  # fmt: skip
         with contextlib.suppress(OSError, ValueError):
             self.restarts = list(json.loads((self.run_dir / "summary.json").read_text()).get("restarts") or [])
         self.restarts.append(record)

@@ -84,7 +84,7 @@ class Watcher:
 
     Keyword arguments given explicitly override `settings`; the others come from `settings`
     (or the defaults, with print_every=100 like the seed monitor). `planned_steps` (the `step()` calls the run
-    will make) and `num_classes` let the watch judge progress against the run's own budget: a hopeless run is
+    will make: its optimizer steps) and `num_classes` let the watch judge progress against the run's own budget: a hopeless run is
     flagged in its first tenth or so, and slow leaks are reported by their projected time to out-of-memory.
     `lr_at(step)` (the planned LR at a watch step) sizes the LR budget still to come (model_probe.py).
     `advice`: how fixes are named, "code" (the default: your loop's `lr=`, `DataLoader(num_workers=...)`) or
@@ -170,6 +170,7 @@ class Watcher:
         self._closed = False
         self._not_learning_said = False  # a not_learning finding still standing (no epoch above chance since)
         self._batch_size: Optional[int] = None
+        self._micro_images = 0  # images of the micro-batches since the last step() (gradient accumulation)
         self.sampler = SystemSampler(s.sample_interval_s, self.device if self.on_cuda else None)
         if self.enabled:
             self.sampler.start()
@@ -225,7 +226,10 @@ class Watcher:
 
     def step(self, loss: Any = None, batch_size: Optional[int] = None, lr: Optional[float] = None,
              sync_wait_s: Optional[float] = None, grad_norm: Any = None) -> None:
-        """Mark the end of an optimizer step. `loss`: a float or a tensor (kept on its device).
+        """Mark the end of an optimizer step: the watch's step is the optimizer's, whatever the accumulation
+        (under gradient accumulation call `micro_batch()` after each micro-batch that does not end a step, and
+        give `loss` as the window's mean and `batch_size` as its images). `loss`: a float or a tensor (kept on
+        its device).
 
         `grad_norm`: the step's total gradient norm (a float or a device tensor, read at the next logging
         step with the losses). Without it the watch reads the gradients still on the model at logging steps,
@@ -244,7 +248,8 @@ class Watcher:
         if not self._probe_started:  # a loop without watch(): the weights' start is after the first update
             self._start_probe(None)
         wall, wait = self._clock.step(t)
-        images = batch_size if batch_size is not None else self._batch_size
+        images = batch_size if batch_size is not None else (self._batch_size or 0) + self._micro_images or None
+        self._micro_images = 0
         interval = self._interval
         if images:
             self._tally.images += images
@@ -270,6 +275,15 @@ class Watcher:
         if self.step_count % self.reduce_every == 0:
             self._reduce(log=True)
         self._overhead_s += time.perf_counter() - t
+
+    def micro_batch(self) -> None:
+        """The end of a micro-batch that does not end an optimizer step (gradient accumulation): its device
+        time is timed and its images counted with the step; the step itself is counted at `step()`."""
+        if not self.enabled:
+            return
+        self._micro_images += self._batch_size or 0
+        if self._timer is not None:
+            self._timer.mark_end()
 
     def wants_grad_norm(self, steps_ahead: int = 1) -> bool:
         """Whether a logging step falls within the next `steps_ahead` calls of step() (this one included):
@@ -436,7 +450,7 @@ class Watcher:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "version": 1,
+            "version": 2,  # 2: step_count and the events' steps are optimizer steps (1: micro-batches)
             "step_count": self.step_count,
             "epoch": self.epoch,
             "epochs_done": self.epochs_done,

@@ -310,9 +310,6 @@ def host_barrier(ctx: DistContext) -> None:
 # launching through torchrun
 
 
-_EXITCODE_RE = re.compile(r"exitcode\s*:\s*(-?\d+)")
-
-
 def _strip_nproc(argv: list[str]) -> list[str]:
     return [a for a in argv if not re.match(r"^(\+{0,2})train\.nproc=", a)]
 
@@ -384,9 +381,10 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endp
 
     Stop signals (SIGTERM, SIGINT, SIGUSR1) received here are sent straight to the worker processes,
     which save and exit 143; the torchrun agent is started ignoring them (a SIGUSR1 would otherwise
-    kill it, and its own SIGTERM handling turns a clean stop into a traceback). torchrun itself
-    exits 1 whenever a worker fails, so the first failed rank's exit code is read from its failure
-    summary and returned instead (143 for a preempted job, 2 for bad input, 128+N for a signal).
+    kill it, and its own SIGTERM handling turns a clean stop into a traceback). The agent (``_agent``)
+    exits with the exit code of the rank that failed first, from torch's own record of the failures
+    (``ChildFailedError.failures``), not from anything printed: 143 for a preempted job, 2 for bad
+    input, 128+N for a signal.
     """
     cmd = torchrun_command(target, nproc, nnodes, rdzv_endpoint, max_restarts)
     env = dict(os.environ if env is None else env)
@@ -403,30 +401,12 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endp
         for signum in _STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
 
+    # The workers' output goes straight to this process's stdout and stderr: nothing here reads it. The job's
+    # exit code is the agent's, which takes it from torch's record of each failed worker (_agent, job_outcome).
     proc = subprocess.Popen(
-        cmd, stderr=subprocess.PIPE, env=env, preexec_fn=agent_preexec if os.name == "posix" else None,
+        cmd, env=env, preexec_fn=agent_preexec if os.name == "posix" else None,
         start_new_session=True,  # a terminal Ctrl-C reaches only this process, which relays it once
     )
-    tail = bytearray()
-
-    def relay_stderr() -> None:
-        assert proc.stderr is not None
-        out = getattr(sys.stderr, "buffer", None)
-        while True:
-            chunk = os.read(proc.stderr.fileno(), 65536)
-            if not chunk:
-                break
-            tail.extend(chunk)
-            del tail[:-65536]
-            if out is not None:
-                out.write(chunk)
-                out.flush()
-            else:
-                sys.stderr.write(chunk.decode(errors="replace"))
-                sys.stderr.flush()
-
-    relay = threading.Thread(target=relay_stderr, daemon=True)
-    relay.start()
 
     def forward(signum: int, frame: Any) -> None:
         workers = _worker_pids(proc.pid)
@@ -446,15 +426,6 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endp
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        relay.join(timeout=5)
-    if returncode == 0:
-        return 0
-    text = bytes(tail).decode(errors="replace")
-    root = text[text.rfind("Root Cause"):] if "Root Cause" in text else text
-    match = _EXITCODE_RE.search(root)
-    if match:
-        code = int(match.group(1))
-        return 128 - code if code < 0 else code
     return 128 - returncode if returncode < 0 else returncode
 
 
@@ -515,27 +486,32 @@ def _agent(argv: list[str]) -> int:
 
 
 def _note_restarted_failures() -> None:
-    """With restarts, the agent's record of each failed worker (exit code or signal, pid) is kept in the run's
-    folder for the next attempt, which cannot learn it otherwise (trainlab.state.attempts). The record is the
-    arguments of torch's own log call (multiprocessing.api: "failed (exitcode: %s) local_rank: %s (pid: %s)"),
-    caught by a handler; nothing is printed."""
+    """With restarts, the agent's record of each failed worker (exit code or signal, pid, local rank) is kept in
+    the run's folder for the next attempt, which cannot learn it otherwise (trainlab.state.attempts).
+
+    The record is the RunResult torch's agent acts on: ``_monitor_workers`` is the documented hook of an elastic
+    agent (SimpleElasticAgent) that reports the worker group's state and its ``ProcessFailure``s; the agent
+    torchrun builds (``launcher.api.LocalElasticAgent``) is given a subclass that notes the failures it returns,
+    before the agent restarts the workers or ends the job. Nothing is read from the agent's log or output."""
     record_dir = os.environ.get(_RECORD_DIR_ENV)
     if not record_dir:
         return
-    import logging
+    from torch.distributed.launcher import api as launcher_api
 
-    class ExitNotes(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            args = record.args if isinstance(record.args, tuple) else ()
-            if str(record.msg).startswith("failed (exitcode") and len(args) >= 3:
-                with contextlib.suppress(OSError, TypeError, ValueError):
-                    record_exit(record_dir, int(args[2]), int(args[0]), int(args[1]))
+    base = getattr(launcher_api, "LocalElasticAgent", None)
+    if base is None:  # pragma: no cover - a torch without it: restarts still work, without the exit notes
+        return
 
-    source = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
-    source.addHandler(ExitNotes(level=logging.ERROR))
-    if source.level > logging.ERROR or source.level == logging.NOTSET:
-        source.setLevel(logging.ERROR)  # its ERROR records reach the handler, not the terminal:
-        source.propagate = bool(os.environ.get("TRAINLAB_DEBUG"))
+    class ExitNotingAgent(base):  # type: ignore[misc, valid-type]
+        def _monitor_workers(self, worker_group: Any) -> Any:
+            result = super()._monitor_workers(worker_group)
+            if result.is_failed():
+                for failure in result.failures.values():
+                    with contextlib.suppress(OSError, TypeError, ValueError):
+                        record_exit(record_dir, int(failure.pid), int(failure.exitcode), int(failure.local_rank))
+            return result
+
+    launcher_api.LocalElasticAgent = ExitNotingAgent
 
 
 def launch(argv: list[str], nproc: int, nnodes: int | str = 1, rdzv_endpoint: str | None = None,

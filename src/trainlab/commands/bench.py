@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -78,14 +79,28 @@ def time_loader(loader: Any, batches: int, device: torch.device) -> float:
         stream.close()  # shuts a DataLoader's workers down now, not at garbage collection
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or taskset's limit), as torch's DataLoader
+    counts them when it warns that more workers than that may run slow or freeze."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def bench_loader(cfg: Any, workers: list[int], batches: int, device: Optional[torch.device] = None) -> dict:
-    """`{"results": [...], "recommended": {...}}` for the torch loader at each num_workers and the tensor loader."""
+    """`{"results": [...], "recommended": {...}}` for the torch loader at each num_workers and the tensor loader.
+    A num_workers above the usable CPUs is not measured (nor recommended): its workers would share the CPUs."""
     from trainlab.config import replace
     from trainlab.data import build_data
 
     device = device or resolve_device(cfg)
+    cpus = usable_cpus()
     results: list[dict] = []
     for w in workers:
+        if w > cpus:
+            note = f"more workers than the {cpus} CPU{'s' if cpus > 1 else ''} this process may use"
+            results.append({"loader": "torch", "num_workers": w, "images_per_s": None, "note": note})
+            continue
         data = build_data(replace(cfg, **{"data.loader": "torch", "data.num_workers": w}), device)
         results.append(
             {"loader": "torch", "num_workers": w, "images_per_s": time_loader(data.train, batches, device)}
@@ -105,7 +120,7 @@ def bench_loader(cfg: Any, workers: list[int], batches: int, device: Optional[to
     )
     recommended = {**best, "override": override}
     return {"device": str(device), "batch_size": int(cfg.data.batch_size), "batches": batches,
-            "results": results, "recommended": recommended}  # fmt: skip
+            "usable_cpus": cpus, "results": results, "recommended": recommended}  # fmt: skip
 
 
 # ---------------------------------------------------------------- step
@@ -280,7 +295,8 @@ def register_cli(subparsers: Any) -> None:
     p = sub.add_parser("loader", help="images/s of the DataLoader per num_workers and of the tensor loader")
     items(p)
     p.add_argument(
-        "--workers", default="0,1,2,4", help="comma-separated num_workers values (default 0,1,2,4)"
+        "--workers", default="0,1,2,4",
+        help="comma-separated num_workers values (default 0,1,2,4); those above the usable CPUs are skipped"
     )
     p.add_argument("--batches", type=int, default=50, help="timed batches per setting (after 3 warm-up)")
     p.set_defaults(func=cmd_loader)

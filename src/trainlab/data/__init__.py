@@ -196,6 +196,19 @@ def _schedule_note(size_at: Any) -> str:
     return f"; progressive sizes {steps} of training (eval at {size_at.steps[-1][1]} px)"
 
 
+def unused_workers_note(cfg: Any, kind: str) -> str:
+    """'; data.num_workers=N is unused ...' for a loader without worker processes (tensor, stream, gpu-decode, a
+    user's iterable), so a sweep over data.num_workers does not compare runs that differ in nothing."""
+    workers = int(cfg.data.num_workers)
+    if workers == 0 or kind == "torch":
+        return ""
+    if kind == "iterable":
+        return (f"; data.num_workers={workers} is unused: your iterable of batches is read as it is "
+                "(give your own DataLoader its num_workers)")
+    return (f"; data.num_workers={workers} is unused by the {kind} loader (it has no worker processes); "
+            "data.loader=torch runs the DataLoader with them")
+
+
 def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1, user: Any = None) -> DataBundle:
     """The run's loaders. `user` (trainlab.user.UserParts) carries a user's own datasets and transforms;
     `data.name: pkg.mod:factory` names a factory of them (data/user_data.py takes both)."""
@@ -265,7 +278,7 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
             prefetch=prefetch, **common
         )
         val = StreamLoader(raw.val.images, raw.val.labels, val_bs, train=False, block_bytes=block_bytes, **common)
-        summary = f"data: stream loader ({why}); {plan.describe()}{_schedule_note(size_at)}"
+        summary = f"data: stream loader ({why}); {plan.describe()}{_schedule_note(size_at)}{unused_workers_note(cfg, kind)}"
         return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), kind, summary)
     if kind == "tensor":
         from trainlab.data.tensor_loader import TensorLoader  # lazy: the torch path must not need it
@@ -284,7 +297,8 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
             common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
             train = GpuJpegLoader(raw.train, bs, train=True, size_at=size_at, **common)
             val = GpuJpegLoader(raw.val, val_bs, train=False, **common)
-            summary = f"data: gpu-decode loader ({gpu_why}); {plan.describe()}{_schedule_note(size_at)}"
+            summary = (f"data: gpu-decode loader ({gpu_why}); {plan.describe()}{_schedule_note(size_at)}"
+                       f"{unused_workers_note(cfg, 'gpu-decode')}")
             return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), "gpu-decode", summary)
         why += f"; GPU JPEG decode not used: {gpu_why}"
     if kind == "torch":
@@ -312,7 +326,7 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
             train_tf = EpochTransforms(by_size, size_at)
         train = TorchLoader(raw.train, train_tf, bs, train=True, **common)
         val = TorchLoader(raw.val, val_tf, val_bs, train=False, **common)
-    summary = f"data: {kind} loader ({why}); {plan.describe()}{_schedule_note(size_at)}"
+    summary = f"data: {kind} loader ({why}); {plan.describe()}{_schedule_note(size_at)}{unused_workers_note(cfg, kind)}"
     return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), kind, summary)
 
 

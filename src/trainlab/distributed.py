@@ -244,9 +244,10 @@ def wrap_model(model: nn.Module, ctx: DistContext, sync_bn: bool = False) -> nn.
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP and/or torch.compile wrappers (what state_dict should come from)."""
+    """The plain module inside DDP (or DataParallel) and/or torch.compile wrappers (what state_dict should come
+    from, and what an EMA copies)."""
     while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
         elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
             model = model._orig_mod

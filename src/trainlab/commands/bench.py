@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import torch
 
+from trainlab.distributed import resolve_device
 from trainlab.errors import ConfigError, UsageError
 from trainlab.train.batch_finder import SAFETY_MARGIN, find_max_batch, search_max_batch, trial_step
 from trainlab.user import UserParts, load_loss
@@ -25,17 +26,6 @@ WARMUP_BATCHES = 3
 
 
 # ---------------------------------------------------------------- shared helpers
-
-
-def resolve_device(cfg: Any) -> torch.device:
-    """train.device as a torch.device; `auto` takes the GPU when there is one."""
-    name = str(cfg.train.device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu or auto")
-    return device
 
 
 def _synchronize(device: torch.device) -> None:
@@ -93,7 +83,7 @@ def bench_loader(cfg: Any, workers: list[int], batches: int, device: Optional[to
     from trainlab.config import replace
     from trainlab.data import build_data
 
-    device = device or resolve_device(cfg)
+    device = device or resolve_device(cfg.train.device)
     cpus = usable_cpus()
     results: list[dict] = []
     for w in workers:
@@ -157,7 +147,7 @@ def bench_step(cfg: Any, steps: int, device: Optional[torch.device] = None) -> d
     """Mean time per step and per phase of the configured model, data and optimizer."""
     from trainlab.data import build_data
 
-    device = device or resolve_device(cfg)
+    device = device or resolve_device(cfg.train.device)
     data = build_data(cfg, device)
     num_classes = int(cfg.model.num_classes or data.num_classes)
     step_fn = trial_step(cfg, device, num_classes, UserParts(loss_fn=load_loss(cfg)))
@@ -270,7 +260,7 @@ def cmd_step(args: argparse.Namespace) -> int:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
-    device = resolve_device(cfg)
+    device = resolve_device(cfg.train.device)
     if device.type != "cuda":
         raise UsageError(
             f"trainlab bench batch needs a GPU (train.device={cfg.train.device} resolved to {device})"

@@ -30,8 +30,6 @@ from trainlab.data.stream import BLOCK_BYTES
 from trainlab.data.torch_loader import EpochTransforms, TorchLoader
 from trainlab.errors import ConfigError, DataError
 
-TENSOR_POLICIES = ("none", "flip-crop")
-
 
 class Loader(Protocol):
     batch_size: int
@@ -141,16 +139,14 @@ def load_raw(cfg: Any) -> RawData:
             out_size,
             max(4, out_size // 8),  # 4 px at 32, 28 px at 224: the same relative shift
         )
-    if name == "folder":
-        from trainlab.data.folder import load_folder
+    # folder, the last name config.CHOICES["data.name"] admits (config.validate refuses any other; a user's
+    # factory, data.name=pkg.mod:make_data, never reaches here: build_data takes it first)
+    from trainlab.data.folder import load_folder
 
-        if not d.root:
-            raise ConfigError("data.name=folder needs data.root=PATH (the folder with train/ and val/)")
-        train, val, classes = load_folder(d.root, bool(d.skip_bad_images))
-        return RawData(train, val, classes, T.IMAGENET_MEAN, T.IMAGENET_STD, "folder", final_img_size(d.img_size), 0)
-    raise ConfigError(
-        f"data.name={name!r} is not valid; choose one of: shapes, cifar10, cifar100, folder, packed"
-    )
+    if not d.root:
+        raise ConfigError("data.name=folder needs data.root=PATH (the folder with train/ and val/)")
+    train, val, classes = load_folder(d.root, bool(d.skip_bad_images))
+    return RawData(train, val, classes, T.IMAGENET_MEAN, T.IMAGENET_STD, "folder", final_img_size(d.img_size), 0)
 
 
 def _norm_stats(cfg: Any, default_mean: tuple, default_std: tuple) -> tuple[tuple, tuple]:

@@ -257,3 +257,24 @@ def test_an_elastic_restart_on_fewer_processes_keeps_the_global_batch(monkeypatc
     assert resume_batch_size(cfg, state, 1) == 16
     with pytest.raises(ConfigError, match="global batch is 32"):
         same_global_batch(cfg, state, 1)
+
+
+def test_a_rank_that_lost_its_peer_is_not_taken_for_the_cause(tmp_path, monkeypatch):
+    """Rank 1 exits 5; rank 0's next collective finds it gone and rank 0 exits 1 within milliseconds, so torch's
+    agent can see both failed in one look, at the same second. The job's exit code must be rank 1's 5, not the
+    consequence's 1 (rank 0 came first by rank order). Rank 0's note goes through torch's own channel, the error
+    file the agent names; the failures are torch's ProcessFailure records built from what the workers left."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    error_file = tmp_path / "rank0-error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    D.note_lost_peer("trainlab: error (rank 0): a collective with the other ranks failed: another rank ended first")
+    failures = {0: ProcessFailure(local_rank=0, pid=100, exitcode=1, error_file=str(error_file)),
+                1: ProcessFailure(local_rank=1, pid=101, exitcode=5, error_file=str(tmp_path / "none.json"))}
+    failures[0].timestamp = failures[1].timestamp  # seen in the same look
+    assert D.job_outcome(failures) == (5, None)
+    # a rank that failed by itself still wins by time, then by rank
+    alone = {0: ProcessFailure(local_rank=0, pid=100, exitcode=1, error_file=str(tmp_path / "none.json")),
+             1: ProcessFailure(local_rank=1, pid=101, exitcode=5, error_file=str(tmp_path / "none.json"))}
+    alone[1].timestamp = alone[0].timestamp
+    assert D.job_outcome(alone) == (1, None)

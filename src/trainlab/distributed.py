@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -430,6 +431,28 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endp
     return 128 - returncode if returncode < 0 else returncode
 
 
+def note_lost_peer(message: str) -> None:
+    """Tell torch's agent that this worker ends because another rank of the job is gone (its collective failed),
+    so that the job's exit code is the cause's, not this consequence's (job_outcome). The channel is torch's
+    own: the error file the agent names in TORCHELASTIC_ERROR_FILE and reads back into the worker's
+    ProcessFailure (``error_file_data``). Nothing happens outside an elastic agent."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    record = {"message": message, "timestamp": int(time.time()), "trainlab": {"lost_peer": True}}
+    with contextlib.suppress(OSError):
+        with open(path, "w") as file:
+            json.dump(record, file)
+
+
+def _is_consequence(failure: Any) -> bool:
+    """A failure another rank's caused: SIGTERMed by the agent after it, or a worker whose collective found its
+    peer gone (note_lost_peer). A saved stop (143) counts too: rank 0 has said it."""
+    data = getattr(failure, "error_file_data", None)
+    lost = isinstance(data, dict) and isinstance(data.get("trainlab"), dict) and data["trainlab"].get("lost_peer")
+    return bool(lost) or failure.exitcode in (143, -signal.SIGTERM)
+
+
 def _failure_sort_key(item: tuple[int, Any]) -> tuple[int, int, int]:
     rank, failure = item
     return (failure.timestamp, 0 if failure.exitcode < 0 else 1, rank)  # a kill before what it caused
@@ -440,10 +463,11 @@ def job_outcome(failures: dict[int, Any]) -> tuple[int, str | None]:
     each failed rank (``ChildFailedError.failures``: exit code, or a negative signal number; pid; time).
 
     The agent SIGTERMs the other workers once one fails, so a SIGTERM death (-15) is taken for the
-    consequence and a saved stop (143) for a clean stop that rank 0 already announced. The cause is the
-    earliest other failure, a killed process before one that raised at the same second."""
-    causes = sorted(((r, f) for r, f in failures.items() if f.exitcode not in (143, -signal.SIGTERM)),
-                    key=_failure_sort_key)  # fmt: skip
+    consequence, and so is a worker that noted it lost its peer (note_lost_peer: it ends with exit 1 as soon
+    as the cause dies, often seen by the agent in the same look); a saved stop (143) is a clean stop that rank
+    0 already announced. The cause is the earliest other failure, a killed process before one that raised at
+    the same second."""
+    causes = sorted(((r, f) for r, f in failures.items() if not _is_consequence(f)), key=_failure_sort_key)
     if not causes:
         if any(f.exitcode == 143 for f in failures.values()):
             return 143, None

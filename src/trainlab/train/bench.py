@@ -9,7 +9,6 @@ The largest batch that trains is `train.batch_finder.find_max_batch`.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -20,6 +19,7 @@ from trainlab.distributed import resolve_device
 from trainlab.errors import ConfigError
 from trainlab.train.batch_finder import trial_step
 from trainlab.user import UserParts, load_loss
+from trainlab.watch.sampler import usable_cpus
 
 WARMUP_BATCHES = 3
 
@@ -57,14 +57,6 @@ def time_loader(loader: Any, batches: int, device: torch.device) -> float:
         return images_seen / (time.perf_counter() - start)
     finally:
         stream.close()  # shuts a DataLoader's workers down now, not at garbage collection
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity: a container's or taskset's limit), as torch's DataLoader
-    counts them when it warns that more workers than that may run slow or freeze."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def bench_loader(cfg: Any, workers: list[int], batches: int, device: Optional[torch.device] = None) -> dict:

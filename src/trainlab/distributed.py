@@ -485,8 +485,9 @@ def job_outcome(failures: dict[int, Any]) -> tuple[int, str | None]:
 
 def _agent(argv: list[str]) -> int:
     """torchrun's agent (``python -m torch.distributed.run ARGS`` does the same) that ends the job in trainlab's
-    words: torch's ChildFailedError traceback and its FAILED table, printed after a clean stop's own line,
-    become the job's exit code and, when a rank was killed by a signal, one line naming it (job_outcome)."""
+    words: instead of torch's ChildFailedError traceback and FAILED table, the job exits with the exit code
+    torch recorded for the rank that caused it (``ChildFailedError.failures``, job_outcome) and, when that rank
+    was killed by a signal, prints one line naming it. This exit code is the launcher's (run_torchrun)."""
     import logging
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

@@ -9,7 +9,8 @@ Callbacks (`callback(name, **kwargs)` writes the override):
 - SelfSignal(phase, epoch, batch, signal="SIGTERM"): this process sends itself a real signal just before that
   batch is handed over (phase train or val, epoch 1-based, batch 0-based), so the stop lands at that batch's
   optimizer-step boundary (for val: before that val batch). `rank` limits it to one rank.
-- FailRank(rank, epoch, batch): that rank raises RuntimeError instead of handing over that train batch.
+- FailRank(rank, epoch, batch, exit_code=None): that rank raises RuntimeError instead of handing over that train
+  batch; with exit_code, it prints one line and its process exits with that code at once.
 - SlowRank(rank, seconds): that rank's model sleeps in every forward (a straggler's slow compute).
 - SlowHook(seconds): every rank sleeps at each optimizer-step boundary, where checkpoints and stop agreements
   happen: host work that must count as `other` time, never as compute.
@@ -37,6 +38,7 @@ import hashlib
 import json
 import os
 import signal as signal_module
+import sys
 import time
 import warnings
 from collections import Counter
@@ -131,8 +133,9 @@ class SelfSignal:
 
 
 class FailRank:
-    def __init__(self, rank: int, epoch: int, batch: int):
+    def __init__(self, rank: int, epoch: int, batch: int, exit_code: Optional[int] = None):
         self.rank, self.at = int(rank), (int(epoch), int(batch))
+        self.exit_code = None if exit_code is None else int(exit_code)
 
     def on_train_start(self, run: Any) -> None:
         if _rank() == self.rank:
@@ -140,6 +143,10 @@ class FailRank:
 
     def _maybe(self, epoch: int, index: int) -> None:
         if (epoch, index) == self.at:
+            if self.exit_code is not None:  # the process ends with that code at once (no teardown, no traceback)
+                print(f"FailRank drill: rank {self.rank} exits {self.exit_code} at epoch {epoch}, batch {index}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                os._exit(self.exit_code)
             raise RuntimeError(f"FailRank drill: rank {self.rank} fails at epoch {epoch}, batch {index}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -103,3 +104,23 @@ def test_find_max_batch_on_gpu_trains_at_the_found_batch():
     model, precision, channels_last = model_setup(cfg, cuda, 10)
     opt = optim.build_optimizer(model, cfg.optim, 256)
     assert _fits(model, opt, batch, 32, 10, cuda, precision, channels_last)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_bench_loader_recommends_no_more_workers_than_usable_cpus(capsys):
+    """On a machine with 2 cores `bench loader` recommended data.num_workers=4, where torch itself warns that 2
+    is the most. With this process held to one CPU (its affinity, what os.sched_getaffinity reads), a
+    setting above it is not measured, its row says why, and no recommendation is above it."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        rc = main(["bench", "loader", *TINY, "--workers", "0,2", "--batches", "2", "--json"])
+    finally:
+        os.sched_setaffinity(0, before)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    result = json.loads(out)
+    rows = {(r["loader"], r.get("num_workers")): r for r in result["results"]}
+    assert rows[("torch", 2)]["images_per_s"] is None, rows
+    assert rows[("torch", 2)]["note"] == "more workers than the 1 CPU this process may use", rows
+    assert result["recommended"].get("num_workers", 0) <= 1 and result["usable_cpus"] == 1

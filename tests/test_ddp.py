@@ -216,6 +216,18 @@ def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
     # whichever comes first: no status it writes is asserted.
 
 
+def test_a_rank_s_exit_code_is_the_job_s_through_trainlab_s_launcher(tmp_path):
+    """`trainlab train ... train.nproc=2` (the launcher, torch's elastic agent in a process of its own): rank 1
+    exits 7 mid-epoch. The job's exit code is 7, as torch's agent recorded it, and rank 1's own line is the
+    message: no ChildFailedError traceback or failure table after it."""
+    args = [*TINY, "data.train_size=128", "data.val_size=32", "train.epochs=1", "data.batch_size=16", "run.dir=run",
+            "train.nproc=2", drills.callback("FailRank", rank=1, epoch=1, batch=1, exit_code=7)]  # fmt: skip
+    proc = _trainlab(args, tmp_path, timeout=120)
+    assert proc.returncode == 7, proc.stderr[-3000:]
+    assert "FailRank drill: rank 1 exits 7 at epoch 1, batch 1" in proc.stderr
+    assert "ChildFailedError" not in proc.stderr and "Root Cause" not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_a_slow_rank_is_reported_as_a_straggler(ddp):
     assert ddp["proc"].returncode == 0, ddp["proc"].stderr[-3000:]
     path = ddp["run_dir"] / "events.jsonl"

@@ -164,3 +164,22 @@ def test_gpu_matches_cpu_bitwise_order_and_close_values():
     x_gpu, y_gpu = epoch(loader(images, labels, device=torch.device("cuda")), 4)
     assert torch.equal(y_cpu, y_gpu.cpu())
     torch.testing.assert_close(x_cpu, x_gpu.cpu(), atol=1e-5, rtol=0)
+
+
+def test_the_start_line_says_num_workers_is_unused_without_the_dataloader(tmp_path):
+    """The README's sweep over data.num_workers=0,2 ran the tensor loader, which has no worker processes, and
+    said nothing. A run on in-memory data with workers set says on its start line that they are unused and
+    which loader uses them; the DataLoader path takes them and says nothing of the kind."""
+    from tests.cli_checks import TINY_RUN, run_in_process
+    from tests.conftest import TINY
+    from trainlab.config import load_config
+    from trainlab.data import build_data
+
+    result = run_in_process(["train", *TINY_RUN, "train.max_steps_per_epoch=1", "data.num_workers=2", "run.dir=run"],
+                            tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    start = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("data: tensor loader")]
+    assert start and ("data.num_workers=2 is unused by the tensor loader (it has no worker processes); "
+                      "data.loader=torch runs the DataLoader with them") in start[0], result.stdout[:2000]
+    torch_path = build_data(load_config(None, [*TINY, "data.loader=torch", "data.num_workers=2"]), CPU)
+    assert torch_path.loader_kind == "torch" and "unused" not in torch_path.summary

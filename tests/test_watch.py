@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import io
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Optional
@@ -158,6 +159,26 @@ def test_data_bottleneck_is_critical_for_a_loader_that_sleeps_per_sample() -> No
     # in a hand-written loop the fix is code, not a trainlab config key
     assert "DataLoader(..., num_workers=2)" in events[0].message and "data." not in events[0].message
     assert report["data_time_s"] > 20 * 8 * 0.002 * 0.9  # the sleeps were counted as data wait
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_data_bottleneck_advice_stays_within_the_usable_cpus() -> None:
+    """The workers tip suggested max(2, 2 x now) workers whatever the machine: on 2 cores, 4, where torch itself
+    warns that 2 is the most. With this process held to one CPU (its affinity) and a loader that already has one
+    worker per CPU, no more workers are suggested; the tip says every CPU has one."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        loader = torch.utils.data.DataLoader(SlowDataset(160, 0.002), batch_size=8, num_workers=1)
+        with Watcher(settings=short_windows(), printer=lambda s: None) as w:
+            train(w, loader, 1)
+    finally:
+        os.sched_setaffinity(0, before)
+    events = [e for e in w.events if e.kind == "data_bottleneck"]
+    assert events, kinds(w)
+    message = events[0].message
+    assert "num_workers=2" not in message, message
+    assert "more DataLoader workers cannot help: it has 1 for the 1 CPU this process may use" in message, message
 
 
 def test_bottleneck_switch_off_silences_it() -> None:

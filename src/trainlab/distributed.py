@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -244,9 +245,10 @@ def wrap_model(model: nn.Module, ctx: DistContext, sync_bn: bool = False) -> nn.
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP and/or torch.compile wrappers (what state_dict should come from)."""
+    """The plain module inside DDP (or DataParallel) and/or torch.compile wrappers (what state_dict should come
+    from, and what an EMA copies)."""
     while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
         elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
             model = model._orig_mod
@@ -308,9 +310,6 @@ def host_barrier(ctx: DistContext) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # launching through torchrun
-
-
-_EXITCODE_RE = re.compile(r"exitcode\s*:\s*(-?\d+)")
 
 
 def _strip_nproc(argv: list[str]) -> list[str]:
@@ -384,9 +383,10 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endp
 
     Stop signals (SIGTERM, SIGINT, SIGUSR1) received here are sent straight to the worker processes,
     which save and exit 143; the torchrun agent is started ignoring them (a SIGUSR1 would otherwise
-    kill it, and its own SIGTERM handling turns a clean stop into a traceback). torchrun itself
-    exits 1 whenever a worker fails, so the first failed rank's exit code is read from its failure
-    summary and returned instead (143 for a preempted job, 2 for bad input, 128+N for a signal).
+    kill it, and its own SIGTERM handling turns a clean stop into a traceback). The agent (``_agent``)
+    exits with the exit code of the rank that failed first, from torch's own record of the failures
+    (``ChildFailedError.failures``), not from anything printed: 143 for a preempted job, 2 for bad
+    input, 128+N for a signal.
     """
     cmd = torchrun_command(target, nproc, nnodes, rdzv_endpoint, max_restarts)
     env = dict(os.environ if env is None else env)
@@ -403,30 +403,12 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endp
         for signum in _STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
 
+    # The workers' output goes straight to this process's stdout and stderr: nothing here reads it. The job's
+    # exit code is the agent's, which takes it from torch's record of each failed worker (_agent, job_outcome).
     proc = subprocess.Popen(
-        cmd, stderr=subprocess.PIPE, env=env, preexec_fn=agent_preexec if os.name == "posix" else None,
+        cmd, env=env, preexec_fn=agent_preexec if os.name == "posix" else None,
         start_new_session=True,  # a terminal Ctrl-C reaches only this process, which relays it once
     )
-    tail = bytearray()
-
-    def relay_stderr() -> None:
-        assert proc.stderr is not None
-        out = getattr(sys.stderr, "buffer", None)
-        while True:
-            chunk = os.read(proc.stderr.fileno(), 65536)
-            if not chunk:
-                break
-            tail.extend(chunk)
-            del tail[:-65536]
-            if out is not None:
-                out.write(chunk)
-                out.flush()
-            else:
-                sys.stderr.write(chunk.decode(errors="replace"))
-                sys.stderr.flush()
-
-    relay = threading.Thread(target=relay_stderr, daemon=True)
-    relay.start()
 
     def forward(signum: int, frame: Any) -> None:
         workers = _worker_pids(proc.pid)
@@ -446,16 +428,29 @@ def run_torchrun(target: list[str], nproc: int, nnodes: int | str = 1, rdzv_endp
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        relay.join(timeout=5)
-    if returncode == 0:
-        return 0
-    text = bytes(tail).decode(errors="replace")
-    root = text[text.rfind("Root Cause"):] if "Root Cause" in text else text
-    match = _EXITCODE_RE.search(root)
-    if match:
-        code = int(match.group(1))
-        return 128 - code if code < 0 else code
     return 128 - returncode if returncode < 0 else returncode
+
+
+def note_lost_peer(message: str) -> None:
+    """Tell torch's agent that this worker ends because another rank of the job is gone (its collective failed),
+    so that the job's exit code is the cause's, not this consequence's (job_outcome). The channel is torch's
+    own: the error file the agent names in TORCHELASTIC_ERROR_FILE and reads back into the worker's
+    ProcessFailure (``error_file_data``). Nothing happens outside an elastic agent."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    record = {"message": message, "timestamp": int(time.time()), "trainlab": {"lost_peer": True}}
+    with contextlib.suppress(OSError):
+        with open(path, "w") as file:
+            json.dump(record, file)
+
+
+def _is_consequence(failure: Any) -> bool:
+    """A failure another rank's caused: SIGTERMed by the agent after it, or a worker whose collective found its
+    peer gone (note_lost_peer). A saved stop (143) counts too: rank 0 has said it."""
+    data = getattr(failure, "error_file_data", None)
+    lost = isinstance(data, dict) and isinstance(data.get("trainlab"), dict) and data["trainlab"].get("lost_peer")
+    return bool(lost) or failure.exitcode in (143, -signal.SIGTERM)
 
 
 def _failure_sort_key(item: tuple[int, Any]) -> tuple[int, int, int]:
@@ -468,10 +463,11 @@ def job_outcome(failures: dict[int, Any]) -> tuple[int, str | None]:
     each failed rank (``ChildFailedError.failures``: exit code, or a negative signal number; pid; time).
 
     The agent SIGTERMs the other workers once one fails, so a SIGTERM death (-15) is taken for the
-    consequence and a saved stop (143) for a clean stop that rank 0 already announced. The cause is the
-    earliest other failure, a killed process before one that raised at the same second."""
-    causes = sorted(((r, f) for r, f in failures.items() if f.exitcode not in (143, -signal.SIGTERM)),
-                    key=_failure_sort_key)  # fmt: skip
+    consequence, and so is a worker that noted it lost its peer (note_lost_peer: it ends with exit 1 as soon
+    as the cause dies, often seen by the agent in the same look); a saved stop (143) is a clean stop that rank
+    0 already announced. The cause is the earliest other failure, a killed process before one that raised at
+    the same second."""
+    causes = sorted(((r, f) for r, f in failures.items() if not _is_consequence(f)), key=_failure_sort_key)
     if not causes:
         if any(f.exitcode == 143 for f in failures.values()):
             return 143, None
@@ -489,8 +485,9 @@ def job_outcome(failures: dict[int, Any]) -> tuple[int, str | None]:
 
 def _agent(argv: list[str]) -> int:
     """torchrun's agent (``python -m torch.distributed.run ARGS`` does the same) that ends the job in trainlab's
-    words: torch's ChildFailedError traceback and its FAILED table, printed after a clean stop's own line,
-    become the job's exit code and, when a rank was killed by a signal, one line naming it (job_outcome)."""
+    words: instead of torch's ChildFailedError traceback and FAILED table, the job exits with the exit code
+    torch recorded for the rank that caused it (``ChildFailedError.failures``, job_outcome) and, when that rank
+    was killed by a signal, prints one line naming it. This exit code is the launcher's (run_torchrun)."""
     import logging
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -515,27 +512,32 @@ def _agent(argv: list[str]) -> int:
 
 
 def _note_restarted_failures() -> None:
-    """With restarts, the agent's record of each failed worker (exit code or signal, pid) is kept in the run's
-    folder for the next attempt, which cannot learn it otherwise (trainlab.state.attempts). The record is the
-    arguments of torch's own log call (multiprocessing.api: "failed (exitcode: %s) local_rank: %s (pid: %s)"),
-    caught by a handler; nothing is printed."""
+    """With restarts, the agent's record of each failed worker (exit code or signal, pid, local rank) is kept in
+    the run's folder for the next attempt, which cannot learn it otherwise (trainlab.state.attempts).
+
+    The record is the RunResult torch's agent acts on: ``_monitor_workers`` is the documented hook of an elastic
+    agent (SimpleElasticAgent) that reports the worker group's state and its ``ProcessFailure``s; the agent
+    torchrun builds (``launcher.api.LocalElasticAgent``) is given a subclass that notes the failures it returns,
+    before the agent restarts the workers or ends the job. Nothing is read from the agent's log or output."""
     record_dir = os.environ.get(_RECORD_DIR_ENV)
     if not record_dir:
         return
-    import logging
+    from torch.distributed.launcher import api as launcher_api
 
-    class ExitNotes(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            args = record.args if isinstance(record.args, tuple) else ()
-            if str(record.msg).startswith("failed (exitcode") and len(args) >= 3:
-                with contextlib.suppress(OSError, TypeError, ValueError):
-                    record_exit(record_dir, int(args[2]), int(args[0]), int(args[1]))
+    base = getattr(launcher_api, "LocalElasticAgent", None)
+    if base is None:  # pragma: no cover - a torch without it: restarts still work, without the exit notes
+        return
 
-    source = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
-    source.addHandler(ExitNotes(level=logging.ERROR))
-    if source.level > logging.ERROR or source.level == logging.NOTSET:
-        source.setLevel(logging.ERROR)  # its ERROR records reach the handler, not the terminal:
-        source.propagate = bool(os.environ.get("TRAINLAB_DEBUG"))
+    class ExitNotingAgent(base):  # type: ignore[misc, valid-type]
+        def _monitor_workers(self, worker_group: Any) -> Any:
+            result = super()._monitor_workers(worker_group)
+            if result.is_failed():
+                for failure in result.failures.values():
+                    with contextlib.suppress(OSError, TypeError, ValueError):
+                        record_exit(record_dir, int(failure.pid), int(failure.exitcode), int(failure.local_rank))
+            return result
+
+    launcher_api.LocalElasticAgent = ExitNotingAgent
 
 
 def launch(argv: list[str], nproc: int, nnodes: int | str = 1, rdzv_endpoint: str | None = None,

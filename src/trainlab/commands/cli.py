@@ -200,8 +200,12 @@ def _main(argv: list[str]) -> int:
             raise
         # Another rank died (its own line, or the launcher's, says how); the traceback here says nothing more.
         rank = os.environ.get("RANK", "0")
-        print(f"trainlab: error (rank {rank}): a collective with the other ranks failed ({lost}): another rank of "
-              "the job ended first", file=sys.stderr)
+        message = (f"trainlab: error (rank {rank}): a collective with the other ranks failed ({lost}): another rank "
+                   "of the job ended first")  # fmt: skip
+        print(message, file=sys.stderr)
+        from trainlab.distributed import note_lost_peer
+
+        note_lost_peer(message)  # the job's exit code is then the rank's that ended first
         return 1
     except SystemExit as exc:  # --help
         return int(exc.code or 0)

@@ -30,8 +30,6 @@ from trainlab.data.stream import BLOCK_BYTES
 from trainlab.data.torch_loader import EpochTransforms, TorchLoader
 from trainlab.errors import ConfigError, DataError
 
-TENSOR_POLICIES = ("none", "flip-crop")
-
 
 class Loader(Protocol):
     batch_size: int
@@ -141,16 +139,14 @@ def load_raw(cfg: Any) -> RawData:
             out_size,
             max(4, out_size // 8),  # 4 px at 32, 28 px at 224: the same relative shift
         )
-    if name == "folder":
-        from trainlab.data.folder import load_folder
+    # folder, the last name config.CHOICES["data.name"] admits (config.validate refuses any other; a user's
+    # factory, data.name=pkg.mod:make_data, never reaches here: build_data takes it first)
+    from trainlab.data.folder import load_folder
 
-        if not d.root:
-            raise ConfigError("data.name=folder needs data.root=PATH (the folder with train/ and val/)")
-        train, val, classes = load_folder(d.root, bool(d.skip_bad_images))
-        return RawData(train, val, classes, T.IMAGENET_MEAN, T.IMAGENET_STD, "folder", final_img_size(d.img_size), 0)
-    raise ConfigError(
-        f"data.name={name!r} is not valid; choose one of: shapes, cifar10, cifar100, folder, packed"
-    )
+    if not d.root:
+        raise ConfigError("data.name=folder needs data.root=PATH (the folder with train/ and val/)")
+    train, val, classes = load_folder(d.root, bool(d.skip_bad_images))
+    return RawData(train, val, classes, T.IMAGENET_MEAN, T.IMAGENET_STD, "folder", final_img_size(d.img_size), 0)
 
 
 def _norm_stats(cfg: Any, default_mean: tuple, default_std: tuple) -> tuple[tuple, tuple]:
@@ -194,6 +190,19 @@ def _schedule_note(size_at: Any) -> str:
         return ""
     steps = ", ".join(f"{size} px from {frac:g}" for frac, size in size_at.steps)
     return f"; progressive sizes {steps} of training (eval at {size_at.steps[-1][1]} px)"
+
+
+def unused_workers_note(cfg: Any, kind: str) -> str:
+    """'; data.num_workers=N is unused ...' for a loader without worker processes (tensor, stream, gpu-decode, a
+    user's iterable), so a sweep over data.num_workers does not compare runs that differ in nothing."""
+    workers = int(cfg.data.num_workers)
+    if workers == 0 or kind == "torch":
+        return ""
+    if kind == "iterable":
+        return (f"; data.num_workers={workers} is unused: your iterable of batches is read as it is "
+                "(give your own DataLoader its num_workers)")
+    return (f"; data.num_workers={workers} is unused by the {kind} loader (it has no worker processes); "
+            "data.loader=torch runs the DataLoader with them")
 
 
 def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1, user: Any = None) -> DataBundle:
@@ -265,7 +274,7 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
             prefetch=prefetch, **common
         )
         val = StreamLoader(raw.val.images, raw.val.labels, val_bs, train=False, block_bytes=block_bytes, **common)
-        summary = f"data: stream loader ({why}); {plan.describe()}{_schedule_note(size_at)}"
+        summary = f"data: stream loader ({why}); {plan.describe()}{_schedule_note(size_at)}{unused_workers_note(cfg, kind)}"
         return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), kind, summary)
     if kind == "tensor":
         from trainlab.data.tensor_loader import TensorLoader  # lazy: the torch path must not need it
@@ -284,7 +293,8 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
             common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
             train = GpuJpegLoader(raw.train, bs, train=True, size_at=size_at, **common)
             val = GpuJpegLoader(raw.val, val_bs, train=False, **common)
-            summary = f"data: gpu-decode loader ({gpu_why}); {plan.describe()}{_schedule_note(size_at)}"
+            summary = (f"data: gpu-decode loader ({gpu_why}); {plan.describe()}{_schedule_note(size_at)}"
+                       f"{unused_workers_note(cfg, 'gpu-decode')}")
             return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), "gpu-decode", summary)
         why += f"; GPU JPEG decode not used: {gpu_why}"
     if kind == "torch":
@@ -312,7 +322,7 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
             train_tf = EpochTransforms(by_size, size_at)
         train = TorchLoader(raw.train, train_tf, bs, train=True, **common)
         val = TorchLoader(raw.val, val_tf, val_bs, train=False, **common)
-    summary = f"data: {kind} loader ({why}); {plan.describe()}{_schedule_note(size_at)}"
+    summary = f"data: {kind} loader ({why}); {plan.describe()}{_schedule_note(size_at)}{unused_workers_note(cfg, kind)}"
     return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), kind, summary)
 
 

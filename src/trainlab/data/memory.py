@@ -78,8 +78,7 @@ def choose_loader(
         return want, "data.loader=" + want
     if want == "torch":
         return "torch", "data.loader=torch"
-    if want != "auto":
-        raise ConfigError(f"data.loader={want!r} is not valid; choose one of: auto, tensor, torch, stream")
+    # auto, the last value config.CHOICES["data.loader"] admits (config.validate refuses any other)
     if not arrays:
         return "torch", f"data.name={cfg.data.name} decodes files per sample"
     if not batch_ok:

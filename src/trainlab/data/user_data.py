@@ -273,7 +273,7 @@ def iterable_length(data: Any, cfg: Any, name: str) -> int:
 
 def build_user_data(cfg: Any, user: Any, device: torch.device, rank: int, world_size: int) -> Any:
     """A DataBundle over the user's train/val data (trainlab.user.UserParts)."""
-    from trainlab.data import DataBundle, _batch_sizes, _norm_stats
+    from trainlab.data import DataBundle, _batch_sizes, _norm_stats, unused_workers_note
     from trainlab.data.augment import resolve_plan
     from trainlab.data.torch_loader import TorchLoader
 
@@ -294,7 +294,8 @@ def build_user_data(cfg: Any, user: Any, device: torch.device, rank: int, world_
         summary = (f"data: your iterable of batches ({len(train)} train, {len(val)} val batches per epoch), read as "
                    "it is: resume skips the batches already read, and is exact only if the iterable yields the same "
                    "batches again (a DataLoader shuffling with torch's generator does)"
-                   + ("; under DDP each rank reads it as given: shard it yourself" if world_size > 1 else ""))  # fmt: skip
+                   + ("; under DDP each rank reads it as given: shard it yourself" if world_size > 1 else "")
+                   + unused_workers_note(cfg, "iterable"))  # fmt: skip
         return DataBundle(train, val, num_classes, names, tuple(mean), tuple(std), "iterable", summary)
 
     if not is_map_style(user.val_data):

@@ -1,2 +1,3 @@
 """One run, start to finish: the epoch loop (`run`), the step (`engine`), building its parts (`build`),
-optimizers and LR plans (`optim`), EMA, mixing, process settings (`runtime`) and the batch finder."""
+optimizers and LR plans (`optim`), EMA, mixing, process settings (`runtime`), the batch finder and what
+`trainlab bench` measures (`bench`)."""

@@ -24,12 +24,10 @@ REFERENCE_BATCH = 256  # optim.lr_scale=linear: lr is given for this global batc
 
 
 def effective_lr(optim_cfg: Any, global_batch: int) -> float:
-    """optim.lr, scaled linearly with the global batch when optim.lr_scale=linear."""
+    """optim.lr, scaled linearly with the global batch when optim.lr_scale=linear (else `none`: config.CHOICES)."""
     lr = float(optim_cfg.lr)
     if optim_cfg.lr_scale == "linear":
         return lr * global_batch / REFERENCE_BATCH
-    if optim_cfg.lr_scale != "none":
-        raise ConfigError(f"optim.lr_scale={optim_cfg.lr_scale!r} is not valid; choose none or linear")
     return lr
 
 
@@ -73,11 +71,8 @@ def build_optimizer(
         return torch.optim.Adagrad(groups, lr=lr, eps=eps)
     if name == "adadelta":
         return torch.optim.Adadelta(groups, lr=lr, eps=eps)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, eps=eps, momentum=momentum)
-    raise ConfigError(
-        f"optim.name={name!r} is not valid; choose sgd, adam, adamw, adagrad, adadelta or rmsprop"
-    )
+    # rmsprop, the last name config.CHOICES["optim.name"] admits (config.validate refuses any other)
+    return torch.optim.RMSprop(groups, lr=lr, eps=eps, momentum=momentum)
 
 
 # ---------------------------------------------------------------- schedules
@@ -121,24 +116,21 @@ def _main_curve(
     if name == "cosine":
         floor = float(sched_cfg.min_lr) / base_lr
         return lambda k: _cosine(1.0, floor, min(max(k - start, 0), last) / last)
-    if name == "onecycle":
-        # torch's OneCycleLR (two phases, cosine annealing), relative to the peak LR
-        if not 0.0 < sched_cfg.pct_start < 1.0:
-            raise ConfigError(f"sched.pct_start={sched_cfg.pct_start} must be in (0, 1)")
-        initial = 1.0 / float(sched_cfg.div_factor)
-        final = initial / float(sched_cfg.final_div_factor)
-        peak_at = float(sched_cfg.pct_start) * span - 1
+    # onecycle, the last name config.CHOICES["sched.name"] admits (config.validate refuses any other):
+    # torch's OneCycleLR (two phases, cosine annealing), relative to the peak LR
+    if not 0.0 < sched_cfg.pct_start < 1.0:
+        raise ConfigError(f"sched.pct_start={sched_cfg.pct_start} must be in (0, 1)")
+    initial = 1.0 / float(sched_cfg.div_factor)
+    final = initial / float(sched_cfg.final_div_factor)
+    peak_at = float(sched_cfg.pct_start) * span - 1
 
-        def onecycle(k: int) -> float:
-            step = min(max(k - start, 0), span - 1)
-            if step <= peak_at:
-                return _cosine(initial, 1.0, step / peak_at if peak_at > 0 else 1.0)
-            return _cosine(1.0, final, (step - peak_at) / (span - 1 - peak_at))
+    def onecycle(k: int) -> float:
+        step = min(max(k - start, 0), span - 1)
+        if step <= peak_at:
+            return _cosine(initial, 1.0, step / peak_at if peak_at > 0 else 1.0)
+        return _cosine(1.0, final, (step - peak_at) / (span - 1 - peak_at))
 
-        return onecycle
-    raise ConfigError(
-        f"sched.name={name!r} is not valid; choose constant, step, multistep, onecycle or cosine"
-    )
+    return onecycle
 
 
 def schedule_plan(epochs: int, steps_per_epoch: int) -> list[dict]:

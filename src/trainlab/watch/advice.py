@@ -38,6 +38,8 @@ TEXTS: dict[str, tuple[str, str]] = {
                      "lower optim.weight_decay (usual: 5e-4 for SGD, 0.05 for AdamW)"),
     "workers": ("give the DataLoader worker processes (DataLoader(..., num_workers={suggested}), now {now})",
                 "more loader workers (data.num_workers={suggested}, now {now})"),
+    "workers_full": ("more DataLoader workers cannot help: it has {now} for the {cpus} this process may use",
+                     "more loader workers cannot help: data.num_workers={now} for the {cpus} this process may use"),
     "workers_unknown": ("give the DataLoader worker processes (DataLoader(..., num_workers=4))",
                         "more loader workers (data.num_workers)"),
     "pin_memory": ("DataLoader(..., pin_memory=True)", "data.pin_memory=true"),

@@ -15,6 +15,7 @@ from trainlab.watch.budget import BudgetProgress  # the old import paths of thes
 from trainlab.watch.events import Episode, Event
 from trainlab.watch.figures import CRITICAL, WARNING, cap, chance_limit, fmt, fraction
 from trainlab.watch.leaks import LeakDetector
+from trainlab.watch.sampler import usable_cpus
 from trainlab.watch.settings import WatchSettings
 from trainlab.watch.stats import MAD_TO_SIGMA, median_mad
 from trainlab.watch.stragglers import straggler_events
@@ -341,7 +342,13 @@ class BottleneckDetector:
             return None
         workers = loader_info.get("num_workers")
         a = self.advice
-        tips = [a("workers", suggested=max(2, 2 * workers), now=workers) if workers is not None else a("workers_unknown")]
+        cpus = usable_cpus()
+        if workers is None:
+            tips = [a("workers_unknown")]
+        elif workers >= cpus:  # one worker per usable CPU already: more would share them (torch warns too)
+            tips = [a("workers_full", now=workers, cpus=f"{cpus} CPU{'s' if cpus > 1 else ''}")]
+        else:
+            tips = [a("workers", suggested=min(max(2, 2 * workers), cpus), now=workers)]
         if loader_info.get("pin_memory") is False and not self.on_cpu:
             tips.append(a("pin_memory"))
         tips.append(a("in_memory"))

@@ -16,6 +16,14 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _statm_fd: Optional[int] = None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or taskset's limit), as torch's DataLoader
+    counts them when it warns that more workers than that may run slow or freeze."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def rss_mb() -> float:
     """This process's resident memory. Reads /proc/self/statm directly on Linux (~10x cheaper than psutil),
     because the training loop calls it every few steps."""

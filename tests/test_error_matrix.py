@@ -278,6 +278,9 @@ PATH_ARGS = {
 NOT_PATHS = {
     ("train", "rdzv_endpoint"), ("inspect", "model"), ("sweep", "grid"), ("data subset", "class_names"),
     ("eval", "overrides"), ("bench loader", "workers"), ("eval", "model"),
+    # the search's words: a column, a space, names, an Optuna storage URL and a Ray/SLURM address or option
+    ("sweep", "objective"), ("sweep", "space"), ("sweep", "study"), ("sweep", "storage"), ("sweep", "ray_address"),
+    ("sweep", "slurm_option"), ("sweep", "slurm_partition"), ("sweep", "slurm_time"),
 }  # fmt: skip
 
 # Cases whose outcome is the command's job, not bad input (asserted by the commands' own tests).

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image
 
-from trainlab.data.pack import IMAGE_EXTENSIONS, image_files, list_classes
+from trainlab.data.listing import IMAGE_EXTENSIONS, image_files, list_classes
 from trainlab.errors import DataError
 from trainlab.paths import check_input_dir
 

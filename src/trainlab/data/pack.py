@@ -48,15 +48,13 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from PIL import Image
 
+from trainlab.data.listing import FOLDER_LAYOUT_HINT, IMAGE_EXTENSIONS, image_files, list_classes
 from trainlab.errors import DataError, UsageError
 from trainlab.paths import check_output_dir, require_space, writing
 
 PACKED_FORMAT = "trainlab-packed-v1"
 SHORT_SIDE_LAYOUT = "short-side"  # meta.json "layout" of --keep-aspect packs (absent: square)
 DEFAULT_MAX_ASPECT = 2.0
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-SPLITS = ("train", "val")
-FOLDER_LAYOUT_HINT = "an ImageNet-style folder holds train/<class>/*.jpg and val/<class>/*.jpg"
 
 
 # --------------------------------------------------------------------------------------------- listing
@@ -82,23 +80,6 @@ def require_dataset_root(root: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise DataError(f"{path} is a file, not a dataset folder; {FOLDER_LAYOUT_HINT}")
     return path
-
-
-def list_classes(split_dir: Path) -> list[str]:
-    """Class folder names, sorted by name (the label order of torchvision's ImageFolder)."""
-    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
-def image_files(class_dir: Path) -> list[Path]:
-    """The images of one class folder, sorted: the one definition the folder reader and the tools share."""
-    # Walk recursively and follow symlinked files (subsets made with --link sym), like ImageFolder.
-    found = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                found.append(Path(dirpath) / name)
-    return sorted(found)
 
 
 def list_split(root: Path, split: str, classes: Sequence[str] | None = None) -> SplitListing:

@@ -121,7 +121,8 @@ class SchedConfig:
     final_div_factor: float = 1e4
     total_steps: Optional[int] = None  # onecycle: set by hand only to reproduce a setup; checked
     # When a resume changes train.epochs or the steps per epoch and so the LR curve: refuse (name the
-    # jump), hold (keep the old curve and its final LR), restart (a new schedule over the steps left).
+    # jump), hold (the LR of the run's last step, constant; refused below 1% of the peak), restart (a new
+    # schedule over the steps left).
     extend: str = "refuse"
 
 

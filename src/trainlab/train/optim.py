@@ -21,6 +21,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from trainlab.errors import ConfigError
 
 REFERENCE_BATCH = 256  # optim.lr_scale=linear: lr is given for this global batch (Goyal et al. 2017)
+# sched.extend=hold refuses to hold an LR below this share of the peak: the steps left would not train
+HOLD_MIN_SHARE = 0.01
 
 
 def effective_lr(optim_cfg: Any, global_batch: int) -> float:
@@ -142,18 +144,22 @@ def _main_curve(
 
 
 def schedule_plan(epochs: int, steps_per_epoch: int) -> list[dict]:
-    """A schedule's segments: one for a fresh run. A resume with `sched.extend=restart` appends one more."""
+    """A schedule's segments: one for a fresh run. A resume with `sched.extend=restart` appends one more
+    schedule; one with `sched.extend=hold` appends `{"start": step, "hold": multiplier}`, a constant LR."""
     return [{"start": 0, "epochs": int(epochs), "steps_per_epoch": int(steps_per_epoch)}]
 
 
 def multiplier_fn(sched_cfg: Any, base_lr: float, segments: list[dict]) -> Callable[[int], float]:
     """The LR multiplier at optimizer step k over a plan of segments.
 
-    Each segment is a whole schedule (warmup, then the configured curve) starting at its `start` step and
+    A `hold` segment is one multiplier from its start on. Each other segment is a whole schedule (warmup, then the configured curve) starting at its `start` step and
     sized by its own epochs and steps per epoch; past a segment's end its LR stays at its final value until
     the next segment starts. sched.total_steps, when set by hand, sizes the first segment only."""
     curves = []
     for i, seg in enumerate(segments):
+        if "hold" in seg:  # sched.extend=hold: one LR (a multiplier of base_lr) from its start on
+            curves.append((int(seg["start"]), lambda k, held=float(seg["hold"]): held))
+            continue
         spe = int(seg["steps_per_epoch"])
         if spe < 1 or int(seg["epochs"]) < 1:
             raise ConfigError(
@@ -199,6 +205,11 @@ def build_scheduler(
             group["lr"] = peak
             group.pop("initial_lr", None)
     return LambdaLR(optimizer, [multiplier_fn(sched_cfg, group["lr"], segments) for group in optimizer.param_groups])
+
+
+def planned_lr(scheduler: LambdaLR, step: int) -> float:
+    """The LR the plan gives optimizer step `step` (0-based), first parameter group."""
+    return float(scheduler.base_lrs[0]) * float(scheduler.lr_lambdas[0](int(step)))
 
 
 def check_schedule(sched_cfg: Any, epochs: int, steps_per_epoch: int) -> list[str]:
@@ -265,8 +276,10 @@ def plan_schedule(cfg: Any, state: Optional[dict], steps_per_epoch: int, base_lr
     A fresh run gets one segment sized from train.epochs. A resume keeps the checkpoint's plan unless
     train.epochs or the steps per epoch (train.max_steps_per_epoch) changed; then, if the new sizes would
     change the LR curve from the resume step on (cosine and one-cycle are sized from them; step schedules
-    are not), `sched.extend` decides: `refuse` (the default) names the jump, `hold` keeps the old curve
-    (its final LR from its end on), `restart` runs a new schedule over the steps left."""
+    are not), `sched.extend` decides: `refuse` (the default) names the jump, `hold` keeps the LR the run's
+    last step trained at, constant, for the steps left (refused when that is below HOLD_MIN_SHARE of the peak,
+    e.g. a cosine that had ended at min_lr=0, unless run.resume_force=true), `restart` runs a new schedule
+    over the steps left."""
     epochs = int(cfg.train.epochs)
     fresh = {"plan": schedule_plan(epochs, steps_per_epoch), "epochs": epochs, "steps_per_epoch": steps_per_epoch}
     if state is None:
@@ -296,10 +309,21 @@ def plan_schedule(cfg: Any, state: Optional[dict], steps_per_epoch: int, base_lr
             else f"steps per epoch {saved['steps_per_epoch']} -> {steps_per_epoch} ({_steps_cause(cfg, state)})")
     mode = str(cfg.sched.extend)
     left = max(1, epochs * steps_per_epoch - step)
+    held = old_curve(max(step - 1, 0))  # the multiplier the run's last step trained at
+    held_lr, too_low = base_lr * held, held < HOLD_MIN_SHARE
+    restart = f"sched.extend=restart (a new {cfg.sched.name} over the {left} steps left)"
     if mode == "hold":
-        say(f"sched.extend=hold: {what}; the {cfg.sched.name} schedule keeps its old curve "
-            f"(LR {old_lr:.4g} at step {step}, its final LR from its end on)")
-        return {**saved, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
+        if too_low and not cfg.run.resume_force:
+            raise ConfigError(
+                f"cannot resume with sched.extend=hold: {what}, and the LR the run's last step trained at is "
+                f"{held_lr:.4g} ({100 * held:.2g}% of the peak {base_lr:.4g}: its {cfg.sched.name} schedule had "
+                f"ended), so the {left} steps left would barely train; choose {restart}, or force holding that "
+                "LR with run.resume_force=true"
+            )
+        say(f"sched.extend=hold: {what}; the LR stays at {held_lr:.4g} (the LR step {step} trained at) for "
+            f"the {left} steps left" + (f" (run.resume_force=true: below {HOLD_MIN_SHARE:.0%} of the peak)" if too_low else ""))
+        plan = [dict(seg) for seg in saved["plan"]] + [{"start": step, "hold": held}]
+        return {"plan": plan, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
     if mode == "restart":
         plan = [dict(seg) for seg in saved["plan"]] + [
             {"start": step, "epochs": 1, "steps_per_epoch": steps_per_epoch, "steps": left}]
@@ -310,8 +334,9 @@ def plan_schedule(cfg: Any, state: Optional[dict], steps_per_epoch: int, base_lr
         say(f"run.resume_force=true: {what} resizes the {cfg.sched.name} schedule; the LR at step {jump} moves "
             f"from {old_lr:.4g} to {new_lr:.4g}")
         return candidate
+    # hold is offered only where it trains: at a cosine's end its LR is min_lr (0 by default)
+    hold = "" if too_low else f"sched.extend=hold (keep the LR {held_lr:.4g}, constant) or "
     raise ConfigError(
         f"cannot resume: {what} resizes the {cfg.sched.name} schedule, so the LR at step {jump} would jump from "
-        f"{old_lr:.4g} to {new_lr:.4g}; choose sched.extend=hold (keep the old curve and its final LR) or "
-        f"sched.extend=restart (a new {cfg.sched.name} over the {left} steps left), or restore the old value"
+        f"{old_lr:.4g} to {new_lr:.4g}; choose {hold}{restart}, or restore the old value"
     )

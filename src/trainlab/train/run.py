@@ -415,8 +415,11 @@ class Run:
             self._note_restart()
             self.logger.rewrite_metrics(self.metrics_rows)
             self.logger.truncate_jsonl(self.trainer.batches_seen)
-            self.log_event("resumed", "info", f"resumed at epoch {self.epoch}, batch {self.step_in_epoch}",
-                        global_step=self.trainer.global_step)  # fmt: skip
+            from trainlab.train.optim import planned_lr
+
+            lr = planned_lr(self.trainer.scheduler, self.trainer.global_step)  # what the next step trains at
+            self.log_event("resumed", "info", f"resumed at epoch {self.epoch}, batch {self.step_in_epoch}, "
+                           f"LR {lr:.4g}", global_step=self.trainer.global_step, lr=lr)  # fmt: skip
 
         if state is None:
             self._note_restart()

@@ -212,6 +212,20 @@ def planned_lr(scheduler: LambdaLR, step: int) -> float:
     return float(scheduler.base_lrs[0]) * float(scheduler.lr_lambdas[0](int(step)))
 
 
+def apply_planned_lr(scheduler: LambdaLR) -> None:
+    """Set every parameter group's LR to the plan's at the scheduler's step. A resume loads the optimizer's
+    LR from the checkpoint, the old plan's; LambdaLR would set the new plan's (sched.extend=restart or hold,
+    run.resume_force) only in its next step(), after the first step had trained at the old one."""
+    step = scheduler.last_epoch
+    lrs = [float(base) * float(fn(step)) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports
+
+
 def check_schedule(sched_cfg: Any, epochs: int, steps_per_epoch: int) -> list[str]:
     """Warnings a person should see before a long run; empty when the schedule fits the run."""
     warnings: list[str] = []

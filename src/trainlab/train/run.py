@@ -42,6 +42,7 @@ from trainlab.state.stops import PreemptionGuard, PreemptionNotice
 from trainlab.train.build import build_parts
 from trainlab.train.callbacks import CallbackList
 from trainlab.train.engine import EpochTotals, evaluate
+from trainlab.train.optim import apply_planned_lr, planned_lr
 
 
 class Run:
@@ -190,6 +191,7 @@ class Run:
                     f"{type(exc).__name__}: {ckpt.load_error_line(exc)}){forced}; restore the settings it was "
                     "made with, or start a new run.dir"
                 ) from None
+        apply_planned_lr(t.scheduler)  # the optimizer's LR came with the checkpoint: the old plan's
         t.global_step = state["global_step"]
         t.batches_seen = state["batches_seen"]
         self.epoch = state["epoch"]
@@ -415,8 +417,6 @@ class Run:
             self._note_restart()
             self.logger.rewrite_metrics(self.metrics_rows)
             self.logger.truncate_jsonl(self.trainer.batches_seen)
-            from trainlab.train.optim import planned_lr
-
             lr = planned_lr(self.trainer.scheduler, self.trainer.global_step)  # what the next step trains at
             self.log_event("resumed", "info", f"resumed at epoch {self.epoch}, batch {self.step_in_epoch}, "
                            f"LR {lr:.4g}", global_step=self.trainer.global_step, lr=lr)  # fmt: skip

@@ -98,3 +98,33 @@ def test_the_first_step_after_a_resume_trains_at_the_plans_lr(tmp_path, cosine_r
                               tmp_path)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert trained_lrs(record) == pytest.approx(expected), name
+
+
+def test_an_epochs_lr_is_the_lr_its_steps_trained_at(tmp_path, cosine_runs):
+    """Issue 26 item 10: metrics.csv and the console showed the optimizer's LR after the epoch's last scheduler
+    step, the next epoch's: a step schedule's first epoch, trained at 0.1, showed 0.01 (before: lr column
+    [0.01, 0.001]; steps.jsonl's boundary step the same). Now `lr` is the LR of the epoch's last step,
+    lr_min/lr_max its range (kept across a stop mid-epoch), and the console says `LR: first→last`."""
+    run_dir, record = tmp_path / "step", tmp_path / "lr.jsonl"
+    proc = run_in_process(["train", *SHORT, "sched.name=step", "sched.step_size=1", "sched.gamma=0.1",
+                           "optim.lr=0.1", callback("RecordLR", path=str(record)), f"run.dir={run_dir}"],
+                          tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = read_metrics(run_dir)
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.1, 0.01])
+    assert [float(r[k]) for r in rows for k in ("lr_min", "lr_max")] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+    assert "| LR: 0.1\n" in proc.stdout and "| LR: 0.01\n" in proc.stdout
+    steps = [json.loads(line)["lr"] for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+    assert steps == pytest.approx(trained_lrs(record))  # each step's line: the LR its optimizer step used
+
+    # cosine: the LR moves every step; epoch 2 was stopped after its 2nd step and resumed
+    rows = read_metrics(cosine_runs["finished"])
+    figures = [float(r[k]) for r in rows for k in ("lr", "lr_min", "lr_max")]
+    assert figures == pytest.approx([cosine_lr(3), cosine_lr(3), cosine_lr(0),
+                                     cosine_lr(7), cosine_lr(7), cosine_lr(4)], abs=1e-6)  # fmt: skip
+    from trainlab.runlog.console import lr_text
+
+    assert lr_text({"lr": 0.01, "lr_first": 0.05, "lr_min": 0.01, "lr_max": 0.05}) == "0.05→0.01"
+    warmup_then_decay = {"lr": 0.09, "lr_first": 0.01, "lr_min": 0.01, "lr_max": 0.1}
+    assert lr_text(warmup_then_decay) == "0.01→0.09 (min 0.01, max 0.1)"
+    assert lr_text({"lr": 0.1}) == "0.1"  # a row of an older run (metrics_rows in its checkpoint)

@@ -160,6 +160,7 @@ class Run:
             "rng": rng_per_rank[0],  # rank 0's: what a one-process resume restores
             "rng_per_rank": rng_per_rank,
             "totals": totals.state_dict() if totals is not None else None,
+            "epoch_lr": dict(t.epoch_lr) if t.epoch_lr is not None else None,  # this epoch's LRs so far
             "watch": self.watcher.state_dict(),
             "metrics_rows": list(self.metrics_rows),
             "best": dict(self.best),
@@ -194,6 +195,7 @@ class Run:
         apply_planned_lr(t.scheduler)  # the optimizer's LR came with the checkpoint: the old plan's
         t.global_step = state["global_step"]
         t.batches_seen = state["batches_seen"]
+        t.epoch_lr = dict(state["epoch_lr"]) if isinstance(state.get("epoch_lr"), dict) else None
         self.epoch = state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.phase = state["phase"]
@@ -593,10 +595,13 @@ class Run:
 
     def _metrics_row(self, train: dict, val: Optional[dict], rep: dict) -> dict:
         peak = rep.get("gpu_peak_mb") or rep.get("peak_rss_mb")
+        # the LRs the epoch's steps trained at; an epoch without a step (every batch skipped): the next one's
+        lrs = self.trainer.epoch_lr or dict.fromkeys(("first", "last", "min", "max"), self.trainer.lr())
         row = {
             "epoch": self.epoch, "step": self.trainer.global_step,
             "train_loss": train["train_loss"], "train_acc1": train["train_acc1"],
-            "val_loss": None, "val_acc1": None, "val_acc5": None, "lr": self.trainer.lr(),
+            "val_loss": None, "val_acc1": None, "val_acc5": None,
+            "lr": lrs["last"], "lr_first": lrs["first"], "lr_min": lrs["min"], "lr_max": lrs["max"],
             "data_time_s": rep.get("data_time_s"), "train_time_s": rep.get("compute_time_s"),
             "other_time_s": rep.get("other_time_s"), "epoch_time_s": rep.get("epoch_time_s"),
             "images_per_s": rep.get("images_per_s"), "peak_mem_mb": peak,

@@ -140,6 +140,9 @@ class TrainConfig:
     deterministic: bool = False
     ema_decay: Optional[float] = None
     ema_warmup: bool = True
+    # average: BatchNorm running stats averaged with the EMA's decay, like its weights (timm, torchvision);
+    # copy: the live model's statistics (trainlab before issue 26)
+    ema_buffers: str = "average"
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests
     nproc: int = 1  # >1 launches itself through torchrun
     threads: Optional[int] = None  # torch CPU threads; null leaves torch's default
@@ -236,6 +239,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sched.extend": ("refuse", "hold", "restart"),
     "train.precision": ("auto", "32", "bf16", "fp16"),
     "train.compile": ("none", "default", "reduce-overhead", "max-autotune"),
+    "train.ema_buffers": ("average", "copy"),
     "eval.tta": ("none", "flip"),
     "run.progress": ("auto", "bar", "lines", "none"),
     "dist.backend": ("auto", "nccl", "gloo"),

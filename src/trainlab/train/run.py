@@ -41,6 +41,7 @@ from trainlab.state.retention import CheckpointManager
 from trainlab.state.stops import PreemptionGuard, PreemptionNotice
 from trainlab.train.build import build_parts
 from trainlab.train.callbacks import CallbackList
+from trainlab.train.ema import scored_weights
 from trainlab.train.engine import EpochTotals, evaluate
 from trainlab.train.optim import apply_planned_lr, planned_lr
 
@@ -236,9 +237,9 @@ class Run:
         return gathered
 
     def _save(self, kind: str, totals: Optional[EpochTotals] = None,
-              best: Optional[tuple[int, float]] = None) -> Path:
+              best: Optional[tuple[int, float, str]] = None) -> Path:
         """Take the state to host memory here, at the step boundary, and hand the write (and upload) to the
-        background writer; training goes on meanwhile. Only rank 0 writes. `best` = (epoch, score) also keeps
+        background writer; training goes on meanwhile. Only rank 0 writes. `best` = (epoch, score, weights) keeps
         the file as a top-k checkpoint (a link to the same file). Returns where the file will be."""
         if totals is not None and self.ctx.enabled:  # the job's sums; every rank takes part in the collective
             totals = totals.summed(self.ctx)
@@ -252,7 +253,7 @@ class Run:
             self.writer.submit(lambda: self._write(kind, state, step, best))
         return path
 
-    def _write(self, kind: str, state: dict, step: int, best: Optional[tuple[int, float]]) -> None:
+    def _write(self, kind: str, state: dict, step: int, best: Optional[tuple[int, float, str]]) -> None:
         """On the writer thread: the files, then the copies in the object store (run.dir=s3://...)."""
         if kind == "last":
             written = [self.manager.save_last(state)]
@@ -614,18 +615,16 @@ class Run:
                     row[key] = val[key]
         return row
 
-    def _update_best(self, row: dict) -> Optional[tuple[int, float]]:
-        """Track the best score; (epoch, score) when the epoch's checkpoint is a top-k candidate. The epoch
-        end writes the state once (last.pt) and keeps it as the best file too, ready to continue from the
-        next epoch."""
-        score, weights = row.get("val_acc1"), "raw"
-        if row.get("ema_val_acc1") is not None and (score is None or row["ema_val_acc1"] > score):
-            score, weights = row["ema_val_acc1"], "ema"
+    def _update_best(self, row: dict) -> Optional[tuple[int, float, str]]:
+        """Track the best score; (epoch, score, weights) when the epoch's checkpoint is a top-k candidate (its
+        name says which weights scored: epoch=NN-ema-val_acc1=XX.XX.pt for the EMA's). The epoch end writes
+        the state once (last.pt) and keeps it as the best file too, ready to continue from the next epoch."""
+        score, weights = scored_weights(row)
         if score is None:
             return None
         if self.best["val_acc1"] is None or score > self.best["val_acc1"]:
             self.best = {"val_acc1": score, "epoch": self.epoch, "weights": weights}
-        return (self.epoch, float(score))
+        return (self.epoch, float(score), weights)
 
     # -- stops and periodic checkpoints --------------------------------------------------------
     def _agreed(self, *flags: bool) -> list[bool]:

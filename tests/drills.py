@@ -22,7 +22,7 @@ Callbacks (`callback(name, **kwargs)` writes the override):
 - StopAfter(steps, reason): asks the run to stop cleanly (run.request_stop) after that many optimizer steps.
 - Record(path): appends every hook call to a JSON-lines file (which hooks ran, with what).
 - RecordLR(path): appends, just before every optimizer step, the LR that step trains with (the optimizer's
-  param group 0, through torch's step pre-hook) as {"step": 1-based optimizer step, "lr"}.
+  param group 0, through torch's step pre-hook) as {"step": 1-based optimizer step, "lr", "weight_decay"}.
 
 Models and data (import paths for model.name / data.name):
 - bn_eval_model(name="resnet8", num_classes): a registry model whose BatchNorm layers run in eval mode
@@ -339,7 +339,9 @@ class RecordLR:
 
         def before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
             with open(self.path, "a") as f:
-                f.write(json.dumps({"step": trainer.global_step + 1, "lr": optimizer.param_groups[0]["lr"]}) + "\n")
+                group = optimizer.param_groups[0]
+                f.write(json.dumps({"step": trainer.global_step + 1, "lr": group["lr"],
+                                    "weight_decay": group.get("weight_decay")}) + "\n")  # fmt: skip
 
         trainer.optimizer.register_step_pre_hook(before_step)
 

@@ -100,6 +100,20 @@ def test_the_first_step_after_a_resume_trains_at_the_plans_lr(tmp_path, cosine_r
         assert trained_lrs(record) == pytest.approx(expected), name
 
 
+def test_a_forced_resume_trains_with_the_new_optimizer_settings(tmp_path, cosine_runs):
+    """Sibling of item 8: with run.resume_force=true a changed optim.lr or optim.weight_decay was accepted,
+    then overwritten by the checkpoint's param groups and the scheduler's saved base LR: the run went on at
+    the old ones (before: first step LR 0.002476 and weight_decay 0.0005 with optim.lr=0.1
+    optim.weight_decay=0.01). Now the config's values train, on the same curve."""
+    run_dir, record = copy_of(cosine_runs["stopped"], tmp_path), tmp_path / "lr.jsonl"
+    proc = run_in_process(["train", *SHORT, "optim.lr=0.1", "optim.weight_decay=0.01", "run.resume_force=true",
+                           callback("RecordLR", path=str(record)), f"run.dir={run_dir}"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "optim.lr" in proc.stderr  # the forced change is named
+    assert trained_lrs(record) == pytest.approx([cosine_lr(6, peak=0.1), cosine_lr(7, peak=0.1)])
+    assert [json.loads(line)["weight_decay"] for line in record.read_text().splitlines()] == [0.01, 0.01]
+
+
 def test_an_epochs_lr_is_the_lr_its_steps_trained_at(tmp_path, cosine_runs):
     """Issue 26 item 10: metrics.csv and the console showed the optimizer's LR after the epoch's last scheduler
     step, the next epoch's: a step schedule's first epoch, trained at 0.1, showed 0.01 (before: lr column

@@ -212,6 +212,25 @@ def planned_lr(scheduler: LambdaLR, step: int) -> float:
     return float(scheduler.base_lrs[0]) * float(scheduler.lr_lambdas[0](int(step)))
 
 
+def built_settings(optimizer: torch.optim.Optimizer, scheduler: LambdaLR) -> dict:
+    """The hyperparameters this run's config built (every param group's, and the schedule's base LRs): taken
+    before a checkpoint's state is loaded over them, put back by `restore_settings`."""
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    return {"groups": groups, "base_lrs": list(scheduler.base_lrs)}
+
+
+def restore_settings(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, settings: dict) -> None:
+    """The config's hyperparameters over the checkpoint's: optimizer.load_state_dict brings back the saved
+    param groups (lr, weight_decay, momentum, betas...) and the scheduler its base LRs, so a change forced
+    with run.resume_force=true (optim.lr, optim.weight_decay) was accepted and then not trained with. The
+    moments and step counts (the optimizer's state) stay the checkpoint's. Equal values on a plain resume."""
+    if len(settings["groups"]) != len(optimizer.param_groups):
+        return
+    for group, built in zip(optimizer.param_groups, settings["groups"]):
+        group.update(built)
+    scheduler.base_lrs = list(settings["base_lrs"])
+
+
 def apply_planned_lr(scheduler: LambdaLR) -> None:
     """Set every parameter group's LR to the plan's at the scheduler's step. A resume loads the optimizer's
     LR from the checkpoint, the old plan's; LambdaLR would set the new plan's (sched.extend=restart or hold,

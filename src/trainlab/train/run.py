@@ -43,7 +43,7 @@ from trainlab.train.build import build_parts
 from trainlab.train.callbacks import CallbackList
 from trainlab.train.ema import scored_weights
 from trainlab.train.engine import EpochTotals, evaluate
-from trainlab.train.optim import apply_planned_lr, planned_lr
+from trainlab.train.optim import apply_planned_lr, built_settings, planned_lr, restore_settings
 
 
 class Run:
@@ -178,6 +178,7 @@ class Run:
         t = self.trainer
         parts = [("model", self.raw_model), ("optimizer", t.optimizer), ("scheduler", t.scheduler),
                  ("scaler", t.scaler)] + ([("ema", t.ema)] if t.ema is not None and state.get("ema") is not None else [])
+        built = built_settings(t.optimizer, t.scheduler)  # the config's optimizer settings, before the checkpoint's
         for name, part in parts:
             try:
                 part.load_state_dict(state[name])
@@ -193,6 +194,7 @@ class Run:
                     f"{type(exc).__name__}: {ckpt.load_error_line(exc)}){forced}; restore the settings it was "
                     "made with, or start a new run.dir"
                 ) from None
+        restore_settings(t.optimizer, t.scheduler, built)  # a forced optim.* change trains (equal values else)
         apply_planned_lr(t.scheduler)  # the optimizer's LR came with the checkpoint: the old plan's
         t.global_step = state["global_step"]
         t.batches_seen = state["batches_seen"]

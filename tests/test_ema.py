@@ -160,3 +160,23 @@ def test_eval_of_the_best_checkpoint_reproduces_the_score_in_its_name(tmp_path, 
     assert [e[2].name for e in CheckpointManager(older).best()] == [untagged.name]  # still read as a best file
     assert [e[2].name for e in CheckpointManager(best.parent).best()] == [best.name]
     assert main(["eval", str(best), "--raw", "--ema"]) == 2
+
+
+def test_a_forced_resume_averages_with_the_new_ema_decay(tmp_path):
+    """Sibling of issue 26 item 8: ModelEMA.load_state_dict took the checkpoint's decay and warmup, so a
+    train.ema_decay changed with run.resume_force=true was accepted and not used (before: 0.9 after a forced
+    0.5). The config's values now hold after the EMA's weights are loaded."""
+    import trainlab
+
+    class Seen:
+        def on_train_start(self, run) -> None:
+            self.decay, self.warmup = run.trainer.ema.decay, run.trainer.ema.warmup
+
+    run_dir = tmp_path / "run"
+    small = [*TINY, "data.train_size=64", "data.val_size=32", "train.max_steps_per_epoch=2", "run.progress=none",
+             "train.epochs=1", f"run.dir={run_dir}"]  # fmt: skip
+    assert trainlab.fit(None, *small, "train.ema_decay=0.9").status == "finished"
+    seen = Seen()
+    trainlab.fit(None, *small, "train.epochs=2", "train.ema_decay=0.5", "train.ema_warmup=false",
+                 "run.resume_force=true", callbacks=[seen])  # fmt: skip
+    assert (seen.decay, seen.warmup) == (0.5, False)

@@ -195,6 +195,8 @@ class Run:
                     "made with, or start a new run.dir"
                 ) from None
         restore_settings(t.optimizer, t.scheduler, built)  # a forced optim.* change trains (equal values else)
+        if t.ema is not None:  # the same for the EMA: its load_state_dict takes the checkpoint's decay and warmup
+            t.ema.decay, t.ema.warmup = float(self.cfg.train.ema_decay), bool(self.cfg.train.ema_warmup)
         apply_planned_lr(t.scheduler)  # the optimizer's LR came with the checkpoint: the old plan's
         t.global_step = state["global_step"]
         t.batches_seen = state["batches_seen"]

@@ -22,6 +22,8 @@ Callbacks (`callback(name, **kwargs)` writes the override):
 - Leak(kb), SlowLoader(ms): the train loader keeps kb KB alive per batch / sleeps ms before each batch.
 - StopAfter(steps, reason): asks the run to stop cleanly (run.request_stop) after that many optimizer steps.
 - Record(path): appends every hook call to a JSON-lines file (which hooks ran, with what).
+- RecordLR(path): appends, just before every optimizer step, the LR that step trains with (the optimizer's
+  param group 0, through torch's step pre-hook) as {"step": 1-based optimizer step, "lr", "weight_decay"}.
 
 Models and data (import paths for model.name / data.name):
 - bn_eval_model(name="resnet8", num_classes): a registry model whose BatchNorm layers run in eval mode
@@ -333,6 +335,22 @@ class Record:
 
     def on_train_end(self, run: Any, summary: dict) -> None:
         self._write("on_train_end", status=summary["status"])
+
+
+class RecordLR:
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_start(self, run: Any) -> None:
+        trainer = run.trainer
+
+        def before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+            with open(self.path, "a") as f:
+                group = optimizer.param_groups[0]
+                f.write(json.dumps({"step": trainer.global_step + 1, "lr": group["lr"],
+                                    "weight_decay": group.get("weight_decay")}) + "\n")  # fmt: skip
+
+        trainer.optimizer.register_step_pre_hook(before_step)
 
 
 # ---------------------------------------------------------------- models and data

@@ -95,8 +95,9 @@ def test_uneven_val_shards_count_every_image_once(full):
     process evaluating all 33 images with the saved weights."""
     rows = _metrics(full / "run")
     assert [r["epoch"] for r in rows] == ["1", "2"]
+    # --raw: the row's val_acc1 is the raw weights' (the run has an EMA, which eval would score if it won)
     proc = subprocess.run([sys.executable, "-m", "trainlab", "eval", str(full / "run" / "checkpoints" / "last.pt"),
-                           "--json"], env=_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+                           "--raw", "--json"], env=_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     single = json.loads(proc.stdout)
     assert single["val_samples"] == 33

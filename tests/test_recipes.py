@@ -137,13 +137,13 @@ def test_recipe_features_end_to_end(tmp_path, capsys):
     assert state["ema"] is not None
     assert float(rows[-1]["val_acc1"]) > 10.0  # above chance
     capsys.readouterr()
-    # eval of last.pt reproduces the run's own last validation (same raw weights, same val split) ...
-    assert main(["eval", str(run_dir / "checkpoints" / "last.pt"), "--json"]) == 0
+    # eval --raw of last.pt reproduces the run's own last validation (same raw weights, same val split) ...
+    assert main(["eval", str(run_dir / "checkpoints" / "last.pt"), "--raw", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert plain["val_acc1"] == pytest.approx(float(rows[-1]["val_acc1"]), abs=1e-3)
     assert plain["val_loss"] == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-4)
     # ... and flip TTA changes what is measured (mirrored images average in), and still scores above chance
-    assert main(["eval", str(run_dir / "checkpoints" / "last.pt"), "eval.tta=flip", "--json"]) == 0
+    assert main(["eval", str(run_dir / "checkpoints" / "last.pt"), "eval.tta=flip", "--raw", "--json"]) == 0
     tta = json.loads(capsys.readouterr().out)
     assert tta["tta"] == "flip" and tta["val_loss"] != pytest.approx(plain["val_loss"], rel=1e-6)
     assert tta["val_acc1"] > 10.0 and tta["val_samples"] == plain["val_samples"]

@@ -121,7 +121,8 @@ class SchedConfig:
     final_div_factor: float = 1e4
     total_steps: Optional[int] = None  # onecycle: set by hand only to reproduce a setup; checked
     # When a resume changes train.epochs or the steps per epoch and so the LR curve: refuse (name the
-    # jump), hold (keep the old curve and its final LR), restart (a new schedule over the steps left).
+    # jump), hold (the LR of the run's last step, constant; refused below 1% of the peak), restart (a new
+    # schedule over the steps left).
     extend: str = "refuse"
 
 
@@ -139,6 +140,9 @@ class TrainConfig:
     deterministic: bool = False
     ema_decay: Optional[float] = None
     ema_warmup: bool = True
+    # average: BatchNorm running stats averaged with the EMA's decay, like its weights (timm, torchvision);
+    # copy: the live model's statistics (trainlab before issue 26)
+    ema_buffers: str = "average"
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests, in optimizer steps (micro_batch_cap)
     nproc: int = 1  # >1 launches itself through torchrun
     threads: Optional[int] = None  # torch CPU threads; null leaves torch's default
@@ -235,6 +239,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sched.extend": ("refuse", "hold", "restart"),
     "train.precision": ("auto", "32", "bf16", "fp16"),
     "train.compile": ("none", "default", "reduce-overhead", "max-autotune"),
+    "train.ema_buffers": ("average", "copy"),
     "eval.tta": ("none", "flip"),
     "run.progress": ("auto", "bar", "lines", "none"),
     "dist.backend": ("auto", "nccl", "gloo"),

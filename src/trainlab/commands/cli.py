@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Optional
 from trainlab.commands.argtypes import node_count
 from trainlab.errors import TrainlabError, UsageError
 
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*\.[\w.]+=")  # section.key=value, as `trainlab eval` takes after a CHECKPOINT
 _PACKAGE = Path(__file__).resolve().parents[1]  # src/trainlab: whose UserWarnings are shown as one line
 
 # Subcommands registered by their own module's `register_cli(subparsers)`. Only the module of the command
@@ -107,7 +109,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from trainlab.commands.evaluate import evaluate_checkpoint, evaluate_weights
 
     items = [args.checkpoint, *args.overrides] if args.checkpoint else list(args.overrides)
-    checkpoint = items[0] if items and "=" not in items[0] else None
+    # A best file's name has '=' in it (epoch=03-val_acc1=25.00.pt): the first item is an override only when
+    # it reads section.key=value and is no file
+    checkpoint = items[0] if items and not (_OVERRIDE.match(items[0]) and not Path(items[0]).is_file()) else None
     overrides = items[1:] if checkpoint else items
     if args.model or args.weights:
         if checkpoint or not (args.model and args.weights):
@@ -116,7 +120,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif checkpoint is None:
         raise UsageError("trainlab eval: give a CHECKPOINT (a run's checkpoints/*.pt) or --model NAME --weights FILE")
     else:
-        result = evaluate_checkpoint(checkpoint, overrides, use_ema=args.ema)
+        result = evaluate_checkpoint(checkpoint, overrides, weights=args.which)
     if args.json:
         import json
 
@@ -124,7 +128,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(
             f"{result['checkpoint']}: val loss {result['val_loss']:.4f} | top-1 {result['val_acc1']:.2f}% | "
-            f"top-5 {result['val_acc5']:.2f}% ({result['val_samples']} images, {result['weights']} weights)"
+            f"top-5 {result['val_acc5']:.2f}% ({result['val_samples']} images, {result['weights']} weights"
+            + (f": {result['weights_chosen_by']})" if result.get("weights_chosen_by") else ")")
         )
     return 0
 
@@ -143,7 +148,11 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint (or a model with plain weights) on the val split")
     p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="a trainlab checkpoint (.pt)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights when the checkpoint has them")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--ema", dest="which", action="store_const", const="ema", default="auto",
+                       help="score the EMA weights (default: the weights that won the checkpoint's epoch)")
+    which.add_argument("--raw", dest="which", action="store_const", const="raw",
+                       help="score the raw (trained) weights, also where the EMA's won")
     p.add_argument("--model", help="instead of a checkpoint: a model name or import path pkg.mod:factory ...")
     p.add_argument("--weights", help="... and a plain state_dict file for it (loaded weights-only)")
     p.add_argument("--json", action="store_true")

@@ -18,11 +18,18 @@ from trainlab.state import remote
 from trainlab.train.engine import evaluate
 
 
-def evaluate_checkpoint(path: str, overrides: Sequence[str] = (), use_ema: bool = False) -> dict:
-    """The checkpoint's own config (data, model) with `overrides` applied, e.g. data.root=/elsewhere."""
+def evaluate_checkpoint(path: str, overrides: Sequence[str] = (), use_ema: bool = False,
+                        weights: str = "auto") -> dict:
+    """The checkpoint's own config (data, model) with `overrides` applied, e.g. data.root=/elsewhere.
+
+    `weights`: "auto" (the default) scores the weights that won the checkpoint's epoch, so the score in a best
+    file's name is what eval reproduces; "ema" or "raw" (`--ema`, `--raw`; use_ema=True is "ema") force one."""
+    weights = "ema" if use_ema else weights
+    if weights not in ("auto", "ema", "raw"):
+        raise ConfigError(f"weights={weights!r}: choose auto, ema or raw")
     if remote.is_url(path):  # a checkpoint in an object store: read from a temporary local copy
         with tempfile.TemporaryDirectory(prefix="trainlab-eval-") as scratch:
-            result = evaluate_checkpoint(str(remote.fetch_file(path, scratch)), overrides, use_ema)
+            result = evaluate_checkpoint(str(remote.fetch_file(path, scratch)), overrides, weights=weights)
         return {**result, "checkpoint": path}
     file = Path(path)
     if not file.is_file():
@@ -32,14 +39,53 @@ def evaluate_checkpoint(path: str, overrides: Sequence[str] = (), use_ema: bool 
         raise ConfigError(f"{file} is not a trainlab checkpoint (no 'config'/'model'); train with trainlab first, "
                           "or score a plain state_dict with --model NAME --weights FILE")  # fmt: skip
     cfg = with_overrides(config_mod.from_dict(state["config"]), overrides)
-    if use_ema:
+    if weights == "auto":
+        which, why = winning_weights(file.name, state)
+    else:
+        which, why = weights, f"--{weights}"
+    if which == "ema":
         if not state.get("ema"):
             raise ConfigError(f"{file} has no EMA weights (train.ema_decay was not set); drop --ema")
-        weights, which = _ema_weights(state["ema"]), "ema"
+        chosen = _ema_weights(state["ema"])
     else:
-        weights, which = state["model"], "raw"
-    result = _score(cfg, weights, state.get("num_classes"), str(file))
-    return {"checkpoint": str(file), "weights": which, "tta": cfg.eval.tta, **result}
+        chosen = state["model"]
+    result = _score(cfg, chosen, state.get("num_classes"), str(file))
+    return {"checkpoint": str(file), "weights": which, "weights_chosen_by": why, "tta": cfg.eval.tta, **result}
+
+
+def winning_weights(name: str, state: dict) -> tuple[str, str]:
+    """Which weights `trainlab eval` scores by default, and why: the ones a best file's name says
+    (epoch=NN-ema-val_acc1=...), else those that won the epoch this checkpoint ends (the run's best choice,
+    train.ema.scored_weights: what an older best file, named without a tag, was chosen by), else raw."""
+    from trainlab.state.retention import BEST_TAG_RE
+    from trainlab.train.ema import scored_weights
+
+    tag = BEST_TAG_RE.match(name)
+    if tag:
+        return tag.group(1), "named in the file"
+    if not state.get("ema"):
+        return "raw", "the checkpoint has no EMA weights"
+    row = _epoch_end_row(state)
+    if row is None:
+        return "raw", "the checkpoint is not at an epoch's end: no score to choose by (--ema for the EMA's)"
+    score, which = scored_weights(row)
+    return which, f"they scored higher at epoch {row.get('epoch')}" if which == "ema" else (
+        f"they scored at least as high as the EMA's at epoch {row.get('epoch')}")
+
+
+def _epoch_end_row(state: dict) -> Optional[dict]:
+    """The metrics row of the epoch whose end this state is (its weights are the ones that row scored), or
+    None for a state taken mid-epoch (a stop, a periodic checkpoint)."""
+    rows = state.get("metrics_rows")
+    if not isinstance(rows, list) or not rows or not isinstance(rows[-1], dict):
+        return None
+    row, epoch, phase = rows[-1], state.get("epoch"), state.get("phase")
+    if not isinstance(epoch, int):
+        return None
+    if (phase == "done" and row.get("epoch") == epoch) or (
+            phase == "train" and state.get("step_in_epoch") == 0 and row.get("epoch") == epoch - 1):
+        return row
+    return None
 
 
 def evaluate_weights(model_name: str, weights_path: str, overrides: Sequence[str] = ()) -> dict:

@@ -25,7 +25,7 @@ CHARTS = [  # name, title, [(column or "step:<key>", label, dash)]
                                             ("val_loss", "val loss", "6 4")]),
     ("accuracy", "Accuracy (%)", [("train_acc1", "train top-1", "2 3"), ("val_acc1", "val top-1", ""),
                                   ("val_acc5", "val top-5", "6 4")]),
-    ("lr", "Learning rate", [("step:lr", "step lr", ""), ("lr", "lr at epoch end", "")]),
+    ("lr", "Learning rate", [("step:lr", "step lr", ""), ("lr", "lr of the epoch's last step", "")]),
 ]  # fmt: skip
 
 CSS = """

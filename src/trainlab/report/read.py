@@ -32,7 +32,7 @@ STALE_AFTER_S = 600  # a "running" summary not updated for this long is shown as
 # Columns trainlab writes as numbers (runlog writer's METRIC_COLUMNS and later additions): a row where one
 # holds text is skipped. Other columns (a user's own) stay text when they are not numbers.
 FLOAT_COLUMNS = (
-    "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "lr", "data_time_s", "train_time_s",
+    "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "lr", "lr_min", "lr_max", "data_time_s", "train_time_s",
     "other_time_s", "epoch_time_s", "val_time_s", "images_per_s", "peak_mem_mb", "rss_mb", "time",
     "ema_val_acc1", "ema_val_loss", "batches",
 )  # fmt: skip

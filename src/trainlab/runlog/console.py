@@ -97,10 +97,25 @@ def epoch_block(row: dict, report: dict, epochs: int) -> str:
         f"- Total Epoch Time: {_fmt(row['epoch_time_s'], '.4f')}s",
         f"- Val Loss: {_fmt(row['val_loss'], '.4f')} | Val Top-1: {_fmt(row['val_acc1'], '.2f')}% | "
         f"Val Top-5: {_fmt(row['val_acc5'], '.2f')}%" + ema,
-        f"- Images/s: {_fmt(row['images_per_s'], '.1f')} | LR: {_fmt(row['lr'], '.5g')}",
+        f"- Images/s: {_fmt(row['images_per_s'], '.1f')} | LR: {lr_text(row)}",
         health_line(report),
     ]
     return "\n".join(lines)
+
+
+def lr_text(row: dict) -> str:
+    """The LR the epoch trained at: one number, or first→last when it moved (and its extremes when the epoch
+    went beyond those, e.g. a warmup then a decay)."""
+    last, first = row.get("lr"), row.get("lr_first")
+    low, high = row.get("lr_min"), row.get("lr_max")
+    if not all(isinstance(v, (int, float)) for v in (last, first, low, high)):  # a row from an older run
+        return _fmt(last, ".5g")
+    if low == high:
+        return _fmt(last, ".5g")
+    text = f"{first:.5g}→{last:.5g}"
+    if low < min(first, last) or high > max(first, last):
+        text += f" (min {low:.5g}, max {high:.5g})"
+    return text
 
 
 def health_line(report: dict) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from trainlab.paths import open_no_follow, writing
 
 METRIC_COLUMNS = [
-    "epoch", "step", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "lr",
+    "epoch", "step", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "lr", "lr_min", "lr_max",
     "data_time_s", "train_time_s", "other_time_s", "epoch_time_s", "val_time_s", "images_per_s",
     "peak_mem_mb", "rss_mb", "time", "ema_val_acc1",
 ]  # fmt: skip

@@ -14,13 +14,17 @@ from pathlib import Path
 from trainlab.state.checkpoint import CheckpointError, UnsafeCheckpointError, load_checked, save_atomic
 
 _PERIODIC_RE = re.compile(r"^periodic-step=(\d+)\.pt$")
+WEIGHT_TAGS = ("ema", "raw")  # a best file's name may say which weights scored: epoch=03-ema-val_acc1=25.00.pt
+BEST_TAG_RE = re.compile(rf"^epoch=\d+-({'|'.join(WEIGHT_TAGS)})-")
 
 
 class CheckpointManager:
     """Names, writes and prunes the checkpoints of one run directory.
 
     ``last.pt`` (overwritten), ``periodic-step=NNNNNNN.pt`` (newest ``keep_periodic`` kept) and
-    ``epoch=NN-<metric>=XX.XX.pt`` (best ``save_top_k``; 0 keeps none, a negative number keeps all).
+    ``epoch=NN-<metric>=XX.XX.pt`` (best ``save_top_k``; 0 keeps none, a negative number keeps all), named
+    ``epoch=NN-ema-<metric>=XX.XX.pt`` when the EMA weights made the score (files before issue 26 had no
+    tag whichever weights scored; they are read as before).
     The top-k list is rebuilt from the file names, so a resumed run keeps pruning correctly.
     """
 
@@ -45,7 +49,7 @@ class CheckpointManager:
         # prune, after its upload, removes it.
         self.hold: Callable[[Path], bool] = lambda path: False
         self.skipped: list[tuple[Path, str]] = []
-        self._best_re = re.compile(rf"^epoch=(\d+)-{re.escape(metric)}=(.+)\.pt$")
+        self._best_re = re.compile(rf"^epoch=(\d+)-(?:(?:{'|'.join(WEIGHT_TAGS)})-)?{re.escape(metric)}=(.+)\.pt$")
         self._best: list[tuple[float, int, Path]] = []
         if self.directory.is_dir():
             self._remove_stale_temp_files()
@@ -119,15 +123,16 @@ class CheckpointManager:
             return (math.inf, epoch)
         return (-value if self.mode == "max" else value, epoch)  # ties: the earlier epoch ranks higher
 
-    def best_filename(self, epoch: int, value: float) -> str:
-        return f"epoch={epoch:02d}-{self.metric}={value:.2f}.pt"
+    def best_filename(self, epoch: int, value: float, weights: str = "raw") -> str:
+        tag = "" if weights == "raw" else f"{weights}-"
+        return f"epoch={epoch:02d}-{tag}{self.metric}={value:.2f}.pt"
 
-    def _best_candidate(self, epoch: int, value: float) -> tuple[tuple[float, int, Path], list] | None:
+    def _best_candidate(self, epoch: int, value: float, weights: str = "raw") -> tuple[tuple[float, int, Path], list] | None:
         if self.save_top_k == 0 or math.isnan(value):
             return None
         # The same epoch re-evaluated after a resume replaces its previous entry.
         others = [entry for entry in self._best if entry[1] != epoch]
-        candidate = (float(value), int(epoch), self.directory / self.best_filename(epoch, value))
+        candidate = (float(value), int(epoch), self.directory / self.best_filename(epoch, value, weights))
         ranked = sorted([*others, candidate], key=self._rank_key)
         kept = ranked if self.save_top_k < 0 else ranked[: self.save_top_k]
         return (candidate, kept) if candidate in kept else None
@@ -139,9 +144,9 @@ class CheckpointManager:
                 self._remove(entry[2])
         self._best = kept
 
-    def save_best(self, state: dict, epoch: int, value: float) -> Path | None:
+    def save_best(self, state: dict, epoch: int, value: float, weights: str = "raw") -> Path | None:
         """Write ``state`` as a top-k checkpoint if ``value`` ranks in the top ``save_top_k``."""
-        found = self._best_candidate(epoch, value)
+        found = self._best_candidate(epoch, value, weights)
         if found is None:
             return None
         candidate, kept = found
@@ -149,11 +154,12 @@ class CheckpointManager:
         self._keep_best(kept)
         return candidate[2]
 
-    def add_best(self, written: Path, epoch: int, value: float) -> Path | None:
+    def add_best(self, written: Path, epoch: int, value: float, weights: str = "raw") -> Path | None:
         """Keep the checkpoint just written at ``written`` (last.pt) as a top-k one too, if ``value`` ranks:
         a hard link to the same file (a copy where links are not possible), so an epoch end serialises the
-        state once. last.pt is later replaced by a rename, which leaves the link's content as it is."""
-        found = self._best_candidate(epoch, value)
+        state once. last.pt is later replaced by a rename, which leaves the link's content as it is.
+        ``weights`` ("raw" or "ema"): which weights made the score; the name says it."""
+        found = self._best_candidate(epoch, value, weights)
         if found is None:
             return None
         candidate, kept = found

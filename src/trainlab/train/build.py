@@ -148,7 +148,7 @@ def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], s
     if cfg.train.ema_decay:
         from trainlab.train.ema import ModelEMA
 
-        ema = ModelEMA(raw_model, cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
+        ema = ModelEMA(raw_model, cfg.train.ema_decay, warmup=cfg.train.ema_warmup, buffers=cfg.train.ema_buffers)
     mixer = None
     if cfg.aug.mixup_alpha > 0 or cfg.aug.cutmix_alpha > 0:
         from trainlab.train.mix import BatchMixer

@@ -217,6 +217,9 @@ class Trainer:
     skipped_nonfinite: int = 0
     nonfinite_stop: Optional[tuple[int, int]] = field(default=None)  # (epoch, batch) that stopped the run
     on_batch: Optional[Callable[[int, int], None]] = None  # (epoch, batch index): progress bar, drills
+    # The LRs this epoch's optimizer steps trained at (first, last, min, max); None before its first step.
+    # The optimizer's LR after an epoch is the next epoch's (the scheduler has stepped): metrics.csv shows these.
+    epoch_lr: Optional[dict] = None
     compile_mode: str = "none"  # train.compile: the CUDA-graph modes need care under accumulation
     loss: Optional[Callable] = None  # a user's (logits, targets) -> loss; None: cross-entropy with smoothing
 
@@ -259,6 +262,8 @@ class Trainer:
                 if p.requires_grad and p.grad is None:
                     p.grad = torch.zeros_like(p)
         totals = totals or EpochTotals.zeros(self.device)
+        if start == 0:  # a resumed epoch keeps the LRs its steps before the stop trained at (checkpoint)
+            self.epoch_lr = None
         n_batches = self.batches_per_epoch(loader)
         batches: Iterable = loader.batches(epoch, start)
         if self.watcher is not None:
@@ -280,6 +285,7 @@ class Trainer:
         return min(self.grad_accum, n_batches - window_start)
 
     def _train_batch(self, images, labels, epoch, index, n_batches, totals, on_boundary) -> bool:
+        lr = self.lr()  # the LR this batch trains at (the optimizer step below moves the scheduler on)
         images, labels = self.step.inputs(images, labels)
         targets = labels
         if self.mixer is not None and self.mixer.enabled:
@@ -333,6 +339,7 @@ class Trainer:
                 grad_norm = self._optimizer_step()
             else:  # every micro-batch of the window was skipped: nothing to step with, but the step is counted
                 self.optimizer.zero_grad(set_to_none=not self.keep_grads)
+                self._note_lr(self.lr())
                 self.scheduler.step()
                 self.global_step += 1
         if self.watcher is not None:
@@ -340,7 +347,7 @@ class Trainer:
                 # One watch step per optimizer step (before the boundary hook: a checkpoint it writes holds
                 # it), with the window's mean loss and all its images.
                 self.watcher.step(loss=self._window_loss / self._window_seen, batch_size=self._window_images,
-                                  lr=self.optimizer.param_groups[0]["lr"], sync_wait_s=sync_wait,
+                                  lr=lr, sync_wait_s=sync_wait,
                                   grad_norm=grad_norm)  # fmt: skip
             else:  # a micro-batch inside the window: timed, not counted
                 self.watcher.micro_batch()
@@ -372,6 +379,7 @@ class Trainer:
         """One optimizer step. Returns the total gradient norm (a device tensor, never read here) when it is
         free (clipping computes it) or the watch will log it in this window; else None."""
         want_norm = self.watcher is not None and self.watcher.wants_grad_norm()
+        self._note_lr(self.lr())
         grad_norm = self.step.optimizer_step(want_norm, set_to_none=not self.keep_grads)
         self.scheduler.step()
         self.global_step += 1
@@ -380,7 +388,15 @@ class Trainer:
         return grad_norm
 
     def lr(self) -> float:
+        """The LR the next optimizer step trains at (param group 0)."""
         return float(self.optimizer.param_groups[0]["lr"])
+
+    def _note_lr(self, lr: float) -> None:
+        seen = self.epoch_lr
+        if seen is None:
+            self.epoch_lr = {"first": lr, "last": lr, "min": lr, "max": lr}
+        else:
+            seen.update(last=lr, min=min(seen["min"], lr), max=max(seen["max"], lr))
 
 
 def total_grad_norm(parameters) -> Optional[torch.Tensor]:

@@ -21,6 +21,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from trainlab.errors import ConfigError
 
 REFERENCE_BATCH = 256  # optim.lr_scale=linear: lr is given for this global batch (Goyal et al. 2017)
+# sched.extend=hold refuses to hold an LR below this share of the peak: the steps left would not train
+HOLD_MIN_SHARE = 0.01
 
 
 def effective_lr(optim_cfg: Any, global_batch: int) -> float:
@@ -134,18 +136,22 @@ def _main_curve(
 
 
 def schedule_plan(epochs: int, steps_per_epoch: int) -> list[dict]:
-    """A schedule's segments: one for a fresh run. A resume with `sched.extend=restart` appends one more."""
+    """A schedule's segments: one for a fresh run. A resume with `sched.extend=restart` appends one more
+    schedule; one with `sched.extend=hold` appends `{"start": step, "hold": multiplier}`, a constant LR."""
     return [{"start": 0, "epochs": int(epochs), "steps_per_epoch": int(steps_per_epoch)}]
 
 
 def multiplier_fn(sched_cfg: Any, base_lr: float, segments: list[dict]) -> Callable[[int], float]:
     """The LR multiplier at optimizer step k over a plan of segments.
 
-    Each segment is a whole schedule (warmup, then the configured curve) starting at its `start` step and
+    A `hold` segment is one multiplier from its start on. Each other segment is a whole schedule (warmup, then the configured curve) starting at its `start` step and
     sized by its own epochs and steps per epoch; past a segment's end its LR stays at its final value until
     the next segment starts. sched.total_steps, when set by hand, sizes the first segment only."""
     curves = []
     for i, seg in enumerate(segments):
+        if "hold" in seg:  # sched.extend=hold: one LR (a multiplier of base_lr) from its start on
+            curves.append((int(seg["start"]), lambda k, held=float(seg["hold"]): held))
+            continue
         spe = int(seg["steps_per_epoch"])
         if spe < 1 or int(seg["epochs"]) < 1:
             raise ConfigError(
@@ -191,6 +197,44 @@ def build_scheduler(
             group["lr"] = peak
             group.pop("initial_lr", None)
     return LambdaLR(optimizer, [multiplier_fn(sched_cfg, group["lr"], segments) for group in optimizer.param_groups])
+
+
+def planned_lr(scheduler: LambdaLR, step: int) -> float:
+    """The LR the plan gives optimizer step `step` (0-based), first parameter group."""
+    return float(scheduler.base_lrs[0]) * float(scheduler.lr_lambdas[0](int(step)))
+
+
+def built_settings(optimizer: torch.optim.Optimizer, scheduler: LambdaLR) -> dict:
+    """The hyperparameters this run's config built (every param group's, and the schedule's base LRs): taken
+    before a checkpoint's state is loaded over them, put back by `restore_settings`."""
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    return {"groups": groups, "base_lrs": list(scheduler.base_lrs)}
+
+
+def restore_settings(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, settings: dict) -> None:
+    """The config's hyperparameters over the checkpoint's: optimizer.load_state_dict brings back the saved
+    param groups (lr, weight_decay, momentum, betas...) and the scheduler its base LRs, so a change forced
+    with run.resume_force=true (optim.lr, optim.weight_decay) was accepted and then not trained with. The
+    moments and step counts (the optimizer's state) stay the checkpoint's. Equal values on a plain resume."""
+    if len(settings["groups"]) != len(optimizer.param_groups):
+        return
+    for group, built in zip(optimizer.param_groups, settings["groups"]):
+        group.update(built)
+    scheduler.base_lrs = list(settings["base_lrs"])
+
+
+def apply_planned_lr(scheduler: LambdaLR) -> None:
+    """Set every parameter group's LR to the plan's at the scheduler's step. A resume loads the optimizer's
+    LR from the checkpoint, the old plan's; LambdaLR would set the new plan's (sched.extend=restart or hold,
+    run.resume_force) only in its next step(), after the first step had trained at the old one."""
+    step = scheduler.last_epoch
+    lrs = [float(base) * float(fn(step)) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports
 
 
 def check_schedule(sched_cfg: Any, epochs: int, steps_per_epoch: int) -> list[str]:
@@ -257,8 +301,10 @@ def plan_schedule(cfg: Any, state: Optional[dict], steps_per_epoch: int, base_lr
     A fresh run gets one segment sized from train.epochs. A resume keeps the checkpoint's plan unless
     train.epochs or the steps per epoch (train.max_steps_per_epoch) changed; then, if the new sizes would
     change the LR curve from the resume step on (cosine and one-cycle are sized from them; step schedules
-    are not), `sched.extend` decides: `refuse` (the default) names the jump, `hold` keeps the old curve
-    (its final LR from its end on), `restart` runs a new schedule over the steps left."""
+    are not), `sched.extend` decides: `refuse` (the default) names the jump, `hold` keeps the LR the run's
+    last step trained at, constant, for the steps left (refused when that is below HOLD_MIN_SHARE of the peak,
+    e.g. a cosine that had ended at min_lr=0, unless run.resume_force=true), `restart` runs a new schedule
+    over the steps left."""
     epochs = int(cfg.train.epochs)
     fresh = {"plan": schedule_plan(epochs, steps_per_epoch), "epochs": epochs, "steps_per_epoch": steps_per_epoch}
     if state is None:
@@ -288,10 +334,21 @@ def plan_schedule(cfg: Any, state: Optional[dict], steps_per_epoch: int, base_lr
             else f"steps per epoch {saved['steps_per_epoch']} -> {steps_per_epoch} ({_steps_cause(cfg, state)})")
     mode = str(cfg.sched.extend)
     left = max(1, epochs * steps_per_epoch - step)
+    held = old_curve(max(step - 1, 0))  # the multiplier the run's last step trained at
+    held_lr, too_low = base_lr * held, held < HOLD_MIN_SHARE
+    restart = f"sched.extend=restart (a new {cfg.sched.name} over the {left} steps left)"
     if mode == "hold":
-        say(f"sched.extend=hold: {what}; the {cfg.sched.name} schedule keeps its old curve "
-            f"(LR {old_lr:.4g} at step {step}, its final LR from its end on)")
-        return {**saved, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
+        if too_low and not cfg.run.resume_force:
+            raise ConfigError(
+                f"cannot resume with sched.extend=hold: {what}, and the LR the run's last step trained at is "
+                f"{held_lr:.4g} ({100 * held:.2g}% of the peak {base_lr:.4g}: its {cfg.sched.name} schedule had "
+                f"ended), so the {left} steps left would barely train; choose {restart}, or force holding that "
+                "LR with run.resume_force=true"
+            )
+        say(f"sched.extend=hold: {what}; the LR stays at {held_lr:.4g} (the LR step {step} trained at) for "
+            f"the {left} steps left" + (f" (run.resume_force=true: below {HOLD_MIN_SHARE:.0%} of the peak)" if too_low else ""))
+        plan = [dict(seg) for seg in saved["plan"]] + [{"start": step, "hold": held}]
+        return {"plan": plan, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
     if mode == "restart":
         plan = [dict(seg) for seg in saved["plan"]] + [
             {"start": step, "epochs": 1, "steps_per_epoch": steps_per_epoch, "steps": left}]
@@ -302,8 +359,9 @@ def plan_schedule(cfg: Any, state: Optional[dict], steps_per_epoch: int, base_lr
         say(f"run.resume_force=true: {what} resizes the {cfg.sched.name} schedule; the LR at step {jump} moves "
             f"from {old_lr:.4g} to {new_lr:.4g}")
         return candidate
+    # hold is offered only where it trains: at a cosine's end its LR is min_lr (0 by default)
+    hold = "" if too_low else f"sched.extend=hold (keep the LR {held_lr:.4g}, constant) or "
     raise ConfigError(
         f"cannot resume: {what} resizes the {cfg.sched.name} schedule, so the LR at step {jump} would jump from "
-        f"{old_lr:.4g} to {new_lr:.4g}; choose sched.extend=hold (keep the old curve and its final LR) or "
-        f"sched.extend=restart (a new {cfg.sched.name} over the {left} steps left), or restore the old value"
+        f"{old_lr:.4g} to {new_lr:.4g}; choose {hold}{restart}, or restore the old value"
     )

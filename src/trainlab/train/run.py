@@ -41,7 +41,9 @@ from trainlab.state.retention import CheckpointManager
 from trainlab.state.stops import PreemptionGuard, PreemptionNotice
 from trainlab.train.build import build_parts
 from trainlab.train.callbacks import CallbackList
+from trainlab.train.ema import scored_weights
 from trainlab.train.engine import EpochTotals, evaluate
+from trainlab.train.optim import apply_planned_lr, built_settings, planned_lr, restore_settings
 
 
 def log_every(print_every: int, steps_per_epoch: int) -> int:
@@ -177,6 +179,7 @@ class Run:
             "rng": rng_per_rank[0],  # rank 0's: what a one-process resume restores
             "rng_per_rank": rng_per_rank,
             "totals": totals.state_dict() if totals is not None else None,
+            "epoch_lr": dict(t.epoch_lr) if t.epoch_lr is not None else None,  # this epoch's LRs so far
             "watch": self.watcher.state_dict(),
             "metrics_rows": list(self.metrics_rows),
             "best": dict(self.best),
@@ -193,6 +196,7 @@ class Run:
         t = self.trainer
         parts = [("model", self.raw_model), ("optimizer", t.optimizer), ("scheduler", t.scheduler),
                  ("scaler", t.scaler)] + ([("ema", t.ema)] if t.ema is not None and state.get("ema") is not None else [])
+        built = built_settings(t.optimizer, t.scheduler)  # the config's optimizer settings, before the checkpoint's
         for name, part in parts:
             try:
                 part.load_state_dict(state[name])
@@ -208,8 +212,13 @@ class Run:
                     f"{type(exc).__name__}: {ckpt.load_error_line(exc)}){forced}; restore the settings it was "
                     "made with, or start a new run.dir"
                 ) from None
+        restore_settings(t.optimizer, t.scheduler, built)  # a forced optim.* change trains (equal values else)
+        if t.ema is not None:  # the same for the EMA: its load_state_dict takes the checkpoint's decay and warmup
+            t.ema.decay, t.ema.warmup = float(self.cfg.train.ema_decay), bool(self.cfg.train.ema_warmup)
+        apply_planned_lr(t.scheduler)  # the optimizer's LR came with the checkpoint: the old plan's
         t.global_step = state["global_step"]
         t.micro_step = state.get("micro_step", state.get("batches_seen", 0))  # batches_seen: older checkpoints
+        t.epoch_lr = dict(state["epoch_lr"]) if isinstance(state.get("epoch_lr"), dict) else None
         self.epoch = state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.phase = state["phase"]
@@ -252,9 +261,9 @@ class Run:
         return gathered
 
     def _save(self, kind: str, totals: Optional[EpochTotals] = None,
-              best: Optional[tuple[int, float]] = None) -> Path:
+              best: Optional[tuple[int, float, str]] = None) -> Path:
         """Take the state to host memory here, at the step boundary, and hand the write (and upload) to the
-        background writer; training goes on meanwhile. Only rank 0 writes. `best` = (epoch, score) also keeps
+        background writer; training goes on meanwhile. Only rank 0 writes. `best` = (epoch, score, weights) keeps
         the file as a top-k checkpoint (a link to the same file). Returns where the file will be."""
         if totals is not None and self.ctx.enabled:  # the job's sums; every rank takes part in the collective
             totals = totals.summed(self.ctx)
@@ -268,7 +277,7 @@ class Run:
             self.writer.submit(lambda: self._write(kind, state, step, best))
         return path
 
-    def _write(self, kind: str, state: dict, step: int, best: Optional[tuple[int, float]]) -> None:
+    def _write(self, kind: str, state: dict, step: int, best: Optional[tuple[int, float, str]]) -> None:
         """On the writer thread: the files, then the copies in the object store (run.dir=s3://...)."""
         if kind == "last":
             written = [self.manager.save_last(state)]
@@ -435,8 +444,9 @@ class Run:
             self._note_restart()
             self.logger.rewrite_metrics(self.metrics_rows)
             self.logger.truncate_jsonl(self.trainer.micro_step)
-            self.log_event("resumed", "info", f"resumed at epoch {self.epoch}, batch {self.step_in_epoch}",
-                        global_step=self.trainer.global_step)  # fmt: skip
+            lr = planned_lr(self.trainer.scheduler, self.trainer.global_step)  # what the next step trains at
+            self.log_event("resumed", "info", f"resumed at epoch {self.epoch}, batch {self.step_in_epoch}, "
+                           f"LR {lr:.4g}", global_step=self.trainer.global_step, lr=lr)  # fmt: skip
 
         if state is None:
             self._note_restart()
@@ -610,10 +620,13 @@ class Run:
 
     def _metrics_row(self, train: dict, val: Optional[dict], rep: dict) -> dict:
         peak = rep.get("gpu_peak_mb") or rep.get("peak_rss_mb")
+        # the LRs the epoch's steps trained at; an epoch without a step (every batch skipped): the next one's
+        lrs = self.trainer.epoch_lr or dict.fromkeys(("first", "last", "min", "max"), self.trainer.lr())
         row = {
             "epoch": self.epoch, "step": self.trainer.global_step,
             "train_loss": train["train_loss"], "train_acc1": train["train_acc1"],
-            "val_loss": None, "val_acc1": None, "val_acc5": None, "lr": self.trainer.lr(),
+            "val_loss": None, "val_acc1": None, "val_acc5": None,
+            "lr": lrs["last"], "lr_first": lrs["first"], "lr_min": lrs["min"], "lr_max": lrs["max"],
             "data_time_s": rep.get("data_time_s"), "train_time_s": rep.get("compute_time_s"),
             "other_time_s": rep.get("other_time_s"), "epoch_time_s": rep.get("epoch_time_s"),
             "images_per_s": rep.get("images_per_s"), "peak_mem_mb": peak,
@@ -627,18 +640,16 @@ class Run:
                     row[key] = val[key]
         return row
 
-    def _update_best(self, row: dict) -> Optional[tuple[int, float]]:
-        """Track the best score; (epoch, score) when the epoch's checkpoint is a top-k candidate. The epoch
-        end writes the state once (last.pt) and keeps it as the best file too, ready to continue from the
-        next epoch."""
-        score, weights = row.get("val_acc1"), "raw"
-        if row.get("ema_val_acc1") is not None and (score is None or row["ema_val_acc1"] > score):
-            score, weights = row["ema_val_acc1"], "ema"
+    def _update_best(self, row: dict) -> Optional[tuple[int, float, str]]:
+        """Track the best score; (epoch, score, weights) when the epoch's checkpoint is a top-k candidate (its
+        name says which weights scored: epoch=NN-ema-val_acc1=XX.XX.pt for the EMA's). The epoch end writes
+        the state once (last.pt) and keeps it as the best file too, ready to continue from the next epoch."""
+        score, weights = scored_weights(row)
         if score is None:
             return None
         if self.best["val_acc1"] is None or score > self.best["val_acc1"]:
             self.best = {"val_acc1": score, "epoch": self.epoch, "weights": weights}
-        return (self.epoch, float(score))
+        return (self.epoch, float(score), weights)
 
     # -- stops and periodic checkpoints --------------------------------------------------------
     def _agreed(self, *flags: bool) -> list[bool]:

@@ -152,12 +152,13 @@ class GpuJpegLoader:
         """Each image to plan.size through its own box (one roi_align each: sizes differ), then the batch
         is flipped and normalised at once."""
         size = self.size_at(epoch) if self.size_at is not None else self.plan.size
-        crops, flips = [], []
+        crops, flips, pads = [], [], []
         for image, i in zip(images, idx):
             _, h, w = image.shape
             if self.train:
                 gen = torch.Generator().manual_seed(stream_seed(self.seed, epoch, i, _SAMPLE_TAG))
                 p = draw_params(gen, 1, self.plan, h, w)
+                pads.append(p)  # a pad-crop's offsets: the sample's own, whatever batch it lands in
                 if self.plan.crop != "resized":  # pad/none: resize the short side, centre crop, then pad-crop
                     p = _centre_box(h, w, size, 1.0, p.flip)
             else:  # val geometry of the CPU path: Resize(size * 256 / 224) + CenterCrop(size), or for a
@@ -168,9 +169,8 @@ class GpuJpegLoader:
             flips.append(p.flip)
         batch = torch.cat(crops)
         if self.train and self.plan.crop == "pad":
-            gen = torch.Generator().manual_seed(stream_seed(self.seed, epoch, idx[0], _SAMPLE_TAG, 1))
-            pad = draw_params(gen, len(idx), self.plan, size, size)
-            params = CropParams(pad.y, pad.x, pad.h, pad.w, torch.cat(flips)).to(self.device)
+            y, x = torch.cat([p.y for p in pads]), torch.cat([p.x for p in pads])
+            params = CropParams(y, x, y * 0 + size, x * 0 + size, torch.cat(flips)).to(self.device)
         else:
             zeros = torch.zeros(len(idx), dtype=torch.int64)
             params = CropParams(zeros, zeros, zeros + size, zeros + size, torch.cat(flips)).to(self.device)

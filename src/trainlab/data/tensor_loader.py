@@ -126,18 +126,20 @@ class TensorLoader:
             return indices, CropParams(zeros, zeros, full_h, full_w, torch.zeros(len(indices), dtype=torch.bool))
         generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, _AUGMENT_TAG))
         order = torch.randperm(n, generator=generator)
-        total = self.num_samples * ws
-        while len(order) < total:  # repeat the head, as DistributedSampler does
-            order = torch.cat([order, order[: total - len(order)]])
-        # Draw for every global position even when unused, so the streams do not depend on pad/flip flags.
-        crop_y = torch.randint(0, 2 * self.pad + 1, (total,), generator=generator)
-        crop_x = torch.randint(0, 2 * self.pad + 1, (total,), generator=generator)
-        flips = torch.rand(total, generator=generator) < (self.plan.hflip if self.flip else 0.0)
-        size = torch.full((total,), self.height, dtype=torch.int64)
+        # Parameters for the n positions of the permutation, whatever the process count (drawn for the padded
+        # length, every draw after the first would move with it: a resume on another count augmented each
+        # sample differently). Draw for every position even when unused, so the streams do not depend on
+        # pad/flip flags.
+        crop_y = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator)
+        crop_x = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator)
+        flips = torch.rand(n, generator=generator) < (self.plan.hflip if self.flip else 0.0)
+        size = torch.full((n,), self.height, dtype=torch.int64)
         params = CropParams(crop_y, crop_x, size, size.clone(), flips)
         if self._resample:  # drawn after the fast path's draws, which stay as they were
-            params = draw_params(generator, total, self.plan, self.height, self.width)
-        mine = slice(self.rank, total, ws)
+            params = draw_params(generator, n, self.plan, self.height, self.width)
+        # DistributedSampler's padding to a multiple of the process count repeats the head, parameters too.
+        position = torch.arange(self.num_samples * ws) % max(1, n)
+        mine = position[self.rank :: ws]
         return order[mine], params[mine]
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -202,8 +202,7 @@ class Run:
         self.resumed_wall = state.get("wall_time_s", 0.0)
         if state.get("watch") is not None:
             self.watcher.load_state_dict(state["watch"])
-        if state.get("loader") is not None and hasattr(self.data.train, "load_state_dict"):
-            self.data.train.load_state_dict(state["loader"])
+        # the train loader's own state ("loader") was restored when it was built (train/build.py)
         self._restore_rng(state)
 
     def _restore_rng(self, state: dict) -> None:

@@ -198,17 +198,26 @@ def draw_params(
     return CropParams(y, x, h, w, flip)
 
 
-class BatchAugmenter:
-    """uint8 NCHW batch on the device + CropParams -> float32 normalised NCHW at plan.size."""
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The layout a loader gives its batches: the one the run feeds the model (`channels_last` is the run's
+    decision, data.input_channels_last / train.runtime.channels_last_default), so the Step copies nothing."""
+    return torch.channels_last if channels_last else torch.contiguous_format
 
-    def __init__(self, plan: AugPlan, mean: tuple, std: tuple, device: torch.device, train: bool):
+
+class BatchAugmenter:
+    """uint8 NCHW batch on the device + CropParams -> float32 normalised NCHW at plan.size, in channels_last
+    layout when `channels_last` (settable: the run decides once the model is built)."""
+
+    def __init__(
+        self, plan: AugPlan, mean: tuple, std: tuple, device: torch.device, train: bool, channels_last: bool = False
+    ):
         self.plan, self.device, self.train = plan, torch.device(device), train
+        self.channels_last = bool(channels_last)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         # (x / 255 - mean) / std == x * scale + shift
         self._scale = 1.0 / (255.0 * std_t)
         self._shift = -mean_t / std_t
-        self._memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
 
     def __call__(self, x: torch.Tensor, params: Optional[CropParams], size: Optional[int] = None) -> torch.Tensor:
         """`size` overrides plan.size (progressive resizing); the parameters do not depend on it."""
@@ -242,7 +251,7 @@ class BatchAugmenter:
         return self._normalise(out)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        out = x.contiguous(memory_format=self._memory_format)
+        out = x.contiguous(memory_format=memory_format(self.channels_last))
         return out.mul_(self._scale).add_(self._shift)
 
 

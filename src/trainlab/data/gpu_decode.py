@@ -94,14 +94,24 @@ class GpuJpegLoader:
         world_size: int = 1,
         read_threads: int = 8,
         size_at: Optional[Any] = None,
+        channels_last: bool = False,
     ):
         self.source, self.device, self.train, self.seed, self.plan = source, torch.device(device), train, seed, plan
         self.order = EpochOrder(len(source), batch_size, train, seed, rank, world_size)
         self.batch_size, self.num_samples = batch_size, self.order.num_samples
-        self._augmenter = BatchAugmenter(plan, mean, std, self.device, train)
+        self._augmenter = BatchAugmenter(plan, mean, std, self.device, train, channels_last)
         self._threads = read_threads
         self.size_at = size_at if train else None  # progressive resizing: epoch -> size
         self.cpu_fallbacks: list[tuple[str, str]] = []  # (file, reason) decoded on the CPU instead
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether batches come in channels_last layout (the run's train.channels_last decision)."""
+        return self._augmenter.channels_last
+
+    @channels_last.setter
+    def channels_last(self, on: bool) -> None:
+        self._augmenter.channels_last = bool(on)
 
     def __len__(self) -> int:
         return self.order.num_batches

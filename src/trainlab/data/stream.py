@@ -172,6 +172,7 @@ class StreamLoader:
         prefetch: int = 3,
         size_at: Optional[Callable[[int], int]] = None,
         lanes: Optional[int] = None,
+        channels_last: bool = False,
     ):
         variable = bool(getattr(images, "variable_size", False))
         if not variable and (images.dtype != np.uint8 or images.ndim != 4):
@@ -203,7 +204,7 @@ class StreamLoader:
         ) * self._reader.sample_bytes
         self.window_blocks = max(1, int(window_blocks))
         self.prefetch = max(1, int(prefetch))
-        self._augmenter = BatchAugmenter(plan, mean, std, self.device, self.train)
+        self._augmenter = BatchAugmenter(plan, mean, std, self.device, self.train, channels_last)
         self._set_lanes(self.world_size if lanes is None else lanes)
 
     def _set_lanes(self, lanes: int) -> None:
@@ -216,6 +217,15 @@ class StreamLoader:
             self.num_samples = math.ceil(self.lanes * self._lane_length / ws)
         else:
             self.num_samples = len(range(self.rank, n, ws))
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether batches come in channels_last layout (the run's train.channels_last decision)."""
+        return self._augmenter.channels_last
+
+    @channels_last.setter
+    def channels_last(self, on: bool) -> None:
+        self._augmenter.channels_last = bool(on)
 
     def state_dict(self) -> dict:
         """What a resume needs to continue this order on any process count: the lane count."""

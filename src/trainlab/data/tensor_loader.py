@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from trainlab.data.augment import AugPlan, BatchAugmenter, CropParams, draw_params
+from trainlab.data.augment import AugPlan, BatchAugmenter, CropParams, draw_params, memory_format
 from trainlab.data.torch_loader import stream_seed
 
 _AUGMENT_TAG = 0x54454E53  # keeps this loader's stream apart from the torch loader's ones
@@ -46,6 +46,7 @@ class TensorLoader:
         drop_last: bool = False,
         plan: Optional[AugPlan] = None,
         size_at: Optional[Callable[[int], int]] = None,
+        channels_last: bool = False,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 NHWC, got {images.dtype} of shape {tuple(images.shape)}")
@@ -76,6 +77,7 @@ class TensorLoader:
         self.pad = plan.pad if self.train and plan.crop == "pad" and not self._resample else 0
         self.flip = plan.hflip > 0 and self.train
         self._augmenter = BatchAugmenter(plan, mean, std, self.device, self.train) if self._resample else None
+        self.channels_last = channels_last
 
         # NCHW uint8 on the device; moved before permuting so a GPU does the layout work.
         data = images.to(self.device).permute(0, 3, 1, 2).contiguous()
@@ -98,13 +100,22 @@ class TensorLoader:
         # (x / 255 - mean) / std == x * scale + shift, two in-place passes over the batch.
         self._scale = 1.0 / (255.0 * std_t)
         self._shift = -mean_t / std_t
-        # channels_last feeds fast conv kernels on a GPU; on the CPU plain NCHW keeps runs bitwise comparable.
-        self._memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
 
         if self.train:  # DistributedSampler semantics: pad the permutation so every rank has the same count
             self.num_samples = math.ceil(self.dataset_size / self.world_size)
         else:  # val: rank r takes r::world_size, no padding, so no sample is counted twice
             self.num_samples = len(range(self.rank, self.dataset_size, self.world_size))
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether batches come in channels_last layout (the run's train.channels_last decision)."""
+        return self._channels_last
+
+    @channels_last.setter
+    def channels_last(self, on: bool) -> None:
+        self._channels_last = bool(on)
+        if self._augmenter is not None:
+            self._augmenter.channels_last = self._channels_last
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -173,7 +184,7 @@ class TensorLoader:
             else:  # no host sync on a GPU
                 x = torch.where(flips.view(-1, 1, 1, 1), x.flip(3), x)
         out = torch.empty(
-            (n, c, h, w), dtype=torch.float32, device=self.device, memory_format=self._memory_format
+            (n, c, h, w), dtype=torch.float32, device=self.device, memory_format=memory_format(self._channels_last)
         )
         out.copy_(x)
         return out.mul_(self._scale).add_(self._shift)

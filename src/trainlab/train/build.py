@@ -128,6 +128,7 @@ def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], s
     params = sum(p.numel() for p in model.parameters())
     channels_last = channels_last_default(cfg, model, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    data.use_channels_last(channels_last)  # the batches come in the model's layout: the Step copies nothing
     raw_model = model  # DDP and compile share its parameters
     wrapped = distributed.wrap_model(model, ctx, sync_bn=cfg.model.sync_bn)
     if ctx.enabled and cfg.model.sync_bn:

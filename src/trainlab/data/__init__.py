@@ -317,6 +317,10 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
             persistent_workers=bool(cfg.data.persistent_workers),
             rank=rank,
             world_size=world_size,
+            device=device,  # the workers' uint8 batches are normalised there (torch_loader.TorchLoader)
+            mean=mean,
+            std=std,
+            channels_last=channels_last,
         )
         train_tf = T.build_train_transform(
             raw.geometry, raw.img_size, policy, float(cfg.aug.random_erasing), mean, std, raw.crop_pad, plan

@@ -204,6 +204,29 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+class Normalise:
+    """A batch of 0..255 pixels (uint8, or a float temporary) NCHW on `device` -> float32 (x / 255 - mean) / std,
+    laid out channels_last when `channels_last` (settable: the run decides once the model is built). Every
+    loader normalises on the training device with this: workers and host threads move uint8 bytes only."""
+
+    def __init__(self, mean: tuple, std: tuple, device: torch.device, channels_last: bool = False):
+        self.device, self.channels_last = torch.device(device), bool(channels_last)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std == x * scale + shift: two in-place passes over the batch
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        fmt = memory_format(self.channels_last)
+        if x.is_floating_point():  # the caller's own temporary: normalised in place
+            out = x.contiguous(memory_format=fmt)
+        else:
+            out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=fmt)
+            out.copy_(x)
+        return out.mul_(self.scale).add_(self.shift)
+
+
 class BatchAugmenter:
     """uint8 NCHW batch on the device + CropParams -> float32 normalised NCHW at plan.size, in channels_last
     layout when `channels_last` (settable: the run decides once the model is built)."""
@@ -212,12 +235,15 @@ class BatchAugmenter:
         self, plan: AugPlan, mean: tuple, std: tuple, device: torch.device, train: bool, channels_last: bool = False
     ):
         self.plan, self.device, self.train = plan, torch.device(device), train
-        self.channels_last = bool(channels_last)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        # (x / 255 - mean) / std == x * scale + shift
-        self._scale = 1.0 / (255.0 * std_t)
-        self._shift = -mean_t / std_t
+        self.normalise = Normalise(mean, std, self.device, channels_last)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.normalise.channels_last
+
+    @channels_last.setter
+    def channels_last(self, on: bool) -> None:
+        self.normalise.channels_last = bool(on)
 
     def __call__(self, x: torch.Tensor, params: Optional[CropParams], size: Optional[int] = None) -> torch.Tensor:
         """`size` overrides plan.size (progressive resizing); the parameters do not depend on it."""
@@ -251,8 +277,7 @@ class BatchAugmenter:
         return self._normalise(out)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        out = x.contiguous(memory_format=memory_format(self.channels_last))
-        return out.mul_(self._scale).add_(self._shift)
+        return self.normalise(x)
 
 
 def _boxes_to_size(x: torch.Tensor, p: CropParams, size: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from trainlab.data.augment import AugPlan, BatchAugmenter, CropParams, draw_params, memory_format
+from trainlab.data.augment import AugPlan, BatchAugmenter, CropParams, Normalise, draw_params
 from trainlab.data.torch_loader import stream_seed
 
 _AUGMENT_TAG = 0x54454E53  # keeps this loader's stream apart from the torch loader's ones
@@ -77,6 +77,7 @@ class TensorLoader:
         self.pad = plan.pad if self.train and plan.crop == "pad" and not self._resample else 0
         self.flip = plan.hflip > 0 and self.train
         self._augmenter = BatchAugmenter(plan, mean, std, self.device, self.train) if self._resample else None
+        self._normalise = self._augmenter.normalise if self._augmenter is not None else Normalise(mean, std, self.device)
         self.channels_last = channels_last
 
         # NCHW uint8 on the device; moved before permuting so a GPU does the layout work.
@@ -95,11 +96,6 @@ class TensorLoader:
         r = torch.arange(self.height, device=self.device).view(1, -1)
         self._row_offsets = (c * (h_pad * w_pad) + r * w_pad).view(1, -1)
 
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        # (x / 255 - mean) / std == x * scale + shift, two in-place passes over the batch.
-        self._scale = 1.0 / (255.0 * std_t)
-        self._shift = -mean_t / std_t
 
         if self.train:  # DistributedSampler semantics: pad the permutation so every rank has the same count
             self.num_samples = math.ceil(self.dataset_size / self.world_size)
@@ -109,13 +105,11 @@ class TensorLoader:
     @property
     def channels_last(self) -> bool:
         """Whether batches come in channels_last layout (the run's train.channels_last decision)."""
-        return self._channels_last
+        return self._normalise.channels_last
 
     @channels_last.setter
     def channels_last(self, on: bool) -> None:
-        self._channels_last = bool(on)
-        if self._augmenter is not None:
-            self._augmenter.channels_last = self._channels_last
+        self._normalise.channels_last = bool(on)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -183,11 +177,7 @@ class TensorLoader:
                 x.index_copy_(0, which, x.index_select(0, which).flip(3))
             else:  # no host sync on a GPU
                 x = torch.where(flips.view(-1, 1, 1, 1), x.flip(3), x)
-        out = torch.empty(
-            (n, c, h, w), dtype=torch.float32, device=self.device, memory_format=memory_format(self._channels_last)
-        )
-        out.copy_(x)
-        return out.mul_(self._scale).add_(self._shift)
+        return self._normalise(x)
 
 
 @contextlib.contextmanager

@@ -134,14 +134,31 @@ def resized_crop_boxes(
     """(y, x, h, w) of n RandomResizedCrop boxes, vectorised over samples and tries (torchvision's rule).
     `height`/`width`: one stored size for all samples, or (n,) tensors, each sample's own size (the draws
     are the same either way, so a box depends only on its sample's size)."""
+    area_fraction = torch.empty(n, TRIES, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
+    log_ratio = torch.empty(n, TRIES, dtype=torch.float64).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator
+    )
+    position = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    return boxes_from_draws(area_fraction, log_ratio, position, height, width, ratio)
+
+
+def boxes_from_draws(
+    area_fraction: torch.Tensor,
+    log_ratio: torch.Tensor,
+    position: torch.Tensor,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
+    ratio: tuple,
+) -> tuple[torch.Tensor, ...]:
+    """RandomResizedCrop's boxes from its draws: (n, TRIES) area fractions and log aspect ratios, (n, 2)
+    uniforms for the box's place. Whoever draws them (a generator, or gpu_decode's per-sample hash) gets
+    torchvision's rule: the first try that fits, else a centre crop clamped to the ratio range."""
+    n = len(area_fraction)
     height, width = _dims(n, height, width)
     heights, widths = height.view(n, 1), width.view(n, 1)
     area = (heights * widths).double()
-    target = area * torch.empty(n, TRIES, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
-    log_r = torch.empty(n, TRIES, dtype=torch.float64).uniform_(
-        math.log(ratio[0]), math.log(ratio[1]), generator=generator
-    )
-    aspect = torch.exp(log_r)
+    target = area * area_fraction
+    aspect = torch.exp(log_ratio)
     w = torch.sqrt(target * aspect).round().long()
     h = torch.sqrt(target / aspect).round().long()
     ok = (w > 0) & (w <= widths) & (h > 0) & (h <= heights)
@@ -155,7 +172,7 @@ def resized_crop_boxes(
     fh = torch.where(in_ratio < ratio[0], (width.double() / ratio[0]).round().long(), height)
     h = torch.where(found, h, fh)
     w = torch.where(found, w, fw)
-    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    u = position
     y = torch.minimum((u[:, 0] * (height - h + 1)).floor().long(), height - h)
     x = torch.minimum((u[:, 1] * (width - w + 1)).floor().long(), width - w)
     y = torch.where(found, y, torch.div(height - fh, 2, rounding_mode="floor"))

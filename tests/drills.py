@@ -24,6 +24,8 @@ Callbacks (`callback(name, **kwargs)` writes the override):
 - Record(path): appends every hook call to a JSON-lines file (which hooks ran, with what).
 - RecordLR(path): appends, just before every optimizer step, the LR that step trains with (the optimizer's
   param group 0, through torch's step pre-hook) as {"step": 1-based optimizer step, "lr", "weight_decay"}.
+- SeenSamples(dir): every rank appends, per train batch it hands over, the dataset indices the loader says
+  that batch holds and the labels it yields, to dir/rank{R}-pid{P}.jsonl (which samples a step trained on).
 
 Models and data (import paths for model.name / data.name):
 - bn_eval_model(name="resnet8", num_classes): a registry model whose BatchNorm layers run in eval mode
@@ -305,6 +307,30 @@ class StopAfter:
     def on_step_end(self, run: Any, step: int) -> None:
         if step >= self.steps:
             run.request_stop(self.reason)
+
+
+class SeenSamples:
+    def __init__(self, dir: str):
+        self.dir = Path(dir)
+
+    def on_train_start(self, run: Any) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        run.data.train = _RecordingLoader(run.data.train, self.dir / f"rank{_rank()}-pid{os.getpid()}.jsonl")
+
+
+class _RecordingLoader(_LoaderWrapper):
+    def __init__(self, inner: Any, path: Path) -> None:
+        super().__init__(inner, lambda epoch, index: None)
+        self._path = path
+
+    def batches(self, epoch: int, start: int = 0):
+        ids, bs = self._inner.indices(epoch).tolist(), self._inner.batch_size
+        for index, (images, labels) in enumerate(self._inner.batches(epoch, start), start):
+            with open(self._path, "a") as f:
+                record = {"epoch": epoch, "batch": index, "ids": ids[index * bs : (index + 1) * bs],
+                          "labels": labels.tolist()}  # fmt: skip
+                f.write(json.dumps(record) + "\n")
+            yield images, labels
 
 
 class Record:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from trainlab.config import load_config
 from trainlab.data import build_data
+from trainlab.data.augment import AugPlan
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
@@ -148,3 +149,32 @@ def test_a_folder_of_training_size_images_validates_on_the_whole_image_like_cifa
     assert torch.allclose(x * 255, src.expand_as(x), atol=1e-3)
     x, _ = next(build_data(load_config(None, [*common, "aug.crop=resized"]), CPU).val.batches(0))
     assert not torch.allclose(x * 255, src.expand_as(x), atol=1e-3)  # resized crops keep the ImageNet val
+
+
+def test_loaders_lay_batches_out_as_train_channels_last_says(tmp_path):
+    """Issue 26 item 7: the batch loaders chose channels_last on CUDA (and plain NCHW on the CPU) whatever
+    train.channels_last said. The decision, for a CUDA device too (only its type is read: no GPU needed) ..."""
+    from tests.test_gpu_decode import jpeg_folder
+    from trainlab.data import input_channels_last, load_raw
+    from trainlab.data.gpu_decode import GpuJpegLoader
+
+    for value, on_cuda, on_cpu in (("false", False, False), ("true", True, True), ("null", True, False)):
+        cfg = load_config(None, [f"train.channels_last={value}"])
+        assert (input_channels_last(cfg, torch.device("cuda")), input_channels_last(cfg, CPU)) == (on_cuda, on_cpu)
+    # ... and every loader that lays batches out follows it, train and val (the torch loader's workers
+    # make plain NCHW tensors; the Step lays them out)
+    shapes = ["data.name=shapes", "data.train_size=32", "data.val_size=16", "data.img_size=16", "data.batch_size=8"]
+    for loader, extra in (("tensor", []), ("tensor", ["aug.crop=resized"]), ("stream", [])):
+        for on in (True, False):
+            bundle = build_data(load_config(None, [*shapes, f"data.loader={loader}", f"train.channels_last={on}", *extra]), CPU)
+            for split in (bundle.train, bundle.val):
+                x, _ = next(iter(split.batches(0)))
+                assert x.is_contiguous(memory_format=torch.channels_last) is on, (loader, extra, on)
+                assert x.is_contiguous() is not on
+            bundle.use_channels_last(not on)  # the run's model-aware answer, once the model is built
+            assert next(iter(bundle.train.batches(0)))[0].is_contiguous(memory_format=torch.channels_last) is not on
+    raw = load_raw(load_config(None, ["data.name=folder", f"data.root={jpeg_folder(tmp_path / 'jpeg', 2)}"]))
+    for on in (True, False):
+        gpu = GpuJpegLoader(raw.train, 2, CPU, True, 0, (0.0,) * 3, (1.0,) * 3, AugPlan("resized", 16, 0.5),
+                            channels_last=on)  # fmt: skip
+        assert next(iter(gpu.batches(0)))[0].is_contiguous(memory_format=torch.channels_last) is on

@@ -234,3 +234,36 @@ def test_a_slow_rank_is_reported_as_a_straggler(ddp):
     events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     stragglers = [e for e in events if e["kind"] == "straggler"]
     assert stragglers and stragglers[0]["data"]["rank"] == 1
+
+
+@pytest.mark.slow
+def test_a_streamed_run_stopped_on_2_processes_continues_on_1_without_missing_a_sample(tmp_path, capsys):
+    """Issue 26 item 1: the streaming loader gave each rank a contiguous slice of the order, so 2 x 16 stopped
+    after 4 steps and resumed as 1 x 32 trained the rest of epoch 1 on another half: 64 of its 256 samples
+    never, 64 twice. Now the order has the first job's 2 lanes, kept in the checkpoint."""
+    from trainlab.commands.cli import main
+    from trainlab.data.shapes import generate_shapes
+
+    seen = tmp_path / "seen"
+    stream = [*TINY, "data.loader=stream", "train.epochs=1", "run.dir=run"]
+    stop = ("SelfSignal", {"phase": "train", "epoch": 1, "batch": 3})
+    first = _trainlab([*stream, "data.batch_size=16", "train.nproc=2", "dist.stop_check_every=2",
+                       drills.callbacks(stop, ("SeenSamples", {"dir": str(seen)}))], tmp_path)  # fmt: skip
+    assert first.returncode == 143, first.stderr[-3000:]
+    threads, cwd = torch.get_num_threads(), os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert main(["train", *stream, "data.batch_size=32", drills.callback("SeenSamples", dir=str(seen))]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        os.chdir(cwd)
+    assert "resuming from" in capsys.readouterr().out
+    records = {p.name: [json.loads(line) for line in p.read_text().splitlines()] for p in seen.glob("*.jsonl")}
+    (resumed,) = [r for name, r in records.items() if name.startswith("rank0") and len(r[0]["ids"]) == 32]
+    start = resumed[0]["batch"]
+    assert start == 4  # 4 steps of 2 x 16 done: batch 4 of 32 is the next step
+    trained = [i for r in records.values() for b in r if len(b["ids"]) == 16 and b["batch"] < start for i in b["ids"]]
+    trained += [i for b in resumed for i in b["ids"]]
+    assert len(trained) == 256 and sorted(trained) == list(range(256)), (256 - len(set(trained)), "never seen")
+    labels = generate_shapes(256, 16, 0, "train")[1]  # each batch's labels are those of the samples it names
+    assert all(b["labels"] == labels[b["ids"]].tolist() for r in records.values() for b in r)

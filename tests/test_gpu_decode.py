@@ -4,6 +4,7 @@ reported exactly as the CPU path reports it. The CUDA decode itself never ran he
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,10 @@ def test_batches_cover_the_split_deterministically_and_refused_jpegs_fall_back(t
     again = torch.cat([b for b, _ in gpu_loader(root).batches(1, start=1)])
     assert torch.equal(again, x[4:])  # same (seed, epoch) and resumed at batch 1: the same pixels
     assert not torch.equal(torch.cat([b for b, _ in gpu_loader(root).batches(2)]), x)
+    early = gpu_loader(root).batches(1)  # stopped after a batch: the read and decode threads end with it
+    next(early)
+    early.close()
+    assert not any(t.name.startswith("trainlab-jpeg") for t in threading.enumerate())
     val = torch.cat([b for b, _ in gpu_loader(root, train=False).batches(0)])
     assert val.shape == (12, 3, 16, 16) and float(val.min()) >= 0 and float(val.max()) <= 1
 
@@ -135,7 +140,34 @@ def test_val_geometry_follows_the_plan_as_on_the_cpu_path(tmp_path):
         loader = GpuJpegLoader(raw.val, 3, CPU, False, 3, (0.0,) * 3, (1.0,) * 3, plan)
         gpu[crop] = torch.cat([b for b, _ in loader.batches(0)])
         tf = build_val_transform("folder", 16, (0.0,) * 3, (1.0,) * 3, plan)
-        cpu[crop] = torch.stack([tf(raw.val.load(i)[0]) for i in range(len(raw.val))])
+        cpu[crop] = torch.stack([tf(raw.val.load(i)[0]) for i in range(len(raw.val))]).float() / 255  # uint8 from the worker
     for crop, other in (("pad", "resized"), ("resized", "pad")):
         same, wrong = (gpu[crop] - cpu[crop]).abs().mean(), (gpu[crop] - cpu[other]).abs().mean()
         assert same < 0.01 and wrong > 3 * same, (crop, float(same), float(wrong))
+
+
+def test_val_crop_lands_where_the_dataloaders_does(tmp_path):
+    """Issue 26 item 6: the centre box was rounded to whole source pixels and centred with floor division,
+    where torchvision's Resize truncates the long side and CenterCrop rounds in resized pixels: a crop about a
+    source pixel off. Ramps tell where each output pixel sampled (R = x, G = y, in source pixels x STEP)."""
+    sizes = ((37, 53), (53, 37), (41, 43), (30, 61), (64, 45))
+    step = 255 / 63
+    folder = tmp_path / "d" / "val" / "a"
+    folder.mkdir(parents=True)
+    for i, (h, w) in enumerate(sizes):
+        ramp = np.zeros((h, w, 3), dtype=np.uint8)
+        ramp[..., 0] = np.round(np.arange(w) * step)[None, :]
+        ramp[..., 1] = np.round(np.arange(h) * step)[:, None]
+        Image.fromarray(ramp).save(folder / f"{i}.png")  # lossless: the pixels are the ramps
+    (tmp_path / "d" / "train").symlink_to(folder.parent)
+    raw = load_raw(cfg_for(tmp_path / "d"))
+    decoded = [raw.val.load(i)[0] for i in range(len(sizes))]
+    for crop in ("resized", "pad"):
+        plan = AugPlan(crop, 16, 0.5)
+        loader = GpuJpegLoader(raw.val, 8, CPU, False, 3, (0.0,) * 3, (1.0,) * 3, plan)
+        ours = loader._augment(decoded, list(range(len(sizes))), 0) * 255
+        tf = build_val_transform("folder", 16, (0.0,) * 3, (1.0,) * 3, plan)
+        theirs = torch.stack([tf(image).float() for image in decoded])
+        # interior pixels (the edge ones differ by the filters' footprint, not by the box), in source px
+        offset = ((ours - theirs)[:, :2, 2:-2, 2:-2] / step).mean(dim=(2, 3)).abs()
+        assert float(offset.max()) < 0.15, (crop, offset)

@@ -50,6 +50,23 @@ class DataBundle:
     loader_kind: str  # "tensor", "torch" or "stream"
     summary: str = ""  # how the data is loaded and augmented, and why (the run prints it at start)
 
+    def use_channels_last(self, on: bool) -> None:
+        """Batches in the layout the run feeds its model (train.runtime.channels_last_default, which also
+        weighs the model), for the loaders that lay batches out themselves."""
+        for loader in (self.train, self.val):
+            if hasattr(loader, "channels_last"):
+                loader.channels_last = bool(on)
+
+
+def input_channels_last(cfg: Any, device: torch.device) -> bool:
+    """Whether the loaders lay batches out channels_last: train.channels_last, where null means on a GPU
+    (the answer train.runtime.channels_last_default gives a conv net; the run sets its model-aware answer
+    with DataBundle.use_channels_last). Before issue 26 every batch loader chose channels_last on CUDA
+    whatever train.channels_last said."""
+    if cfg.train.channels_last is not None:
+        return bool(cfg.train.channels_last)
+    return torch.device(device).type == "cuda"
+
 
 class ArraySource:
     """An in-memory split: uint8 N,H,W,3 images (numpy, possibly a memmap) and int64 labels; or a
@@ -241,6 +258,7 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
         )
     mean, std = _norm_stats(cfg, raw.mean, raw.std)
     device = torch.device(device)
+    channels_last = input_channels_last(cfg, device)
     bs, val_bs = _batch_sizes(cfg)
     seed = int(cfg.train.seed)
     policy = cfg.aug.policy
@@ -268,7 +286,8 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
         )  # fmt: skip
         batch_bytes = bs * sample_bytes
         prefetch = int(max(1, min(3, limit / 4 // batch_bytes - 2)))
-        common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
+        common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan,
+                      channels_last=channels_last)
         train = StreamLoader(
             raw.train.images, raw.train.labels, bs, train=True, block_bytes=block_bytes, size_at=size_at,
             prefetch=prefetch, **common
@@ -282,7 +301,8 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
         tensors = {}
         for split, source in (("train", raw.train), ("val", raw.val)):
             tensors[split] = source.tensors()
-        common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
+        common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan,
+                      channels_last=channels_last)
         train = TensorLoader(*tensors["train"], batch_size=bs, train=True, size_at=size_at, **common)
         val = TensorLoader(*tensors["val"], batch_size=val_bs, train=False, **common)
     elif not raw.in_memory and cfg.data.loader == "auto":  # a folder: JPEG decode on the GPU when it can
@@ -290,7 +310,8 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
 
         use, gpu_why = choose_gpu_decode(cfg, raw.train.files + raw.val.files, device)
         if use:
-            common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan)
+            common = dict(device=device, seed=seed, mean=mean, std=std, rank=rank, world_size=world_size, plan=plan,
+                          channels_last=channels_last)
             train = GpuJpegLoader(raw.train, bs, train=True, size_at=size_at, **common)
             val = GpuJpegLoader(raw.val, val_bs, train=False, **common)
             summary = (f"data: gpu-decode loader ({gpu_why}); {plan.describe()}{_schedule_note(size_at)}"
@@ -306,6 +327,10 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
             persistent_workers=bool(cfg.data.persistent_workers),
             rank=rank,
             world_size=world_size,
+            device=device,  # the workers' uint8 batches are normalised there (torch_loader.TorchLoader)
+            mean=mean,
+            std=std,
+            channels_last=channels_last,
         )
         train_tf = T.build_train_transform(
             raw.geometry, raw.img_size, policy, float(cfg.aug.random_erasing), mean, std, raw.crop_pad, plan
@@ -326,4 +351,4 @@ def build_data(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 
     return DataBundle(train, val, num_classes, list(raw.classes), tuple(mean), tuple(std), kind, summary)
 
 
-__all__ = ["IN_MEMORY_KINDS", "DataBundle", "Loader", "RawData", "ArraySource", "build_data", "load_raw", "choose_loader_kind"]
+__all__ = ["IN_MEMORY_KINDS", "DataBundle", "input_channels_last", "Loader", "RawData", "ArraySource", "build_data", "load_raw", "choose_loader_kind"]

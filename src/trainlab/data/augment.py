@@ -134,14 +134,31 @@ def resized_crop_boxes(
     """(y, x, h, w) of n RandomResizedCrop boxes, vectorised over samples and tries (torchvision's rule).
     `height`/`width`: one stored size for all samples, or (n,) tensors, each sample's own size (the draws
     are the same either way, so a box depends only on its sample's size)."""
+    area_fraction = torch.empty(n, TRIES, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
+    log_ratio = torch.empty(n, TRIES, dtype=torch.float64).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator
+    )
+    position = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    return boxes_from_draws(area_fraction, log_ratio, position, height, width, ratio)
+
+
+def boxes_from_draws(
+    area_fraction: torch.Tensor,
+    log_ratio: torch.Tensor,
+    position: torch.Tensor,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
+    ratio: tuple,
+) -> tuple[torch.Tensor, ...]:
+    """RandomResizedCrop's boxes from its draws: (n, TRIES) area fractions and log aspect ratios, (n, 2)
+    uniforms for the box's place. Whoever draws them (a generator, or gpu_decode's per-sample hash) gets
+    torchvision's rule: the first try that fits, else a centre crop clamped to the ratio range."""
+    n = len(area_fraction)
     height, width = _dims(n, height, width)
     heights, widths = height.view(n, 1), width.view(n, 1)
     area = (heights * widths).double()
-    target = area * torch.empty(n, TRIES, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
-    log_r = torch.empty(n, TRIES, dtype=torch.float64).uniform_(
-        math.log(ratio[0]), math.log(ratio[1]), generator=generator
-    )
-    aspect = torch.exp(log_r)
+    target = area * area_fraction
+    aspect = torch.exp(log_ratio)
     w = torch.sqrt(target * aspect).round().long()
     h = torch.sqrt(target / aspect).round().long()
     ok = (w > 0) & (w <= widths) & (h > 0) & (h <= heights)
@@ -155,7 +172,7 @@ def resized_crop_boxes(
     fh = torch.where(in_ratio < ratio[0], (width.double() / ratio[0]).round().long(), height)
     h = torch.where(found, h, fh)
     w = torch.where(found, w, fw)
-    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    u = position
     y = torch.minimum((u[:, 0] * (height - h + 1)).floor().long(), height - h)
     x = torch.minimum((u[:, 1] * (width - w + 1)).floor().long(), width - w)
     y = torch.where(found, y, torch.div(height - fh, 2, rounding_mode="floor"))
@@ -198,17 +215,52 @@ def draw_params(
     return CropParams(y, x, h, w, flip)
 
 
-class BatchAugmenter:
-    """uint8 NCHW batch on the device + CropParams -> float32 normalised NCHW at plan.size."""
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The layout a loader gives its batches: the one the run feeds the model (`channels_last` is the run's
+    decision, data.input_channels_last / train.runtime.channels_last_default), so the Step copies nothing."""
+    return torch.channels_last if channels_last else torch.contiguous_format
 
-    def __init__(self, plan: AugPlan, mean: tuple, std: tuple, device: torch.device, train: bool):
-        self.plan, self.device, self.train = plan, torch.device(device), train
+
+class Normalise:
+    """A batch of 0..255 pixels (uint8, or a float temporary) NCHW on `device` -> float32 (x / 255 - mean) / std,
+    laid out channels_last when `channels_last` (settable: the run decides once the model is built). Every
+    loader normalises on the training device with this: workers and host threads move uint8 bytes only."""
+
+    def __init__(self, mean: tuple, std: tuple, device: torch.device, channels_last: bool = False):
+        self.device, self.channels_last = torch.device(device), bool(channels_last)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        # (x / 255 - mean) / std == x * scale + shift
-        self._scale = 1.0 / (255.0 * std_t)
-        self._shift = -mean_t / std_t
-        self._memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        # (x / 255 - mean) / std == x * scale + shift: two in-place passes over the batch
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        fmt = memory_format(self.channels_last)
+        if x.is_floating_point():  # the caller's own temporary: normalised in place
+            out = x.contiguous(memory_format=fmt)
+        else:
+            out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=fmt)
+            out.copy_(x)
+        return out.mul_(self.scale).add_(self.shift)
+
+
+class BatchAugmenter:
+    """uint8 NCHW batch on the device + CropParams -> float32 normalised NCHW at plan.size, in channels_last
+    layout when `channels_last` (settable: the run decides once the model is built)."""
+
+    def __init__(
+        self, plan: AugPlan, mean: tuple, std: tuple, device: torch.device, train: bool, channels_last: bool = False
+    ):
+        self.plan, self.device, self.train = plan, torch.device(device), train
+        self.normalise = Normalise(mean, std, self.device, channels_last)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.normalise.channels_last
+
+    @channels_last.setter
+    def channels_last(self, on: bool) -> None:
+        self.normalise.channels_last = bool(on)
 
     def __call__(self, x: torch.Tensor, params: Optional[CropParams], size: Optional[int] = None) -> torch.Tensor:
         """`size` overrides plan.size (progressive resizing); the parameters do not depend on it."""
@@ -242,8 +294,7 @@ class BatchAugmenter:
         return self._normalise(out)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        out = x.contiguous(memory_format=self._memory_format)
-        return out.mul_(self._scale).add_(self._shift)
+        return self.normalise(x)
 
 
 def _boxes_to_size(x: torch.Tensor, p: CropParams, size: int) -> torch.Tensor:

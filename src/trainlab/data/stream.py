@@ -11,10 +11,15 @@ shuffled pages, then shuffling inside a buffer of them.) Both the order and the 
 are drawn in one shot per epoch from CPU generators seeded by (seed, epoch), so `batches(epoch, k)`
 starts at batch k without reading the skipped ones and the same (seed, epoch) gives the same batches.
 
-Sharding. Under DDP the epoch's order is padded by repeating its head up to a multiple of the world size
-(DistributedSampler's rule, like the other loaders) and rank r takes the r-th contiguous slice of it,
-so ranks read disjoint windows rather than interleaving inside every block. Validation: each rank a
-contiguous range of len(range(r, N, world_size)) samples, no padding.
+Sharding: lanes. The epoch's order is cut into `lanes` contiguous parts of equal length (its head repeated
+at the end to fill them), and the epoch's sequence interleaves them: position j is element j // lanes of
+lane j % lanes. Rank r of N takes positions r::N of that sequence (padded by repeating its head to a
+multiple of N: DistributedSampler's rule, like the other loaders), so optimizer step k sees the same
+samples on any process count with the same global batch. `lanes` is the process count the run started
+with and is kept across resumes (`state_dict`): with N == lanes rank r reads lane r alone, a contiguous
+share of the windows (ranks read disjoint blocks); a 2 x 16 run resumed as 1 x 32 reads both lanes and
+continues the very same order. A fresh 1-process run has one lane: its order is not a 2-process run's.
+Validation: each rank a contiguous range of len(range(r, N, world_size)) samples, no padding.
 
 Variable-size images (a `--keep-aspect` pack, packed.VariableImages). Blocks are runs of consecutive
 images of about BLOCK_BYTES (one contiguous pread each). A batch is gathered into the top-left corner of a
@@ -71,6 +76,13 @@ def quasi_random_order(
         )
         parts.append(members[torch.randperm(len(members), generator=generator)])
     return torch.cat(parts)
+
+
+def _repeat_head(order: torch.Tensor, total: int) -> torch.Tensor:
+    """`order` extended to `total` by repeating its head (DistributedSampler's padding)."""
+    while len(order) < total:
+        order = torch.cat([order, order[: total - len(order)]])
+    return order
 
 
 class _BlockReader:
@@ -159,6 +171,8 @@ class StreamLoader:
         window_blocks: int = WINDOW_BLOCKS,
         prefetch: int = 3,
         size_at: Optional[Callable[[int], int]] = None,
+        lanes: Optional[int] = None,
+        channels_last: bool = False,
     ):
         variable = bool(getattr(images, "variable_size", False))
         if not variable and (images.dtype != np.uint8 or images.ndim != 4):
@@ -190,11 +204,39 @@ class StreamLoader:
         ) * self._reader.sample_bytes
         self.window_blocks = max(1, int(window_blocks))
         self.prefetch = max(1, int(prefetch))
-        self._augmenter = BatchAugmenter(plan, mean, std, self.device, self.train)
+        self._augmenter = BatchAugmenter(plan, mean, std, self.device, self.train, channels_last)
+        self._set_lanes(self.world_size if lanes is None else lanes)
+
+    def _set_lanes(self, lanes: int) -> None:
+        if int(lanes) < 1:
+            raise ValueError(f"lanes must be positive, got {lanes}")
+        self.lanes = int(lanes)
+        n, ws = self.dataset_size, self.world_size
+        self._lane_length = math.ceil(n / self.lanes)
         if self.train:  # DistributedSampler semantics: pad so every rank has the same count
-            self.num_samples = math.ceil(self.dataset_size / self.world_size)
+            self.num_samples = math.ceil(self.lanes * self._lane_length / ws)
         else:
-            self.num_samples = len(range(self.rank, self.dataset_size, self.world_size))
+            self.num_samples = len(range(self.rank, n, ws))
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether batches come in channels_last layout (the run's train.channels_last decision)."""
+        return self._augmenter.channels_last
+
+    @channels_last.setter
+    def channels_last(self, on: bool) -> None:
+        self._augmenter.channels_last = bool(on)
+
+    def state_dict(self) -> dict:
+        """What a resume needs to continue this order on any process count: the lane count."""
+        return {"lanes": self.lanes}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A checkpoint's `state_dict()`; one without it (older) gives its `world_size`, which was the lane
+        count of every order this loader made before lanes were kept."""
+        lanes = state.get("lanes") or state.get("world_size")
+        if lanes:
+            self._set_lanes(int(lanes))
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -203,8 +245,11 @@ class StreamLoader:
 
     @property
     def resident_bytes(self) -> int:
-        """About the most host memory the pipeline holds: two windows of blocks plus the batch buffers."""
-        return 2 * self.window_blocks * self.block_bytes + (self.prefetch + 2) * self.batch_size * self._reader.sample_bytes
+        """About the most host memory the pipeline holds: two windows of blocks of each lane this rank
+        reads (lanes / gcd(lanes, N)), plus the batch buffers."""
+        lanes_read = self.lanes // math.gcd(self.lanes, self.world_size) if self.train else 1
+        windows = 2 * lanes_read * self.window_blocks * self.block_bytes
+        return windows + (self.prefetch + 2) * self.batch_size * self._reader.sample_bytes
 
     def indices(self, epoch: int) -> torch.Tensor:
         """The dataset indices this rank visits in `epoch`, in order."""
@@ -220,16 +265,20 @@ class StreamLoader:
             n, 0, self.window_blocks, torch.Generator().manual_seed(stream_seed(self.seed, epoch, _ORDER_TAG)),
             self._bounds,
         )
-        total = self.num_samples * ws
-        while len(order) < total:  # repeat the head, as DistributedSampler does
-            order = torch.cat([order, order[: total - len(order)]])
+        lanes, lane_length = self.lanes, self._lane_length
+        base = lanes * lane_length
+        order = _repeat_head(order, base)  # the lanes' padding: a function of the lane count alone
         if self.variable:  # every position's own size (padding positions repeat their sample's)
             height, width = self._heights[order], self._widths[order]
         else:
             height, width = self._reader.sample_shape[0], self._reader.sample_shape[1]
         generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, _AUGMENT_TAG))
-        params = draw_params(generator, total, self.plan, height, width)
-        mine = slice(r * self.num_samples, (r + 1) * self.num_samples)
+        params = draw_params(generator, base, self.plan, height, width)
+        # Position j of the epoch's sequence is element j // lanes of lane j % lanes; then DistributedSampler's
+        # padding to a multiple of the process count repeats the sequence's head, parameters included.
+        j = torch.arange(self.num_samples * ws) % base
+        position = (j % lanes) * lane_length + j // lanes
+        mine = position[r::ws]
         return order[mine], params[mine]
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from trainlab.data.augment import AugPlan, BatchAugmenter, CropParams, draw_params
+from trainlab.data.augment import AugPlan, BatchAugmenter, CropParams, Normalise, draw_params
 from trainlab.data.torch_loader import stream_seed
 
 _AUGMENT_TAG = 0x54454E53  # keeps this loader's stream apart from the torch loader's ones
@@ -46,6 +46,7 @@ class TensorLoader:
         drop_last: bool = False,
         plan: Optional[AugPlan] = None,
         size_at: Optional[Callable[[int], int]] = None,
+        channels_last: bool = False,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 NHWC, got {images.dtype} of shape {tuple(images.shape)}")
@@ -76,6 +77,8 @@ class TensorLoader:
         self.pad = plan.pad if self.train and plan.crop == "pad" and not self._resample else 0
         self.flip = plan.hflip > 0 and self.train
         self._augmenter = BatchAugmenter(plan, mean, std, self.device, self.train) if self._resample else None
+        self._normalise = self._augmenter.normalise if self._augmenter is not None else Normalise(mean, std, self.device)
+        self.channels_last = channels_last
 
         # NCHW uint8 on the device; moved before permuting so a GPU does the layout work.
         data = images.to(self.device).permute(0, 3, 1, 2).contiguous()
@@ -93,18 +96,20 @@ class TensorLoader:
         r = torch.arange(self.height, device=self.device).view(1, -1)
         self._row_offsets = (c * (h_pad * w_pad) + r * w_pad).view(1, -1)
 
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        # (x / 255 - mean) / std == x * scale + shift, two in-place passes over the batch.
-        self._scale = 1.0 / (255.0 * std_t)
-        self._shift = -mean_t / std_t
-        # channels_last feeds fast conv kernels on a GPU; on the CPU plain NCHW keeps runs bitwise comparable.
-        self._memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
 
         if self.train:  # DistributedSampler semantics: pad the permutation so every rank has the same count
             self.num_samples = math.ceil(self.dataset_size / self.world_size)
         else:  # val: rank r takes r::world_size, no padding, so no sample is counted twice
             self.num_samples = len(range(self.rank, self.dataset_size, self.world_size))
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether batches come in channels_last layout (the run's train.channels_last decision)."""
+        return self._normalise.channels_last
+
+    @channels_last.setter
+    def channels_last(self, on: bool) -> None:
+        self._normalise.channels_last = bool(on)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -126,18 +131,20 @@ class TensorLoader:
             return indices, CropParams(zeros, zeros, full_h, full_w, torch.zeros(len(indices), dtype=torch.bool))
         generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, _AUGMENT_TAG))
         order = torch.randperm(n, generator=generator)
-        total = self.num_samples * ws
-        while len(order) < total:  # repeat the head, as DistributedSampler does
-            order = torch.cat([order, order[: total - len(order)]])
-        # Draw for every global position even when unused, so the streams do not depend on pad/flip flags.
-        crop_y = torch.randint(0, 2 * self.pad + 1, (total,), generator=generator)
-        crop_x = torch.randint(0, 2 * self.pad + 1, (total,), generator=generator)
-        flips = torch.rand(total, generator=generator) < (self.plan.hflip if self.flip else 0.0)
-        size = torch.full((total,), self.height, dtype=torch.int64)
+        # Parameters for the n positions of the permutation, whatever the process count (drawn for the padded
+        # length, every draw after the first would move with it: a resume on another count augmented each
+        # sample differently). Draw for every position even when unused, so the streams do not depend on
+        # pad/flip flags.
+        crop_y = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator)
+        crop_x = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator)
+        flips = torch.rand(n, generator=generator) < (self.plan.hflip if self.flip else 0.0)
+        size = torch.full((n,), self.height, dtype=torch.int64)
         params = CropParams(crop_y, crop_x, size, size.clone(), flips)
         if self._resample:  # drawn after the fast path's draws, which stay as they were
-            params = draw_params(generator, total, self.plan, self.height, self.width)
-        mine = slice(self.rank, total, ws)
+            params = draw_params(generator, n, self.plan, self.height, self.width)
+        # DistributedSampler's padding to a multiple of the process count repeats the head, parameters too.
+        position = torch.arange(self.num_samples * ws) % max(1, n)
+        mine = position[self.rank :: ws]
         return order[mine], params[mine]
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -170,11 +177,7 @@ class TensorLoader:
                 x.index_copy_(0, which, x.index_select(0, which).flip(3))
             else:  # no host sync on a GPU
                 x = torch.where(flips.view(-1, 1, 1, 1), x.flip(3), x)
-        out = torch.empty(
-            (n, c, h, w), dtype=torch.float32, device=self.device, memory_format=self._memory_format
-        )
-        out.copy_(x)
-        return out.mul_(self._scale).add_(self._shift)
+        return self._normalise(x)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,11 @@ seeds torch's generator from hash(seed, epoch, index) right before transforming 
 sample's augmentation depends only on (seed, epoch, index), never on which worker drew it or in what
 order, and `batches(epoch, start)` can skip batches by simply not asking for them. The permutation comes
 from a torch.Generator seeded by (seed, epoch); under DDP it is sharded like DistributedSampler.
+
+Bytes: the workers hand over what the per-sample transforms make, uint8 for trainlab's own (transforms.py),
+and `batches` normalises a uint8 batch on the training device (augment.Normalise with data.mean/std): a
+quarter of float32's shared memory per prefetched batch and of its pinned and host-to-device bytes. A float
+batch (a user's transform or Dataset made the model's input itself) is handed on as it is.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from trainlab.data.augment import Normalise
 from trainlab.errors import DataError
 
 _MASK64 = (1 << 64) - 1
@@ -210,7 +216,8 @@ class _EpochBatchSampler:
 
 
 class TorchLoader:
-    """The Loader protocol over torch's DataLoader: `batches(epoch, start)` yields (float NCHW, int64 N)."""
+    """The Loader protocol over torch's DataLoader: `batches(epoch, start)` yields (float NCHW, int64 N) on
+    `device`: uint8 batches normalised there with `mean`/`std` (None: x / 255), float ones as they are."""
 
     def __init__(
         self,
@@ -226,9 +233,17 @@ class TorchLoader:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        device: Optional[torch.device] = None,
+        mean: Optional[tuple] = None,
+        std: Optional[tuple] = None,
+        channels_last: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.device = torch.device(device or "cpu")
+        self._norm_stats = (mean, std)
+        self._normalisers: dict[int, Normalise] = {}  # by channel count (a user's data may have 1)
+        self._channels_last = bool(channels_last)
         self.order = EpochOrder(len(source), batch_size, train, seed, rank, world_size, drop_last)
         self.batch_size = batch_size
         self.num_samples = self.order.num_samples
@@ -251,6 +266,31 @@ class TorchLoader:
     def __len__(self) -> int:
         return self.order.num_batches
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether normalised batches come in channels_last layout (the run's train.channels_last decision)."""
+        return self._channels_last
+
+    @channels_last.setter
+    def channels_last(self, on: bool) -> None:
+        self._channels_last = bool(on)
+        for normalise in self._normalisers.values():
+            normalise.channels_last = self._channels_last
+
+    def _on_device(self, images: torch.Tensor) -> torch.Tensor:
+        """A collated batch on the device: uint8 pixels normalised there, anything else as it is."""
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype != torch.uint8:
+            return images
+        channels = images.shape[1]
+        normalise = self._normalisers.get(channels)
+        if normalise is None:
+            mean, std = self._norm_stats
+            mean = tuple(mean)[:channels] if mean is not None else (0.0,) * channels
+            std = tuple(std)[:channels] if std is not None else (1.0,) * channels
+            normalise = self._normalisers[channels] = Normalise(mean, std, self.device, self._channels_last)
+        return normalise(images)
+
     def indices(self, epoch: int) -> torch.Tensor:
         """The dataset indices this rank visits in `epoch`, in order."""
         return self.order.indices(epoch)
@@ -260,7 +300,8 @@ class TorchLoader:
         iterator = iter(self._loader)
         _track_workers(iterator)
         try:
-            yield from iterator  # (images, labels) tuples: see _collate
+            for images, labels in iterator:  # tuples: see _collate
+                yield self._on_device(images), labels
         except DataError as err:  # from a worker the message carries its traceback; keep one line
             message = _original_message(err)
         else:

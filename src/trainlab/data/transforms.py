@@ -10,8 +10,13 @@ Two geometries:
   img_size) validates like "small" data instead, on the whole image (`val_geometry`).
 `aug.crop`/`aug.scale`/`aug.ratio`/`aug.hflip` replace these defaults (an AugPlan, see augment.py).
 `aug.policy` adds RandAugment / TrivialAugmentWide / AutoAugment after the geometry, `aug.random_erasing`
-adds RandomErasing after normalisation. All randomness comes from torch's global generator, which the
-loader seeds per sample (see torch_loader.py), so a transform here never needs its own seed.
+adds RandomErasing last. All randomness comes from torch's global generator, which the loader seeds per
+sample (see torch_loader.py), so a transform here never needs its own seed.
+
+The transforms end in uint8: the workers hand over a quarter of float32's bytes (shared memory, pinned
+copies, host-to-device) and TorchLoader normalises each batch on the training device with data.mean/std
+(augment.Normalise), as the batch loaders do. RandomErasing, which ran on the normalised image with fill 0
+(the mean colour), fills with the mean colour in uint8: 0 after normalisation within half a grey level.
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ def _policy_transform(policy: str) -> list[v2.Transform]:
     return []  # none and flip-crop: no policy after the crop and flip (config.CHOICES admits no other)
 
 
-def _finish(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+def mean_fill(mean: tuple[float, ...]) -> list[int]:
+    """The uint8 value of the mean colour: what 0 is once normalised (RandomErasing's fill)."""
+    return [int(round(255 * m)) for m in mean]
 
 
 def build_train_transform(
@@ -58,7 +64,8 @@ def build_train_transform(
     crop_pad: int = 4,
     plan: Optional[AugPlan] = None,
 ) -> Transform:
-    """uint8 CHW tensor -> float32 CHW normalised, with random augmentation.
+    """uint8 CHW tensor -> uint8 CHW at the training size, with random augmentation (normalised later, on
+    the device: torch_loader.TorchLoader).
 
     `plan` (data/augment.py) sets crop and flip; without one, the geometry's classic default for `policy`
     (the behaviour before aug.crop/aug.hflip existed)."""
@@ -79,9 +86,8 @@ def build_train_transform(
     if plan.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(p=plan.hflip))
     steps += _policy_transform(policy)
-    steps += _finish(mean, std)
     if random_erasing > 0:
-        steps.append(v2.RandomErasing(p=random_erasing))
+        steps.append(v2.RandomErasing(p=random_erasing, value=mean_fill(mean)))
     return v2.Compose(steps)
 
 
@@ -98,9 +104,10 @@ def val_geometry(geometry: str, plan: Optional[AugPlan]) -> str:
 def build_val_transform(
     geometry: str, img_size: int, mean: tuple[float, ...], std: tuple[float, ...], plan: Optional[AugPlan] = None
 ) -> Transform:
-    """uint8 CHW tensor -> float32 CHW normalised, deterministic (geometry: see `val_geometry`)."""
+    """uint8 CHW tensor -> uint8 CHW at the training size, deterministic (geometry: see `val_geometry`);
+    normalised on the device by the loader. `mean`/`std` are kept in the signature for the callers' symmetry."""
     if val_geometry(geometry, plan) == "folder":
         steps = _folder_val_geometry(img_size)
     else:  # arrays stored at another size than the training size (a no-op when they have it)
         steps = [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size)]
-    return v2.Compose(steps + _finish(mean, std))
+    return v2.Compose(steps)

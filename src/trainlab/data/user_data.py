@@ -117,7 +117,9 @@ def apply_transform(transform: Callable, image: Any) -> Any:
 
 
 class UserSampleTransform:
-    """One sample's image -> the model's float CHW input: the user's transform, or trainlab's plan."""
+    """One sample's image -> the model's input: the user's transform, or trainlab's plan. Pixels stay uint8
+    CHW (TorchLoader normalises the batch on the device with data.mean/data.std); a float tensor, from the
+    user's transform or Dataset, is the model's input as it is."""
 
     def __init__(self, user_transform: Optional[Callable], builtin: Callable, mean: tuple, std: tuple):
         self.user_transform, self.builtin, self.mean, self.std = user_transform, builtin, mean, std
@@ -136,10 +138,7 @@ class UserSampleTransform:
         out = _as_tensor_out(apply_transform(self.user_transform, image))
         if torch.is_tensor(out) and out.is_floating_point():
             return out.float()
-        pixels = to_uint8_chw(out, "the transform's output").float().div_(255.0)
-        mean = torch.tensor(self.mean[: pixels.shape[0]]).view(-1, 1, 1)
-        std = torch.tensor(self.std[: pixels.shape[0]]).view(-1, 1, 1)
-        return (pixels - mean) / std
+        return to_uint8_chw(out, "the transform's output")
 
 
 class DatasetSource:
@@ -204,8 +203,11 @@ class IterableLoader:
     start of each epoch is part of `state_dict()`, so a resume makes the iterator from the same state: a
     DataLoader shuffling with torch's default generator draws the same order and worker seeds again."""
 
-    def __init__(self, iterable: Any, num_batches: int, batch_size: int, mean: tuple, std: tuple, name: str):
+    def __init__(self, iterable: Any, num_batches: int, batch_size: int, mean: tuple, std: tuple, name: str,
+                 device: Any = "cpu"):  # fmt: skip
         self.iterable, self.name, self.mean, self.std = iterable, name, mean, std
+        self.device = torch.device(device)
+        self._normalisers: dict = {}  # by channel count
         self.batch_size, self._len = batch_size, num_batches
         self.num_samples = num_batches * batch_size
         self._epoch_rng: Optional[dict] = None
@@ -248,11 +250,13 @@ class IterableLoader:
         if not torch.is_tensor(images):
             raise DataError(f"{self.name} batch {index}: images are {type(images).__name__}; an iterable of batches "
                             "must yield (N x C x H x W tensor, N labels)")  # fmt: skip
-        if not images.is_floating_point():
-            pixels = images.float().div_(255.0)
-            mean = torch.tensor(self.mean[: pixels.shape[1]]).view(1, -1, 1, 1)
-            std = torch.tensor(self.std[: pixels.shape[1]]).view(1, -1, 1, 1)
-            images = (pixels - mean) / std
+        if not images.is_floating_point():  # pixels: normalised on the device, as every loader does
+            from trainlab.data.augment import Normalise
+
+            c = images.shape[1]
+            if c not in self._normalisers:
+                self._normalisers[c] = Normalise(self.mean[:c], self.std[:c], self.device)
+            images = self._normalisers[c](images.to(self.device, non_blocking=True))
         labels = torch.as_tensor(labels)
         if labels.is_floating_point() or labels.dim() != 1:
             raise DataError(f"{self.name} batch {index}: labels of dtype {labels.dtype} and shape "
@@ -287,9 +291,9 @@ def build_user_data(cfg: Any, user: Any, device: torch.device, rank: int, world_
                               "is an iterable of batches: transform inside it")  # fmt: skip
         mean, std = _norm_stats(cfg, T.IMAGENET_MEAN, T.IMAGENET_STD)
         train = IterableLoader(user.train_data, iterable_length(user.train_data, cfg, "train_data"),
-                               int(getattr(user.train_data, "batch_size", None) or bs), mean, std, "train_data")
+                               int(getattr(user.train_data, "batch_size", None) or bs), mean, std, "train_data", device)
         val = IterableLoader(user.val_data, iterable_length(user.val_data, cfg, "val_data"),
-                             int(getattr(user.val_data, "batch_size", None) or val_bs), mean, std, "val_data")  # fmt: skip
+                             int(getattr(user.val_data, "batch_size", None) or val_bs), mean, std, "val_data", device)  # fmt: skip
         num_classes, names = class_info(user.train_data, user.class_names, cfg.model.num_classes)
         summary = (f"data: your iterable of batches ({len(train)} train, {len(val)} val batches per epoch), read as "
                    "it is: resume skips the batches already read, and is exact only if the iterable yields the same "
@@ -323,9 +327,12 @@ def build_user_data(cfg: Any, user: Any, device: torch.device, rank: int, world_
     builtin_val = T.build_val_transform(geometry, out_size, mean, std, plan)
     train_tf = UserSampleTransform(user.train_transform, builtin_train, mean, std)
     val_tf = UserSampleTransform(user.val_transform, builtin_val, mean, std)
+    from trainlab.data import input_channels_last
+
     common = dict(seed=seed, num_workers=int(cfg.data.num_workers),
                   pin_memory=bool(cfg.data.pin_memory) and torch.device(device).type == "cuda",
-                  persistent_workers=bool(cfg.data.persistent_workers), rank=rank, world_size=world_size)  # fmt: skip
+                  persistent_workers=bool(cfg.data.persistent_workers), rank=rank, world_size=world_size,
+                  device=device, mean=mean, std=std, channels_last=input_channels_last(cfg, device))  # fmt: skip
     train = TorchLoader(train_source, train_tf, bs, train=True, **common)
     val = TorchLoader(val_source, val_tf, val_bs, train=False, **common)
     if user.train_transform is not None:

@@ -134,6 +134,7 @@ def bench_step(cfg: Any, steps: int, device: Optional[torch.device] = None) -> d
     num_classes = int(cfg.model.num_classes or data.num_classes)
     step_fn = trial_step(cfg, device, num_classes, UserParts(loss_fn=load_loss(cfg)))
     precision, channels_last = step_fn.precision, step_fn.channels_last
+    data.use_channels_last(channels_last)  # the run's layout: what the run's loaders give its Step
     clock = _PhaseClock(device)
     stream = _endless(data.train)
     data_wait_s = 0.0

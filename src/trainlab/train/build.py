@@ -114,6 +114,10 @@ def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], s
     batch_size = int(cfg.data.batch_size)
 
     data = build_data(cfg, device, ctx.rank, ctx.world_size, user=user)
+    if state is not None and hasattr(data.train, "load_state_dict"):
+        # Before the epoch's length is read below: the streaming loader's lane count (its order) is the
+        # checkpoint's, and sets how many batches an epoch has on this process count.
+        data.train.load_state_dict({"world_size": state.get("world_size"), **(state.get("loader") or {})})
     num_classes = cfg.model.num_classes or data.num_classes
     if data.num_classes > num_classes:
         raise DataError(
@@ -124,6 +128,7 @@ def build_parts(cfg: Any, ctx: distributed.DistContext, state: Optional[dict], s
     params = sum(p.numel() for p in model.parameters())
     channels_last = channels_last_default(cfg, model, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    data.use_channels_last(channels_last)  # the batches come in the model's layout: the Step copies nothing
     raw_model = model  # DDP and compile share its parameters
     wrapped = distributed.wrap_model(model, ctx, sync_bn=cfg.model.sync_bn)
     if ctx.enabled and cfg.model.sync_bn:

@@ -231,8 +231,7 @@ class Run:
             self.watcher.load_state_dict(state["watch"])
             if state["watch"].get("version", 1) < 2:  # its watch counted micro-batches: continue in optimizer steps
                 self.watcher.step_count = t.global_step
-        if state.get("loader") is not None and hasattr(self.data.train, "load_state_dict"):
-            self.data.train.load_state_dict(state["loader"])
+        # the train loader's own state ("loader") was restored when it was built (train/build.py)
         self._restore_rng(state)
 
     def _restore_rng(self, state: dict) -> None:

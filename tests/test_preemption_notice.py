@@ -85,6 +85,12 @@ class Metadata:
 
 
 def test_the_three_notice_kinds_against_the_endpoint(monkeypatch):
+    # A proxy in the environment (a closed local port: refused at once) is not used for the instance's own
+    # metadata endpoint, which no proxy can reach.
+    for var in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
     with Metadata() as meta:
         monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", meta.endpoint)
         monkeypatch.setenv("GCE_METADATA_HOST", meta.endpoint.removeprefix("http://"))

@@ -109,6 +109,11 @@ def notice_endpoint(spec: str) -> tuple[str, str]:
     raise ConfigError(f"run.preemption_notice={spec!r} is not valid; choose aws, gcp or an http(s):// URL")
 
 
+# The instance's metadata endpoint is reached directly: no proxy can reach a link-local address, and urlopen's
+# shared opener keeps whatever proxy variables the process had at its first request.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class PreemptionNotice:
     """Polls the cloud's notice endpoint from a daemon thread every `poll_s` seconds (a request or two each
     time, nothing on the training path). On a notice it calls `on_notice(description)` once and stops."""
@@ -132,7 +137,7 @@ class PreemptionNotice:
     def _request(self, url: str, method: str = "GET", headers: dict | None = None) -> tuple[int, str]:
         request = urllib.request.Request(url, method=method, headers=headers or {})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with _DIRECT.open(request, timeout=self.timeout_s) as response:
                 return response.status, response.read(4096).decode(errors="replace")
         except urllib.error.HTTPError as exc:
             return exc.code, ""

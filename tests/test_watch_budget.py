@@ -33,12 +33,15 @@ def train(run_dir: Path, *overrides: str, plant: str = "") -> list[dict]:
 def test_lr_far_too_low_is_flagged_at_the_peak_and_the_slow_healthy_start_is_not(tmp_path: Path) -> None:
     planned = 4 * 63
     warnings = train(tmp_path / "low", "optim.lr=0.0001")
-    budget = [e for e in warnings if e["data"].get("rule") == "budget_loss"]
-    assert budget, warnings
+    # Said by the weights that barely move (step 20) or by the loss flat at the LR's peak (budget_loss): which
+    # of the two speaks first is the loss's noise at 1e-4, where the loss still falls ~4% of its start over the
+    # budget (the one-step shift of the LR the watch sees, issue 26 item 10, moved it across budget_loss's bar).
+    stuck = [e for e in warnings if e["kind"] == "not_learning"]
+    assert stuck and stuck[0]["data"]["rule"] in ("weights_static", "budget_loss"), warnings
     # one-cycle reaches its peak at 30% of the run; the old rule needed 1,000 steps or 3 epochs
-    assert budget[0]["step"] <= 0.4 * planned
-    assert budget[0]["data"]["planned_steps"] == planned
-    assert "of the 252 planned steps" in budget[0]["message"] and "optim.lr" in budget[0]["message"]
+    assert stuck[0]["step"] <= 0.4 * planned
+    assert stuck[0]["data"]["planned_steps"] == planned
+    assert "of the 252 planned steps" in stuck[0]["message"] and "optim.lr" in stuck[0]["message"]
     assert train(tmp_path / "healthy", "optim.lr=0.1") == []
 
 

@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
 
 from trainlab.errors import ConfigError
@@ -27,6 +26,14 @@ HEAD_NAMES = ("fc", "classifier", "head", "heads")
 # wrappers that prefix every key: DistributedDataParallel, torch.compile
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
+
+
+def _torchvision() -> Any:
+    """torchvision, imported when a torchvision model or weights name is asked for: its import costs ~1.7 s of
+    CPU (it loads torch._dynamo), which a run of trainlab's own CIFAR ResNets on in-memory data never needs."""
+    import torchvision
+
+    return torchvision
 
 def head_prefixes(model: nn.Module) -> list[str]:
     """Names of the top-level children that form the classifier head."""
@@ -77,7 +84,7 @@ def _read_checkpoint(path: Path, trusted: bool = False) -> dict[str, torch.Tenso
 
 def _weight_names(model_name: str) -> list[str]:
     try:
-        enum = torchvision.models.get_model_weights(model_name)
+        enum = _torchvision().models.get_model_weights(model_name)
     except (KeyError, ValueError):
         return []
     return ["DEFAULT"] + [f"{enum.__name__}.{member}" for member in enum.__members__]
@@ -89,8 +96,8 @@ def _resolve_weights(model_name: str, name: str) -> Any | None:
         return None
     try:
         if "." in name:
-            return torchvision.models.get_weight(name)
-        return torchvision.models.get_model_weights(model_name)[name]
+            return _torchvision().models.get_weight(name)
+        return _torchvision().models.get_model_weights(model_name)[name]
     except (KeyError, ValueError, AttributeError):
         valid = _weight_names(model_name)
         hint = (

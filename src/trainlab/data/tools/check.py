@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from trainlab.data.listing import FOLDER_LAYOUT_HINT, SPLITS
 from trainlab.data.pack import (
-    FOLDER_LAYOUT_HINT,
     SHORT_SIDE_LAYOUT,
-    SPLITS,
     SplitListing,
     describe_error,
     iter_chunks,

@@ -8,8 +8,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from trainlab.data.listing import FOLDER_LAYOUT_HINT
 from trainlab.data.pack import (
-    FOLDER_LAYOUT_HINT,
     describe_error,
     iter_chunks,
     list_split,

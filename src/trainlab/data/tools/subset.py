@@ -11,8 +11,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from trainlab.data.listing import SPLITS
 from trainlab.data.pack import (
-    SPLITS,
     building_dir,
     check_destination,
     list_split,

@@ -277,6 +277,47 @@ def test_torch_loader_determinism_resume_and_workers():
     assert_same_batches(first, all_batches(workers.train, epoch=1))
 
 
+
+class _DrawingDataset(torch.utils.data.Dataset):
+    """A user's Dataset whose __getitem__ draws from torch, `random` and numpy, as hand-written augmentation does."""
+
+    def __len__(self) -> int:
+        return 48
+
+    def __getitem__(self, i: int):
+        import random
+
+        image = torch.full((3, 8, 8), float(i)) + torch.rand(()) + random.random() + float(np.random.rand())
+        return image, i % 3
+
+
+def test_user_dataset_batches_seed_each_sample_and_save_the_callers_streams_once_a_batch(monkeypatch):
+    """bench/peers.py: the three host streams were saved and restored around every sample; numpy's
+    get_state/set_state alone cost ~170 us, ~11 ms a batch of 64 (a 4.6x slower sample read than the
+    Dataset's own). Now once a batch: the same samples, the caller's streams unmoved."""
+    import random
+
+    from trainlab.data.torch_loader import _TransformedDataset
+    from trainlab.data.user_data import DatasetSource, UserSampleTransform
+
+    source = DatasetSource(_DrawingDataset(), "train_data")
+    transform = UserSampleTransform(None, None, (0.5,) * 3, (0.25,) * 3)
+    loader = TorchLoader(source, transform, batch_size=8, train=True, seed=3)
+    alone = _TransformedDataset(source, transform, seed=3, random=True)
+    saves = []
+    real_get_state = np.random.get_state
+    monkeypatch.setattr(np.random, "get_state", lambda *a, **k: saves.append(1) or real_get_state(*a, **k))
+    before = (torch.get_rng_state(), random.getstate(), real_get_state())
+    batches = all_batches(loader, epoch=2)
+    after = (torch.get_rng_state(), random.getstate(), real_get_state())
+    assert torch.equal(before[0], after[0]) and before[1] == after[1]
+    assert all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(before[2], after[2]))
+    assert len(saves) == len(loader) == 6, f"{len(saves)} saves of numpy's state for {len(loader)} batches"
+    one_by_one = [alone[(2, int(i))] for i in loader.indices(2)]
+    assert torch.equal(torch.cat([x for x, _ in batches]), torch.stack([x for x, _ in one_by_one]))
+    assert_same_batches(batches[2:], all_batches(loader, epoch=2, start=2))
+    assert not torch.equal(batches[0][0], all_batches(loader, epoch=3)[0][0])
+
 # A process that still holds a persistent-workers loader at exit. The workers ignore SIGTERM (stop signals
 # are the main process's), and multiprocessing's exit handler terminates daemon children with SIGTERM and
 # then joins them: without its own shutdown, `trainlab train data.loader=torch data.num_workers=2

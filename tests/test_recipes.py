@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
 SMALL = ["data.name=shapes", "data.root=null", "data.train_size=16", "data.val_size=8", "data.batch_size=4",
          "data.img_size=32", "data.num_workers=0", "train.epochs=1", "train.max_steps_per_epoch=2",
-         "run.tensorboard=false", "train.threads=2", "train.device=cpu", "model.num_classes=null",
+         "run.tensorboard=false", "train.threads=1", "train.device=cpu", "model.num_classes=null",
          "run.save_top_k=0"]  # fmt: skip
 
 

@@ -68,7 +68,10 @@ class PreemptionGuard:
 
     def __exit__(self, *exc: object) -> None:
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            # Only our own handler is taken back: one installed meanwhile (the CLI ignores stop signals once
+            # its run has finished) stays, or a SIGTERM between "done" and the exit would kill a finished run.
+            if signal.getsignal(signum) == self._handle:
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
 
     @contextlib.contextmanager

@@ -314,11 +314,14 @@ class RunStore:
                           f"goes on, the files stay in {self.cache} and the upload is retried",
                           files=names)  # fmt: skip
 
-    def _recovered(self, names: list[str]) -> None:
-        if self.failing:
-            self.failing = False
-            self.on_event("upload_recovered", "info", f"{self.url} reachable again: uploaded "
-                          f"{', '.join(names)}", files=names)  # fmt: skip
+    def _recovered(self, names: list[str]) -> bool:
+        """Says the store is back (an event in events.jsonl) when the last attempt had failed."""
+        if not self.failing:
+            return False
+        self.failing = False
+        self.on_event("upload_recovered", "info", f"{self.url} reachable again: uploaded "
+                      f"{', '.join(names)}", files=names)  # fmt: skip
+        return True
 
     def _put_checkpoint(self, path: Path, step: Optional[int]) -> None:
         """Upload one checkpoint and check what the store holds: its size, and the sha256 in its trailer."""
@@ -398,8 +401,12 @@ class RunStore:
             except Exception as exc:
                 self._failed([n for n in present if n not in done], exc)
             else:
-                if done and not self.pending:  # with checkpoints still pending, their upload announces it
-                    self._recovered(done)
+                # with checkpoints still pending, their upload announces it
+                if done and not self.pending and self._recovered(done) and "events.jsonl" in done:
+                    # the event went into the events.jsonl just uploaded: the store's copy must have it too
+                    # (at the run's end nothing else would carry it: the bucket's events lacked it)
+                    with contextlib.suppress(Exception):  # a failure here is the next sync's to report
+                        self.fs.put_file(str(self.cache / "events.jsonl"), self.remote("events.jsonl"))
             finally:
                 self._save_local_state()
 

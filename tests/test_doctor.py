@@ -4,29 +4,22 @@ named by the check meant for them; a healthy config gets no problem; the pre-fli
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests import drills
-from tests.conftest import REPO, TINY, read_metrics, run_trainlab
+from tests.cli_checks import Result, run_in_process
+from tests.conftest import TINY, read_metrics, run_trainlab
 
 DOCTOR_TINY = [a for a in TINY if not a.startswith("train.epochs")] + ["train.epochs=1"]
 
 
-def doctor(tmp_path: Path, *overrides: str, plant: str = "", name: str = "doc") -> tuple[subprocess.CompletedProcess, dict]:
+def doctor(tmp_path: Path, *overrides: str, plant: str = "", name: str = "doc") -> tuple[Result, dict]:
+    """`trainlab doctor` in this process (cli.main): its verdicts need no process of their own."""
     out = tmp_path / name
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # this checkout's code, whatever the caller's PYTHONPATH (a relative `src` means nothing in cwd=tmp_path, and
-    # the venv may have another checkout installed)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), *filter(None, [env.get("PYTHONPATH")])])
     planted = drills.plant(plant) if plant else []
-    proc = subprocess.run([sys.executable, "-m", "trainlab", "doctor", *DOCTOR_TINY, *overrides, *planted,
-                           "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    proc = run_in_process(["doctor", *DOCTOR_TINY, *overrides, *planted, "--out", str(out)], cwd=tmp_path)
     report = json.loads((out / "doctor.json").read_text()) if (out / "doctor.json").is_file() else {}
     return proc, {c["check"]: c for c in report.get("checks", [])}
 
@@ -108,8 +101,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path) -> None
 
 def test_preflight_logs_its_checks_and_leaves_the_run_unchanged(tmp_path: Path) -> None:
     one = [*TINY, "train.epochs=1"]
-    run_trainlab("train", *one, f"run.dir={tmp_path / 'plain'}", check=True, cwd=tmp_path)
-    run_trainlab("train", *one, "train.preflight=true", f"run.dir={tmp_path / 'pre'}", check=True, cwd=tmp_path)
+    for name, extra in (("plain", []), ("pre", ["train.preflight=true"])):
+        done = run_in_process(["train", *one, *extra, f"run.dir={tmp_path / name}"], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
     events = [json.loads(x) for x in (tmp_path / "pre" / "events.jsonl").read_text().splitlines()]
     pre = [e for e in events if e["kind"] == "preflight"]
     assert {e["data"]["check"] for e in pre} >= {"config_smells", "input_stats", "label_histogram", "initial_loss",

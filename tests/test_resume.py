@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, read_metrics, read_summary, run_trainlab, trainlab_cmd
+from tests.cli_checks import run_in_process
+from tests.conftest import TINY, read_metrics, read_summary, trainlab_cmd
 from tests.drills import self_signal
 
 # 3 epochs of 20 batches, a log line every step.
@@ -34,6 +35,12 @@ def run(run_dir: Path, *extra: str, drill: str | None = None, timeout: float = 2
     drills = [self_signal(drill)] if drill else []
     return subprocess.run(trainlab_cmd("train", *BASE, *extra, *drills, f"run.dir={run_dir}"), env=env,
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def here(run_dir: Path, *extra: str, base: list[str] = BASE):
+    """The same command in this process (`cli.main`): for the runs no signal reaches, without a Python start
+    and a torch import per run."""
+    return run_in_process(["train", *base, *extra, f"run.dir={run_dir}"], cwd=run_dir.parent)
 
 
 def weights(run_dir: Path) -> dict:
@@ -152,19 +159,19 @@ def test_truncated_checkpoint_falls_back_to_previous_good_one(tmp_path, referenc
 
 def test_finished_never_and_changed_keys(tmp_path, references):
     run_dir = references[0]
-    again = run(run_dir, "data.num_workers=0", "data.loader=torch")
+    again = here(run_dir, "data.num_workers=0", "data.loader=torch")
     assert again.returncode == 0 and "is finished" in again.stdout
 
-    never = run(run_dir, "data.num_workers=0", "data.loader=torch", "run.resume=never")
+    never = here(run_dir, "data.num_workers=0", "data.loader=torch", "run.resume=never")
     assert never.returncode == 2 and "not empty" in never.stderr and "Traceback" not in never.stderr
 
     stopped = tmp_path / "stopped"
     assert run(stopped, "data.num_workers=0", "data.loader=torch", drill="train:1:4").returncode == 143
-    changed = run(stopped, "data.num_workers=0", "data.loader=torch", "optim.lr=0.2")
+    changed = here(stopped, "data.num_workers=0", "data.loader=torch", "optim.lr=0.2")
     assert changed.returncode == 2
     assert "optim.lr changed from 0.05 to 0.2" in changed.stderr and "run.resume_force=true" in changed.stderr
-    forced = run(stopped, "data.num_workers=0", "data.loader=torch", "optim.lr=0.2", "run.resume_force=true",
-                 "train.epochs=1")  # fmt: skip
+    forced = here(stopped, "data.num_workers=0", "data.loader=torch", "optim.lr=0.2", "run.resume_force=true",
+                  "train.epochs=1")  # fmt: skip
     assert forced.returncode == 0, forced.stderr[-2000:]
 
 
@@ -175,15 +182,13 @@ def test_extending_a_finished_run_names_the_lr_jump_and_follows_sched_extend(tmp
     sched.extend=hold (which keeps the last LR) is neither offered nor accepted there (tests/test_schedule_resume.py
     has the hold that trains)."""
     short = [*BASE[:-1], "watch.print_every=5"]
-    env = dict(os.environ)
     first = tmp_path / "first"
-    done = subprocess.run(trainlab_cmd("train", *short, "train.epochs=1", f"run.dir={first}"), env=env,
-                          capture_output=True, text=True, timeout=240)  # fmt: skip
+    done = here(first, "train.epochs=1", base=short)
     assert done.returncode == 0, done.stderr
     steps = [json.loads(line) for line in (first / "steps.jsonl").read_text().splitlines()]
     final_lr = steps[-1]["lr"]  # metrics.csv rounds to 6 decimals; the final one-cycle LR is ~2e-7
 
-    refused = run_trainlab("train", *short, "train.epochs=2", f"run.dir={first}")
+    refused = here(first, "train.epochs=2", base=short)
     assert refused.returncode == 2
     assert "sched.extend=restart" in refused.stderr and "would jump from" in refused.stderr
     assert "sched.extend=hold" not in refused.stderr
@@ -192,7 +197,7 @@ def test_extending_a_finished_run_names_the_lr_jump_and_follows_sched_extend(tmp
     for mode in ("hold", "restart"):
         run_dir = tmp_path / mode
         shutil.copytree(first, run_dir)
-        proc = run_trainlab("train", *short, "train.epochs=2", f"sched.extend={mode}", f"run.dir={run_dir}")
+        proc = here(run_dir, "train.epochs=2", f"sched.extend={mode}", base=short)
         if mode == "hold":
             assert proc.returncode == 2 and "cannot resume with sched.extend=hold" in proc.stderr
             assert len(proc.stderr.strip().splitlines()) == 1
@@ -215,7 +220,7 @@ def test_same_command_without_run_dir_continues_the_unfinished_run(tmp_path):
     stop = self_signal("train:1:3")
     first = subprocess.run([*args, stop], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert first.returncode == 143, first.stderr[-2000:]
-    second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    second = run_in_process(["train", *BASE, "train.epochs=2", "data.num_workers=0"], cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "continuing the unfinished run" in second.stdout
     (run_dir,) = list((tmp_path / "runs").iterdir())

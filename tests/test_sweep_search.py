@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import read_metrics, read_summary, run_trainlab
+from tests.cli_checks import run_in_process
+from tests.conftest import read_metrics, read_summary
 from tests.drills import callback
 from trainlab.commands.cli import main
 from trainlab.errors import UsageError
@@ -163,7 +164,7 @@ def test_optuna_study_prunes_hopeless_trials_by_the_watch_and_a_rerun_continues_
     # first sweep ends with those trials RUNNING in the study, to be continued by the second
     preempt = callback("SelfSignal", phase="train", epoch=2, batch=5)
     argv = ["sweep", *SEARCH_TINY, preempt, *SEARCH, "--dir", str(sweep)]
-    first = run_trainlab(*argv, timeout=600)
+    first = run_in_process(argv, cwd=tmp_path)  # the driver here; its trials are `trainlab train` processes
     assert first.returncode == 1, first.stdout + first.stderr  # trials stopped before their end
     study, trials = _trials_by_number(sweep)
     assert sorted(trials) == [0, 1]
@@ -172,7 +173,7 @@ def test_optuna_study_prunes_hopeless_trials_by_the_watch_and_a_rerun_continues_
     assert stopped and pruned, first.stdout
     pruned_stamps = {n: (sweep / f"trial-{n:03d}" / "summary.json").stat().st_mtime_ns for n in pruned}
 
-    again = run_trainlab(*argv, timeout=600)  # the same command continues the study
+    again = run_in_process(argv, cwd=tmp_path)  # the same command continues the study
     assert again.returncode == 0, again.stdout + again.stderr
     study, trials = _trials_by_number(sweep)
     assert sorted(trials) == [0, 1]  # continued, not duplicated: the stopped trials kept their numbers
@@ -219,14 +220,14 @@ def test_optuna_study_prunes_hopeless_trials_by_the_watch_and_a_rerun_continues_
     # the sweep's tables and report rank the trials and say why and where the pruned ones stopped
     md = (sweep / "sweep.md").read_text()
     assert "## Trials, ranked" in md and all(f"trial-{n:03d}" in md for n in trials)
-    assert run_trainlab("report", str(sweep)).returncode == 0
+    assert run_in_process(["report", str(sweep)], cwd=tmp_path).returncode == 0
     page = (sweep / "report.html").read_text()
     assert "Search: trials ranked" in page and "plot-search-0-optim_lr" in page
     for n in by_the_watch:
         assert f"{trials[n].user_attrs['stopped_at_step']}/60" in page
         assert trials[n].user_attrs["pruned_by"]["kind"] in page
     assert (sweep / "report_files" / "search-0-optim_lr.png").stat().st_size > 1000
-    text = run_trainlab("report", str(sweep), "--text").stdout
+    text = run_in_process(["report", str(sweep), "--text"], cwd=tmp_path).stdout
     assert "rank" in text and "PRUNED" in text and "COMPLETE" in text
 
 

@@ -5,12 +5,10 @@ schedule, a slow start) stays quiet, and a slow leak is reported by its trend an
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from tests import drills
+from tests.cli_checks import run_in_process
 
 # the zoo's base recipe (bench/watch_zoo.py): a tiny ResNet whose healthy loss barely moves for its first third
 BASE = ["data.name=shapes", "data.train_size=2000", "data.val_size=200", "data.img_size=16", "data.batch_size=32",
@@ -19,10 +17,9 @@ BASE = ["data.name=shapes", "data.train_size=2000", "data.val_size=200", "data.i
 
 
 def train(run_dir: Path, *overrides: str, plant: str = "") -> list[dict]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """`trainlab train` in this process (cli.main): the watch's verdicts need no process of their own."""
     planted = drills.plant(plant, train_size=2000, val_size=200) if plant else []
-    proc = subprocess.run([sys.executable, "-m", "trainlab", "train", *BASE, *overrides, *planted, f"run.dir={run_dir}"],
-                          env=env, capture_output=True, text=True, timeout=400)
+    proc = run_in_process(["train", *BASE, *overrides, *planted, f"run.dir={run_dir}"], cwd=run_dir.parent)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     (run_dir.parent / f"{run_dir.name}.out").write_text(proc.stdout)  # the console, for tests that read it
     log = run_dir / "events.jsonl"  # written at the first event: a quiet run has none

@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests import prewarmed
 
 REPO = Path(__file__).resolve().parents[1]
 # Subprocesses (trainlab train, torchrun workers) run this checkout's src and can import tests.drills, the
@@ -32,7 +33,7 @@ def trainlab_cmd(*args: str) -> list[str]:
 
 def run_trainlab(*args: str, cwd: Path | None = None, timeout: float = 240, check: bool = False):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
+    proc = prewarmed.run(
         trainlab_cmd(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import prewarmed
 from tests.conftest import read_metrics, read_summary, trainlab_cmd
 
 USER_MODULE = '''
@@ -203,7 +203,7 @@ def cli_run(user_dir, tmp_path_factory) -> dict:
     import path; the module is found beside the config file."""
     cwd = tmp_path_factory.mktemp("elsewhere")
     env = {**_env(user_dir), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}  # found through the config's folder
-    proc = subprocess.run(trainlab_cmd("train", str(user_dir / "mine.yaml"), *BASE, "run.dir=run"), cwd=cwd,
+    proc = prewarmed.run(trainlab_cmd("train", str(user_dir / "mine.yaml"), *BASE, "run.dir=run"), cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
     return {"proc": proc, "run_dir": cwd / "run", "cwd": cwd, "env": env}
 
@@ -278,7 +278,7 @@ def test_fit_with_python_objects_trains_and_returns_the_summary(user_dir, tmp_pa
 @pytest.fixture(scope="module")
 def reference(user_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    proc = subprocess.run([sys.executable, str(user_dir / "fit_script.py"), str(run_dir), "0", "none"],
+    proc = prewarmed.run([sys.executable, str(user_dir / "fit_script.py"), str(run_dir), "0", "none"],
                           env=_env(user_dir), capture_output=True, text=True, timeout=240)  # fmt: skip
     assert proc.returncode == 0 and "STATUS finished" in proc.stdout, proc.stderr[-3000:]
     return run_dir
@@ -293,12 +293,12 @@ def test_a_stopped_script_run_again_continues_bitwise(user_dir, reference, tmp_p
     pipeline and the Dataset's own numpy/random draws included)."""
     run_dir = tmp_path / "run"
     script = [sys.executable, str(user_dir / "fit_script.py"), str(run_dir), workers]
-    first = subprocess.run([*script, stop], env=_env(user_dir), capture_output=True, text=True, timeout=240)
+    first = prewarmed.run([*script, stop], env=_env(user_dir), capture_output=True, text=True, timeout=240)
     assert first.returncode == 0, first.stderr[-3000:]
     expected = "STATUS stopped |" if stop == "signal" else "STATUS stopped by callback: enough for now |"
     assert expected in first.stdout, first.stdout[-2000:]
     assert (run_dir / "checkpoints" / "last.pt").is_file() and read_summary(run_dir)["status"] == "stopped"
-    again = subprocess.run([*script, "none"], env=_env(user_dir), capture_output=True, text=True, timeout=240)
+    again = prewarmed.run([*script, "none"], env=_env(user_dir), capture_output=True, text=True, timeout=240)
     assert again.returncode == 0 and "STATUS finished" in again.stdout, again.stderr[-3000:]
     a, b = _weights(reference), _weights(run_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -315,7 +315,7 @@ def test_two_processes_shard_an_import_path_dataset_once_per_epoch(user_dir, tmp
     args = ["model.name=mynets:make_net", "data.name=mynets:make_data",
             f"data.kwargs={{n_train: 128, n_val: 32, kind: tensor, log: '{log}'}}", "data.batch_size=16",
             "train.epochs=2", "train.nproc=2", "optim.lr=0.05", *BASE, "run.dir=run"]  # fmt: skip
-    proc = subprocess.run(trainlab_cmd("train", *args), cwd=tmp_path, env=_env(user_dir), capture_output=True,
+    proc = prewarmed.run(trainlab_cmd("train", *args), cwd=tmp_path, env=_env(user_dir), capture_output=True,
                           text=True, timeout=240)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     reads = {rank: [int(x) for x in Path(f"{log}.{rank}").read_text().split()] for rank in (0, 1)}
@@ -427,7 +427,7 @@ def test_bad_import_inputs_are_one_line_exit_2_and_leave_nothing(user_dir, tmp_p
 
 
 def test_a_bad_import_path_from_the_shell_is_one_line(user_dir, tmp_path):
-    proc = subprocess.run(trainlab_cmd("train", "model.name=mynets:make_nett", "train.epochs=1", "run.dir=run"),
+    proc = prewarmed.run(trainlab_cmd("train", "model.name=mynets:make_nett", "train.epochs=1", "run.dir=run"),
                           cwd=tmp_path, env=_env(user_dir), capture_output=True, text=True, timeout=180)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("trainlab: error: model.name=mynets:make_nett: mynets has no attribute "
@@ -441,7 +441,7 @@ def test_the_readmes_example_runs_as_written(tmp_path):
     section = readme.split("## Bring your own model, data, loss and transforms", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "example.py").write_text(code)
-    proc = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True,
+    proc = prewarmed.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=240, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = next(line for line in proc.stdout.splitlines() if line.startswith("finished "))

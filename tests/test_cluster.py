@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests import drills
+from tests import drills, prewarmed
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -48,7 +48,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _train(args: list[str], cwd: Path, *drill_specs: tuple[str, dict]) -> subprocess.CompletedProcess:
     extra = [drills.callbacks(*drill_specs)] if drill_specs else []
-    return subprocess.run([sys.executable, "-m", "trainlab", "train", *args, *extra], cwd=cwd, env=_env(),
+    return prewarmed.run([sys.executable, "-m", "trainlab", "train", *args, *extra], cwd=cwd, env=_env(),
                           capture_output=True, text=True, timeout=240)  # fmt: skip
 
 
@@ -96,7 +96,7 @@ def test_uneven_val_shards_count_every_image_once(full):
     rows = _metrics(full / "run")
     assert [r["epoch"] for r in rows] == ["1", "2"]
     # --raw: the row's val_acc1 is the raw weights' (the run has an EMA, which eval would score if it won)
-    proc = subprocess.run([sys.executable, "-m", "trainlab", "eval", str(full / "run" / "checkpoints" / "last.pt"),
+    proc = prewarmed.run([sys.executable, "-m", "trainlab", "eval", str(full / "run" / "checkpoints" / "last.pt"),
                            "--raw", "--json"], env=_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     single = json.loads(proc.stdout)
@@ -189,7 +189,7 @@ def test_hook_time_is_not_compute(tmp_path):
     from tests.conftest import TINY
 
     args = [*TINY, "train.epochs=1", "data.batch_size=32", f"run.dir={tmp_path / 'run'}"]
-    proc = subprocess.run([sys.executable, "-m", "trainlab", "train", *args, drills.callback("SlowHook", seconds=0.04)],
+    proc = prewarmed.run([sys.executable, "-m", "trainlab", "train", *args, drills.callback("SlowHook", seconds=0.04)],
                           env=_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     row = _metrics(tmp_path / "run")[0]

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests import drills
+from tests import drills, prewarmed
 from tests.drills import weights_digest
 
 pytestmark = pytest.mark.timeout(300)
@@ -54,7 +54,7 @@ def _hashes_to(folder: Path) -> tuple[str, dict]:
 
 
 def _trainlab(args: list[str], cwd: Path, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return prewarmed.run(
         [sys.executable, "-m", "trainlab", "train", *args], cwd=cwd, env=_env(**env),
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
@@ -207,7 +207,7 @@ def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
            "-m", "trainlab", "train", *TINY, "data.batch_size=16", "run.dir=run",
            drills.callback("FailRank", rank=1, epoch=1, batch=2)]  # fmt: skip
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = prewarmed.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - started
     assert proc.returncode != 0
     assert "RuntimeError: FailRank drill: rank 1 fails at epoch 1, batch 2" in proc.stderr

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import prewarmed
 from tests.conftest import TINY, read_metrics
 from tests.drills import self_signal
 from tests.s3_server import S3Server, kill_on_put
@@ -47,7 +48,7 @@ def _cmd(*args: str) -> list[str]:
 
 
 def _train(s3: S3Server, url: str, cache: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd("train", *ARGS, f"run.dir={url}", f"run.cache_dir={cache}", *extra),
+    return prewarmed.run(_cmd("train", *ARGS, f"run.dir={url}", f"run.cache_dir={cache}", *extra),
                           env=env or _env(s3), capture_output=True, text=True, timeout=240)  # fmt: skip
 
 
@@ -74,7 +75,7 @@ def reference(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINLAB_")}
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(_cmd("train", *ARGS, f"run.dir={run_dir}"), env=env, capture_output=True, text=True,
+    proc = prewarmed.run(_cmd("train", *ARGS, f"run.dir={run_dir}"), env=env, capture_output=True, text=True,
                           timeout=240)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir

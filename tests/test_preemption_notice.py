@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import prewarmed
 from tests.conftest import TINY, read_metrics
 from tests.drills import callback
 from trainlab.errors import ConfigError
@@ -135,7 +136,7 @@ def test_a_notice_mid_run_stops_at_an_agreed_step_and_the_run_resumes(tmp_path):
     assert [e["kind"] for e in events].count("preemption_notice") == 1
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "stopped"
 
-    again = subprocess.run([sys.executable, "-m", "trainlab", "train", *args], env=env, capture_output=True,
+    again = prewarmed.run([sys.executable, "-m", "trainlab", "train", *args], env=env, capture_output=True,
                            text=True, timeout=240)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"step {state['global_step']})" in again.stdout and "resuming from" in again.stdout

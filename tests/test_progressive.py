@@ -4,11 +4,11 @@ every loader, evaluates at the final size, and a run stopped mid-schedule resume
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 import torch
 
+from tests import prewarmed
 from tests.conftest import TINY, read_metrics, trainlab_cmd
 from tests.drills import self_signal
 from trainlab.config import load_config
@@ -39,7 +39,7 @@ def _train(run_dir, drill=None):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = [*TINY, SCHEDULE, "data.train_size=160", "data.val_size=64", "data.memory_budget_gb=0.0001",
             f"run.dir={run_dir}", *([self_signal(drill)] if drill else [])]  # fmt: skip  (over the budget: streams)
-    return subprocess.run(trainlab_cmd("train", *args), env=env, capture_output=True, text=True, timeout=240)
+    return prewarmed.run(trainlab_cmd("train", *args), env=env, capture_output=True, text=True, timeout=240)
 
 
 def test_a_run_stopped_mid_schedule_resumes_bitwise_on_the_streaming_loader(tmp_path):

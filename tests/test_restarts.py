@@ -16,6 +16,7 @@ import psutil
 import pytest
 import torch
 
+from tests import prewarmed
 from tests.drills import callback
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -52,7 +53,7 @@ def _worker(launcher: psutil.Process, rank: int) -> psutil.Process | None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    proc = subprocess.run([sys.executable, "-m", "trainlab", "train", *JOB, f"run.dir={run_dir}"], env=_env(),
+    proc = prewarmed.run([sys.executable, "-m", "trainlab", "train", *JOB, f"run.dir={run_dir}"], env=_env(),
                           capture_output=True, text=True, timeout=240)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import prewarmed
 from tests.cli_checks import run_in_process
 from tests.conftest import TINY, read_metrics, read_summary, trainlab_cmd
 from tests.drills import self_signal
@@ -33,8 +34,8 @@ def run(run_dir: Path, *extra: str, drill: str | None = None, timeout: float = 2
     """`drill`: PHASE:EPOCH:BATCH[:SIGNAL], the process signals itself there (tests/drills.py SelfSignal)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     drills = [self_signal(drill)] if drill else []
-    return subprocess.run(trainlab_cmd("train", *BASE, *extra, *drills, f"run.dir={run_dir}"), env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return prewarmed.run(trainlab_cmd("train", *BASE, *extra, *drills, f"run.dir={run_dir}"), env=env,
+                         timeout=timeout)
 
 
 def here(run_dir: Path, *extra: str, base: list[str] = BASE):
@@ -218,7 +219,7 @@ def test_same_command_without_run_dir_continues_the_unfinished_run(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = trainlab_cmd("train", *BASE, "train.epochs=2", "data.num_workers=0")
     stop = self_signal("train:1:3")
-    first = subprocess.run([*args, stop], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    first = prewarmed.run([*args, stop], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert first.returncode == 143, first.stderr[-2000:]
     second = run_in_process(["train", *BASE, "train.epochs=2", "data.num_workers=0"], cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -226,8 +227,8 @@ def test_same_command_without_run_dir_continues_the_unfinished_run(tmp_path):
     (run_dir,) = list((tmp_path / "runs").iterdir())
     assert read_summary(run_dir)["status"] == "finished" and len(read_metrics(run_dir)) == 2
 
-    assert subprocess.run([*args, stop], cwd=tmp_path, env=env, capture_output=True, timeout=240).returncode == 143
-    changed = subprocess.run([*args, "optim.lr=0.02"], cwd=tmp_path, env=env, capture_output=True, text=True,
+    assert prewarmed.run([*args, stop], cwd=tmp_path, env=env, capture_output=True, timeout=240).returncode == 143
+    changed = prewarmed.run([*args, "optim.lr=0.02"], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=240)  # fmt: skip
     assert changed.returncode == 0 and "continuing" not in changed.stdout
     assert len(list((tmp_path / "runs").iterdir())) == 3

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
+from tests import prewarmed
 from tests.conftest import TINY, read_metrics, trainlab_cmd
 from tests.drills import self_signal
 
@@ -28,7 +28,7 @@ BASE = [*TINY, "train.epochs=2", "log.upload_checkpoints=true"]
 def train(run_dir: Path, *extra: str, drill: str | None = None, env_extra: dict | None = None):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(env_extra or {})}
     drills = [self_signal(drill)] if drill else []
-    return subprocess.run(trainlab_cmd("train", *BASE, *extra, *drills, f"run.dir={run_dir}"), env=env,
+    return prewarmed.run(trainlab_cmd("train", *BASE, *extra, *drills, f"run.dir={run_dir}"), env=env,
                           capture_output=True, text=True, timeout=240, cwd=run_dir.parent)  # fmt: skip
 
 

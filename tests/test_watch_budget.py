@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from tests import drills
-from tests.cli_checks import run_in_process
+from tests.cli_checks import run_in_process, run_subprocess
 
 # the zoo's base recipe (bench/watch_zoo.py): a tiny ResNet whose healthy loss barely moves for its first third
 BASE = ["data.name=shapes", "data.train_size=2000", "data.val_size=200", "data.img_size=16", "data.batch_size=32",
@@ -16,10 +16,12 @@ BASE = ["data.name=shapes", "data.train_size=2000", "data.val_size=200", "data.i
         "watch.print_every=10", "train.threads=1"]  # fmt: skip
 
 
-def train(run_dir: Path, *overrides: str, plant: str = "") -> list[dict]:
-    """`trainlab train` in this process (cli.main): the watch's verdicts need no process of their own."""
+def train(run_dir: Path, *overrides: str, plant: str = "", own_process: bool = False) -> list[dict]:
+    """`trainlab train` in this process (cli.main): the watch's verdicts need no process of their own, except the
+    leak's: its trend is the process's RSS, which a test worker's own allocations and frees would blur."""
     planted = drills.plant(plant, train_size=2000, val_size=200) if plant else []
-    proc = run_in_process(["train", *BASE, *overrides, *planted, f"run.dir={run_dir}"], cwd=run_dir.parent)
+    argv = ["train", *BASE, *overrides, *planted, f"run.dir={run_dir}"]
+    proc = run_subprocess(argv, run_dir.parent, timeout=400) if own_process else run_in_process(argv, run_dir.parent)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     (run_dir.parent / f"{run_dir.name}.out").write_text(proc.stdout)  # the console, for tests that read it
     log = run_dir / "events.jsonl"  # written at the first event: a quiet run has none
@@ -45,7 +47,7 @@ def test_lr_far_too_low_is_flagged_at_the_peak_and_the_slow_healthy_start_is_not
 def test_slow_leak_is_reported_by_trend_and_projected_oom_within_a_few_hundred_steps(tmp_path: Path) -> None:
     # 300 KB per step is ~19 MB per epoch here: below the old 50 MB-per-epoch floor, so it was never reported
     warnings = train(tmp_path / "leak", "data.train_size=1600", "data.batch_size=8", "train.epochs=2",
-                     "optim.lr=0.05", plant="leak:300")
+                     "optim.lr=0.05", plant="leak:300", own_process=True)
     leaks = [e for e in warnings if e["kind"] == "memory_leak"]
     assert len(leaks) == 1, warnings
     leak = leaks[0]

@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	bash scripts/ensure_chromium.sh || echo "chromium unavailable: the browser test will be skipped"
 	$(VENV)/bin/ruff check src tests bench
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests import prewarmed
+from tests import drills, prewarmed
 from tests.conftest import TINY, read_metrics
 from tests.drills import self_signal
 from tests.s3_server import S3Server, kill_on_put
@@ -170,6 +170,7 @@ def test_a_kill_during_an_upload_keeps_the_previous_checkpoint_and_an_outage_is_
         s3.after_put = None
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stdout and "(epoch 2, step 10)" in again.stdout
+    assert "which has ended: taking it over" in again.stdout  # the killed run's lease: its pid is gone
     events = [json.loads(line) for line in (cache / "events.jsonl").read_text().splitlines()]
     kinds = [e["kind"] for e in events]
     assert "upload_failed" in kinds and "upload_recovered" in kinds, kinds
@@ -182,6 +183,54 @@ def test_a_kill_during_an_upload_keeps_the_previous_checkpoint_and_an_outage_is_
     assert summary["status"] == "finished" and "not_uploaded" not in summary
     bucket_events = s3.filesystem().cat_file("runs/exp/killed/events.jsonl").decode()
     assert "upload_recovered" in bucket_events
+
+
+def test_one_writer_per_store_run_dir_across_machines(s3, tmp_path):
+    """Two machines on one s3:// run dir (each its own cache: the file lock sees only its own): the second is
+    refused in one line naming the first while its lease is renewed; a lease left by a process of this machine
+    that has ended is taken at once; one left by a lost machine (another host) is waited for until it runs out."""
+    import time
+
+    from trainlab.state.lease import LEASE_FILE
+
+    url, lease = "s3://runs/exp/leased", f"runs/exp/leased/{LEASE_FILE}"
+    fs = s3.filesystem()
+    first = subprocess.Popen(_cmd("train", *ARGS, f"run.dir={url}", f"run.cache_dir={tmp_path / 'one'}", "run.lease_s=4",
+                                  drills.callback("SlowHook", seconds=0.5)),
+                             env=_env(s3), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not fs.exists(lease) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+            fs.invalidate_cache()
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        holder = json.loads(fs.cat_file(lease))["holder"]
+        assert holder["pid"] == first.pid
+
+        second = _train(s3, url, tmp_path / "two", "run.lease_s=4")
+        assert second.returncode == 2, second.stderr[-3000:]
+        lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
+        assert f"run.dir {url} is in use by trainlab (pid {first.pid} on" in lines[0] and "renewed until" in lines[0]
+        assert "waiting up to 4 s for the lease" in second.stdout
+        assert not (tmp_path / "two").exists()  # nothing trained, nothing left behind
+        assert first.poll() is None  # the first run was never disturbed
+    finally:
+        first.kill()
+        first.communicate()
+
+    taken = _train(s3, url, tmp_path / "two", "train.epochs=1")  # the holder was SIGKILLed on this machine
+    assert taken.returncode == 0, taken.stderr[-3000:]
+    assert f"held by pid {first.pid}" in taken.stdout and "which has ended: taking it over" in taken.stdout
+    assert not fs.exists(lease)  # released at the end: this process wrote it
+
+    lost = {"holder": {"host": "lost-spot-instance", "pid": 4242, "since": "2026-12-04T00:00:00", "command": ""},
+            "token": "theirs", "expires": time.time() + 3}  # fmt: skip
+    fs.pipe_file(f"runs/exp/lost/{LEASE_FILE}", json.dumps(lost).encode())
+    started = time.monotonic()
+    after = _train(s3, "s3://runs/exp/lost", tmp_path / "three", "train.epochs=1")
+    assert after.returncode == 0, after.stderr[-3000:]
+    assert "held by pid 4242 on lost-spot-instance" in after.stdout and time.monotonic() - started > 2.5
 
 
 @pytest.mark.parametrize("case", ["protocol", "bucket", "credentials", "unreachable", "never"])

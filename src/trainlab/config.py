@@ -185,6 +185,9 @@ class RunConfig:
     cache_dir: Optional[str] = None
     storage_options: dict[str, Any] = field(default_factory=dict)  # passed to the fsspec file system (endpoint, profile...)
     upload_wait_s: float = 120.0  # at a stop or the end: how long to retry uploads while the store fails
+    # a store run dir's lease (one writer per run dir across machines): renewed every third of this; a second
+    # run waits up to this long for a live lease to end or run out, then is refused
+    lease_s: float = 60.0
     # aws | gcp | URL: poll the instance metadata for a spot/preemption notice and stop as on SIGTERM.
     preemption_notice: Optional[str] = None
     preemption_poll_s: float = 10.0  # seconds between two polls of the notice endpoint
@@ -319,7 +322,7 @@ RANGES: dict[str, Range] = {
     "run.save_top_k": _upto(-1, 10**6),  # -1: keep every best file
     "run.checkpoint_every_steps": STEPS, "run.checkpoint_every_minutes": _upto(0, 10**7),
     "run.keep_periodic": _upto(0, 10**6),
-    "run.upload_wait_s": _upto(0, 10**7), "run.preemption_poll_s": _upto(0, 86400, low_open=True),
+    "run.upload_wait_s": _upto(0, 10**7), "run.lease_s": _upto(3, 86400), "run.preemption_poll_s": _upto(0, 86400, low_open=True),
     "dist.timeout_s": _upto(0, 10**7, low_open=True), "dist.stop_check_every": _upto(1, 10**6),
     # the watch: print_every=0 prints no step lines; a window or interval counts steps (at least 1); the
     # trend detectors need two samples; shares are of a window, of free memory, of the planned steps

@@ -10,7 +10,8 @@ run forks (DataLoader workers) close their copy, so the lock dies with the run i
 holds it for the job.
 
 `RunDirLock` is the interface a run needs: `acquire() -> Holder` (or RunDirLocked naming the holder) and
-`release()`. A run dir on an object store needs a lease instead of a file lock; it would implement the same two.
+`release()`. A run dir on an object store also takes a lease in the store (state/lease.py), which implements
+the same two: the file lock here holds only on the machine whose cache it is.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from trainlab.runlog.writer import NullLogger, RunLogger
 from trainlab.state import attempts, remote, resume
 from trainlab.state import checkpoint as ckpt
 from trainlab.state.background import BackgroundWriter
+from trainlab.state.lease import LEASE_FILE, StoreLease
 from trainlab.state.lock import FileLock
 from trainlab.state.retention import CheckpointManager
 from trainlab.state.stops import PreemptionGuard, PreemptionNotice
@@ -89,6 +90,7 @@ class Run:
         self.control_group = distributed.control_group(ctx)
         self.boundaries = 0  # optimizer-step boundaries seen by this process (paces the stop agreement)
         self.lock: Optional[FileLock] = None  # rank 0's lock on the run dir, held from start to end
+        self.lease: Optional[StoreLease] = None  # and on a store run dir, its lease in the store
 
     # -- building ----------------------------------------------------------------------------
     def _build(self, state: Optional[dict]) -> None:
@@ -316,6 +318,10 @@ class Run:
         self._store_for(cfg)
         if ctx.local_rank == 0:
             self.store.check()
+            if ctx.is_main:  # one writer across machines too: the cache's file lock holds on this one only
+                self.lease = StoreLease(self.store.fs, self.store.remote(LEASE_FILE), self.store.url, cfg.run.lease_s,
+                                        say=self.console.info, warn=self.console.warn)  # fmt: skip
+                self.lease.acquire()
             if str(cfg.run.resume) != "never":
                 self.store.pull(self.console.info)
             elif self.store.has_run():  # as for a local folder: never start over on top of a run
@@ -769,6 +775,8 @@ def train(cfg: Any, callbacks: Any = (), user: Any = None) -> dict:
             with discard_new_run_dir(run):  # a new run dir that failed on bad input is removed
                 summary = run.execute()
         finally:
+            if run.lease is not None:
+                run.lease.release()
             if run.lock is not None:  # after the last word in summary.json: a reader then sees it ended
                 run.lock.release()
         distributed.barrier(ctx)  # no rank tears the process group down while a peer still uses it

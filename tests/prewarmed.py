@@ -2,7 +2,7 @@
 
 On these CPUs a `python -m trainlab train` spends ~5 s of a tiny run importing torch and torch._dynamo (which
 torch.optim imports at the first optimizer). `run` forks each process instead from a template process that has
-imported them once (multiprocessing's forkserver, one per test worker): the child is still a process of its own,
+imported them once (`serve`, one per test worker, forking on request): the child is still a process of its own,
 with its own pid, signals, exit code, stdout and stderr, files and memory, so a drill that signals or kills the
 process (tests/drills.py SelfSignal) does to it what it does to `python -m trainlab`. What it does not have is
 a fresh interpreter: tests of the console script itself, of a signal sent from outside to a process group, or of
@@ -38,6 +38,7 @@ def _child(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -
     os.environ.update(env)
     devnull = os.open(os.devnull, os.O_RDONLY)  # stdin=DEVNULL, as the tests' subprocess runs have it
     os.dup2(devnull, 0)
+    os.close(devnull)
     for fd, path in ((1, out), (2, err)):
         handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(handle, fd)
@@ -140,7 +141,7 @@ def run(cmd: list[str], cwd: str | Path | None = None, env: dict[str, str] | Non
         if timer:
             timer.start()
         answer = server.stdout.readline()
-        expired = timer is not None and not timer.is_alive() and timer.finished.is_set()
+        expired = timer is not None and not timer.is_alive()  # before cancel(): it ended because it fired
         if timer:
             timer.cancel()
         if not answer:

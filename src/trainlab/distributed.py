@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainlab.errors import ConfigError, TrainlabError, UsageError
+from trainlab.errors import ConfigError, TrainlabError, UsageError, first_line
 
 # A rank that fails must end the job rather than leave the others blocked in a collective.
 _ENV_DEFAULTS = {
@@ -170,7 +170,7 @@ def setup(train_device: str = "auto", backend: str = "auto", timeout_s: float = 
         except (RuntimeError, dist.DistError) as exc:
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             after = f" after restart {attempt}" if attempt not in ("", "0") else ""
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = first_line(exc)[:300]
             raise DistributedSetupError(
                 f"rank {rank} could not join the other {world_size - 1} process(es){after} within "
                 f"dist.timeout_s={timeout_s:g} s ({first}); the job ends here instead of waiting"

@@ -1,6 +1,12 @@
 """Errors a person can act on. The CLI turns each into one line and an exit code, no traceback."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, to quote inside a one-line message (its type when it says nothing)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 class TrainlabError(Exception):
     """Base class: the message is shown as is."""
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, first_line
 
 PREFIX = "timm/"
 
@@ -76,7 +76,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc)[:200]
         raise ConfigError(
             f"model.pretrained={path}: cannot read it as weights ({first}); give a state_dict saved with "
             "torch.save(model.state_dict(), ...) or a .safetensors file"

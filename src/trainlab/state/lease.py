@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from trainlab.errors import ConfigError
-from trainlab.state.lock import Holder, RunDirLocked, _this_process
+from trainlab.errors import ConfigError, first_line
+from trainlab.state.lock import Holder, RunDirLocked, this_process
 
 LEASE_FILE = "trainlab.lease.json"
 POLL_S = 1.0  # how often a waiting run reads the lease again
@@ -51,8 +51,8 @@ class Lease:
             os.kill(self.holder.pid, 0)
         except ProcessLookupError:
             return True
-        except PermissionError:  # alive, someone else's
-            return False
+        except PermissionError:  # alive, another user's
+            pass
         return False
 
 
@@ -76,9 +76,7 @@ class StoreLease:
             data = json.loads(self.fs.cat_file(self.path))
             holder = Holder(**{k: data["holder"][k] for k in ("host", "pid", "since", "command")})
             return Lease(holder=holder, token=str(data["token"]), expires=float(data["expires"]))
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError):  # a damaged or foreign file: nobody can renew it
+        except (FileNotFoundError, ValueError, KeyError, TypeError):  # none, or damaged: nobody renews it
             return None
 
     def _write(self) -> None:
@@ -87,13 +85,13 @@ class StoreLease:
         self.fs.pipe_file(self.path, (json.dumps(asdict(lease)) + "\n").encode())
 
     def _problem(self, exc: BaseException) -> ConfigError:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc)[:200]
         return ConfigError(f"run.dir {self.url}: cannot read or write its lease {LEASE_FILE} ({first}); check "
                            "the store's permissions")  # fmt: skip
 
     # -- RunDirLock ------------------------------------------------------------------------------
     def acquire(self) -> Holder:
-        self.holder = _this_process()
+        self.holder = this_process()
         deadline = time.monotonic() + self.lease_s
         said = False
         try:
@@ -134,11 +132,10 @@ class StoreLease:
         while not self._stop.wait(self.lease_s / 3):
             try:
                 self._write()
-                if self._renew_failed:
-                    self._renew_failed = False
+                self._renew_failed = False
             except Exception as exc:  # the store is away: the run goes on; the lease may run out meanwhile
                 if not self._renew_failed:
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                    first = first_line(exc)[:160]
                     self.warn(f"could not renew the lease on {self.url} ({first}); retrying")
                 self._renew_failed = True
 

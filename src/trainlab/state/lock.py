@@ -66,7 +66,7 @@ class RunDirLock(Protocol):
     def release(self) -> None: ...
 
 
-def _this_process() -> Holder:
+def this_process() -> Holder:
     return Holder(host=socket.gethostname(), pid=os.getpid(),
                   since=datetime.now().isoformat(timespec="seconds"), command=" ".join(sys.argv)[:500])  # fmt: skip
 
@@ -137,7 +137,7 @@ class FileLock:
 
     def _write_holder(self) -> Holder:
         assert self.fd is not None
-        self.holder = _this_process()
+        self.holder = this_process()
         data = (json.dumps(asdict(self.holder)) + "\n").encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, data, 0)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, first_line
 from trainlab.state import checkpoint as ckpt
 
 SMALL_FILES = ("config.yaml", "metrics.csv", "steps.jsonl", "events.jsonl", "summary.json")
@@ -67,11 +67,6 @@ def _is_checkpoint_name(name: str) -> bool:
     return bool(_CHECKPOINT_RE.match(name))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _open(url: str, storage_options: Optional[dict], need_folder: bool = True) -> tuple[Any, str]:
     """(file system, path inside it) for `url`; a bad URL or a missing fsspec package is one line."""
     try:
@@ -92,13 +87,13 @@ def _open(url: str, storage_options: Optional[dict], need_folder: bool = True) -
         extra = EXTRAS.get(protocol)
         fix = f"pip install 'trainlab[{extra}]'" if extra else f"install the fsspec package for {protocol}://"
         raise ConfigError(f"run.dir={url}: the {protocol}:// store needs a package that is missing "
-                          f"({_first_line(exc)}); {fix}") from None  # fmt: skip
+                          f"({first_line(exc)}); {fix}") from None  # fmt: skip
     except ValueError as exc:
-        raise ConfigError(f"run.dir={url} is not a storage URL fsspec knows ({_first_line(exc)}); "
+        raise ConfigError(f"run.dir={url} is not a storage URL fsspec knows ({first_line(exc)}); "
                           "use s3://BUCKET/PATH, gs://, az:// or file://") from None  # fmt: skip
     except TypeError as exc:
         raise ConfigError(f"run.storage_options for {url} are not accepted by the {protocol}:// file system "
-                          f"({_first_line(exc)}); check their names") from None  # fmt: skip
+                          f"({first_line(exc)}); check their names") from None  # fmt: skip
     path = path.rstrip("/")
     if need_folder and (not path or (protocol not in _LOCAL_PROTOCOLS and "/" not in path.strip("/"))):
         raise ConfigError(f"run.dir={url} names no folder inside the bucket; use {protocol}://BUCKET/PATH")
@@ -113,7 +108,7 @@ def _endpoint(options: Optional[dict]) -> Optional[str]:
 
 def _store_problem(url: str, exc: BaseException, bucket: str, endpoint: Optional[str] = None) -> ConfigError:
     """One line for a store that cannot be used: missing bucket, refused credentials, unreachable."""
-    name, text = type(exc).__name__, _first_line(exc)
+    name, text = type(exc).__name__, first_line(exc)
     if name in ("NoCredentialsError", "PartialCredentialsError"):
         return ConfigError(f"run.dir={url}: no credentials found for the store; set AWS_ACCESS_KEY_ID and "
                            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run.storage_options")  # fmt: skip
@@ -288,7 +283,7 @@ class RunStore:
                 try:
                     ckpt.verify(tmp)
                 except ckpt.CheckpointError as exc:
-                    say(f"{self.url}/checkpoints/{name} is unusable ({_first_line(exc)}); passed over")
+                    say(f"{self.url}/checkpoints/{name} is unusable ({first_line(exc)}); passed over")
                     return False
             os.replace(tmp, dest)
             found = ckpt.trailer_digest(dest)
@@ -306,11 +301,11 @@ class RunStore:
 
     def _failed(self, names: list[str], exc: BaseException) -> None:
         for name in names:
-            self.pending[name] = f"{type(exc).__name__}: {_first_line(exc)}"
+            self.pending[name] = f"{type(exc).__name__}: {first_line(exc)}"
         if not self.failing:
             self.failing = True
             self.on_event("upload_failed", "warning",
-                          f"cannot upload to {self.url} ({type(exc).__name__}: {_first_line(exc)}); training "
+                          f"cannot upload to {self.url} ({type(exc).__name__}: {first_line(exc)}); training "
                           f"goes on, the files stay in {self.cache} and the upload is retried",
                           files=names)  # fmt: skip
 
